@@ -1,0 +1,7 @@
+"""thinkaloud: post-train language models to think out loud.
+
+Each forward pass is made only as deep as the next token needs (early exit = freeze of the residual
+stream), so reasoning moves into the visible chain of thought. See ``../shared/METHOD.md``.
+"""
+
+__version__ = "0.1.0"
