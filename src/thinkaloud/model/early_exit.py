@@ -1,0 +1,360 @@
+"""The early-exit model: a Hugging Face causal LM + LoRA (peft) + one scalar exit head per exit layer.
+
+Exit = freeze (METHOD.md §1). A token that exits at layer ℓ stops writing its residual stream: every
+layer above ℓ passes h_ℓ through, and the model's own final norm and unembedding read it out. Layers
+above ℓ still produce K/V for this position — from the frozen state, since the layer's input *is* the
+frozen state — so later tokens attend to it as in generation.
+
+Teacher-forced, all positions are computed in parallel by the wrapped model's own forward; forward
+hooks on the decoder layers apply ``h_{j} = where(exited, h_{j-1}, layer_j(h_{j-1}))`` and read the
+exit heads. The HF forward itself (masks, rotary scaling, GQA, caches) is never copied or patched.
+Generation (``thinkaloud.model.generate``) skips the work of exited tokens for real; both give the
+same probabilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from thinkaloud import __version__
+from thinkaloud.config import ExitConfig
+from thinkaloud.io import atomic_save_safetensors, atomic_write_json
+from thinkaloud.model import arch
+from thinkaloud.model.exits import exit_index, exit_log_distribution
+
+META_FILE = "thinkaloud.json"
+HEADS_FILE = "exit_heads.safetensors"
+ADAPTER_DIR = "adapter"
+
+
+class ExitHeads(nn.Module):
+    """m scalar readouts z_i = w_i · h + b_i, kept in fp32 whatever the model's dtype."""
+
+    def __init__(self, hidden_size: int, layers: list[int], init_bias: float = -6.0):
+        super().__init__()
+        self.layers = list(layers)
+        self.weight = nn.Parameter(torch.zeros(len(layers), hidden_size))  # (m, C)
+        self.bias = nn.Parameter(torch.full((len(layers),), float(init_bias)))  # (m,)
+
+    def forward(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
+        """hidden (..., C) at exit layer ``self.layers[k]`` → exit logit z (...)."""
+        return hidden.float() @ self.weight[k] + self.bias[k]
+
+
+@dataclass
+class ExitForwardOutput:
+    logits: torch.Tensor
+    """(B, T, V) next-token logits read out at each position's exit."""
+    exit_layers: torch.Tensor
+    """(B, T) layer actually used (L for no exit)."""
+    exit_logprobs: torch.Tensor
+    """(B, T) log P(exit at that layer) under stick-breaking (0 where offset = −inf and no exit)."""
+
+
+ExitSpec = torch.Tensor | Literal["sample"] | None
+
+
+def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 0/1 mask → (B, T) positions counting only real tokens, as HF ``generate`` does."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+class _ExitRun:
+    """State of one teacher-forced pass, advanced by the decoder-layer hooks in layer order."""
+
+    def __init__(self, model: "EarlyExitModel", mask: torch.Tensor, spec: ExitSpec, offset: float,
+                 generator: torch.Generator | None, capture: bool):
+        B, T = mask.shape
+        L = model.num_layers
+        self.model, self.mask, self.offset, self.generator = model, mask.bool(), float(offset), generator
+        self.sample = isinstance(spec, str)
+        if self.sample:
+            self.exit_layers = torch.full((B, T), L, dtype=torch.long, device=mask.device)
+        elif spec is None:
+            self.exit_layers = torch.full((B, T), L, dtype=torch.long, device=mask.device)
+        else:
+            self.exit_layers = spec.to(mask.device).long()
+            self.exit_layers = torch.where(self.mask, self.exit_layers, L)  # padding never exits
+            exit_index(self.exit_layers, model.layers, L)  # validates the values
+        self.frozen = torch.zeros(B, T, dtype=torch.bool, device=mask.device)  # exited below this layer
+        self.logp = torch.zeros(B, T, device=mask.device)  # (B, T) log P(exit layer) so far
+        self.captured: dict[int, torch.Tensor] = {} if capture else None
+        self.inputs: torch.Tensor | None = None
+
+    def before(self, hidden: torch.Tensor) -> None:
+        self.inputs = hidden
+
+    def after(self, j: int, out: torch.Tensor) -> torch.Tensor:
+        """Output of layer j (1-based) → the residual stream after layer j under freeze."""
+        if self.frozen.any():
+            out = torch.where(self.frozen[..., None], self.inputs, out)  # (B, T, C)
+        if j in self.model.layer_to_head:
+            k = self.model.layer_to_head[j]
+            if self.captured is not None:
+                self.captured[j] = out
+            z = self.model.heads(out, k) + self.offset  # (B, T)
+            live = ~self.frozen & self.mask
+            if self.sample:
+                u = torch.rand(z.shape, generator=self.generator, device=z.device)
+                exits = live & (u < torch.sigmoid(z.detach()))
+                self.exit_layers = torch.where(exits, j, self.exit_layers)
+            exiting = self.exit_layers == j
+            step = torch.where(exiting, F.logsigmoid(z), F.logsigmoid(-z))
+            self.logp = self.logp + torch.where(live, step, torch.zeros_like(step))
+        self.frozen = self.exit_layers <= j
+        self.inputs = None
+        return out
+
+
+class EarlyExitModel(nn.Module):
+    """A causal LM with exit heads and a LoRA adapter. Build with :meth:`from_base`."""
+
+    def __init__(self, peft_model: nn.Module, heads: ExitHeads, config: ExitConfig, source: str):
+        super().__init__()
+        self.peft = peft_model
+        self.heads = heads
+        self.config = config
+        self.source = source
+        self.layers: list[int] = list(heads.layers)
+        self.layer_to_head = {layer: k for k, layer in enumerate(self.layers)}
+        self._run: _ExitRun | None = None
+        self._hooks = []
+        for j, layer in enumerate(arch.decoder_layers(self.peft), start=1):
+            self._hooks.append(layer.register_forward_pre_hook(self._pre_hook(), with_kwargs=True))
+            self._hooks.append(layer.register_forward_hook(self._post_hook(j)))
+
+    # ----------------------------------------------------------------------------------- building
+    @classmethod
+    def from_base(cls, model_or_path: nn.Module | str | os.PathLike, config: ExitConfig | None = None,
+                  *, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> "EarlyExitModel":
+        """Wrap a loaded ``PreTrainedModel`` (or load one from a local path or alias) with fresh heads + LoRA."""
+        from peft import LoraConfig, get_peft_model
+
+        config = config or ExitConfig()
+        base, source = _load_base(model_or_path, dtype=dtype, device=device)
+        arch.check_supported(base.config)
+        layers = config.resolve_layers(base.config.num_hidden_layers)
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=list(config.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+        peft_model = get_peft_model(base, lora)
+        heads = ExitHeads(base.config.hidden_size, layers, config.head_init_bias)
+        return cls(peft_model, heads, config, source).to(base.device)
+
+    @property
+    def base(self) -> nn.Module:
+        """The wrapped ``*ForCausalLM`` (LoRA layers injected in place)."""
+        return arch.base_causal_lm(self.peft)
+
+    @property
+    def hf_config(self):
+        return self.base.config
+
+    @property
+    def num_layers(self) -> int:
+        return self.base.config.num_hidden_layers
+
+    @property
+    def device(self) -> torch.device:
+        return self.heads.weight.device
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """The base model: LoRA off (use with ``offset=-inf`` / no exits for the exact reference)."""
+        with self.peft.disable_adapter():
+            yield
+
+    # ------------------------------------------------------------------------------------- hooks
+    def _pre_hook(self):
+        def hook(module, args, kwargs):
+            if self._run is not None:
+                self._run.before(args[0] if args else kwargs["hidden_states"])
+        return hook
+
+    def _post_hook(self, j: int):
+        def hook(module, args, output):
+            if self._run is None:
+                return None
+            out = self._run.after(j, arch._layer_output(output))
+            return (out, *output[1:]) if isinstance(output, tuple) else out
+        return hook
+
+    @contextlib.contextmanager
+    def _running(self, run: _ExitRun) -> Iterator[_ExitRun]:
+        self._run = run
+        try:
+            yield run
+        finally:
+            self._run = None
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The wrapped decoder's own forward → final-normed last hidden state (B, T, C)."""
+        out = arch.decoder(self.peft)(input_ids=input_ids, attention_mask=attention_mask,
+                                      position_ids=default_position_ids(attention_mask), use_cache=False)
+        return out.last_hidden_state
+
+    # ----------------------------------------------------------------------------------- forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                exit_layers: ExitSpec = None, offset: float = 0.0,
+                generator: torch.Generator | None = None) -> ExitForwardOutput:
+        """Teacher-forced pass with exits.
+
+        exit_layers: None → no exits (every position runs all L layers); a (B, T) tensor → exits
+        prescribed per position (values in the exit layers or L); ``"sample"`` → sampled layer by layer
+        (Bernoulli(q) at each exit layer, first success wins). ``exit_logprobs`` is always the
+        log-probability of the exits taken, so with ``offset=-inf`` and no exits it is 0.
+        """
+        input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
+        if isinstance(exit_layers, str) and exit_layers != "sample":
+            raise ValueError(f"exit_layers must be None, a (B, T) tensor or 'sample', got {exit_layers!r}")
+        if isinstance(exit_layers, torch.Tensor) and exit_layers.shape != input_ids.shape:
+            raise ValueError(f"exit_layers shape {tuple(exit_layers.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        run = _ExitRun(self, attention_mask, exit_layers, offset, generator, capture=False)
+        with self._running(run):
+            hidden = self._hidden(input_ids, attention_mask)  # (B, T, C)
+        logits = arch.unembed(self.peft)(hidden)  # (B, T, V)
+        return ExitForwardOutput(logits=logits, exit_layers=run.exit_layers, exit_logprobs=run.logp)
+
+    def exit_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      offset: float = 0.0) -> torch.Tensor:
+        """The full log-distribution over exit layers, (B, T, m+1) (last column = no exit, layer L).
+
+        Computed in a pass without exits, so each position's distribution is conditioned on a
+        context in which no earlier position exited (the only context in which all m+1 outcomes of
+        every position are defined by one parallel pass).
+        """
+        input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
+        run = _ExitRun(self, attention_mask, None, 0.0, None, capture=True)
+        with self._running(run):
+            self._hidden(input_ids, attention_mask)
+        z = torch.stack([self.heads(run.captured[e], k) for k, e in enumerate(self.layers)], dim=-1)  # (B, T, m)
+        return exit_log_distribution(z, offset)
+
+    @torch.no_grad()
+    def layer_kl(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 positions: torch.Tensor | None = None, chunk_size: int | None = None) -> torch.Tensor:
+        """KL(p_L ‖ p_ℓ) per position and exit layer with the logit lens (final norm + unembedding).
+
+        Returns (B, T, m) float32; positions not selected (``positions`` mask, default the attention
+        mask) are NaN. Logits are materialised ``chunk_size`` positions at a time (default: about 2^24
+        logits per chunk), so memory does not grow with vocab × layers × length.
+        """
+        input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
+        run = _ExitRun(self, attention_mask, None, 0.0, None, capture=True)
+        with self._running(run):
+            final = self._hidden(input_ids, attention_mask)  # (B, T, C)
+        select = attention_mask.bool() if positions is None else positions.bool() & attention_mask.bool()
+        idx = select.flatten().nonzero().squeeze(-1)  # (N,)
+        norm, lm_head = arch.final_norm(self.peft), arch.unembed(self.peft)
+        chunk = chunk_size or max(1, (1 << 24) // lm_head.weight.shape[0])
+        flat = lambda h: h.reshape(-1, h.shape[-1])  # (B*T, C)
+        states = [flat(run.captured[e]) for e in self.layers]
+        final = flat(final)
+        out = torch.full((idx.numel(), len(self.layers)), float("nan"), device=final.device)
+        for s in range(0, idx.numel(), chunk):
+            rows = idx[s:s + chunk]
+            logp_final = F.log_softmax(lm_head(final[rows]).float(), dim=-1)  # (n, V)
+            p_final = logp_final.exp()
+            for k, h in enumerate(states):
+                logp = F.log_softmax(lm_head(norm(h[rows])).float(), dim=-1)  # (n, V)
+                out[s:s + chunk, k] = (p_final * (logp_final - logp)).sum(-1)
+        result = torch.full((*input_ids.shape, len(self.layers)), float("nan"), device=final.device)
+        result.view(-1, len(self.layers))[idx] = out
+        return result
+
+    # ------------------------------------------------------------------------------- generation
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """Batched, KV-cached sampling with exits; see :func:`thinkaloud.model.generate.generate`."""
+        from thinkaloud.model.generate import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
+    # ---------------------------------------------------------------------------- save and load
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Heads (safetensors) + adapter (peft) + ``thinkaloud.json``, replaced atomically as a folder."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = directory.parent / f".{directory.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.peft.save_pretrained(str(tmp / ADAPTER_DIR))
+        atomic_save_safetensors(tmp / HEADS_FILE, {"weight": self.heads.weight, "bias": self.heads.bias})
+        atomic_write_json(tmp / META_FILE, {
+            "thinkaloud_version": __version__,
+            "base_model": self.source,
+            "model_type": self.hf_config.model_type,
+            "unembedding_hash": arch.unembedding_hash(self.base),
+            "num_layers": self.num_layers,
+            "hidden_size": self.hf_config.hidden_size,
+            "exit_layers": self.layers,
+            "exit_config": self.config.to_dict(),
+        })
+        old = directory.parent / f".{directory.name}.old"
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, base: nn.Module | str | None = None, *,
+                        dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                        is_trainable: bool = True) -> "EarlyExitModel":
+        """Load heads + adapter saved by :meth:`save_pretrained` onto ``base`` (default: the recorded one)."""
+        from peft import PeftModel
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{directory} holds no {META_FILE}: not a thinkaloud checkpoint")
+        meta = json.loads(meta_path.read_text())
+        base_model, source = _load_base(base if base is not None else meta["base_model"], dtype=dtype, device=device)
+        arch.check_supported(base_model.config)
+        found = arch.unembedding_hash(base_model)
+        if found != meta["unembedding_hash"] or base_model.config.num_hidden_layers != meta["num_layers"]:
+            raise ValueError(
+                f"{directory} was trained on base model {meta['base_model']!r} (unembedding hash "
+                f"{meta['unembedding_hash']}, {meta['num_layers']} layers); the given base {source!r} has hash "
+                f"{found} and {base_model.config.num_hidden_layers} layers. Load it onto the model it was trained on."
+            )
+        config = ExitConfig(**meta["exit_config"])
+        peft_model = PeftModel.from_pretrained(base_model, str(directory / ADAPTER_DIR), is_trainable=is_trainable)
+        heads = ExitHeads(base_model.config.hidden_size, meta["exit_layers"], config.head_init_bias)
+        state = load_file(str(directory / HEADS_FILE))
+        heads.load_state_dict(state)
+        return cls(peft_model, heads, config, meta["base_model"]).to(base_model.device)
+
+
+def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("input_ids is empty")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+    return input_ids, attention_mask.to(input_ids.device)
+
+
+def _load_base(model_or_path, *, dtype=None, device=None) -> tuple[nn.Module, str]:
+    """A loaded model is used as is; a string is an alias, a local path or a hub id."""
+    if isinstance(model_or_path, nn.Module):
+        source = getattr(model_or_path.config, "_name_or_path", "") or model_or_path.config.model_type
+        if device is not None:
+            model_or_path = model_or_path.to(device)
+        return model_or_path, source
+    from thinkaloud.hub import load_causal_lm
+
+    return load_causal_lm(str(model_or_path), dtype=dtype, device=device)
