@@ -1,0 +1,291 @@
+"""Build a Markdown + self-contained HTML report from eval, sweep and RL directories.
+
+The eval runner writes these directories (the contract this module reads):
+
+eval directory
+  ``summary.json``: {"model", "label" ("base" | "sft" | "rl" | …), "task", "n", "num_layers": L,
+    "exit_layers": E, "offset", "kl_factor" (or null), "accuracy", "early_exit_rate", "als",
+    "mean_length", "tokens_per_s", "flop_savings", "exit_hist": {"5": share, …, "L": share},
+    "target_hist": {…} or null, "tv_distance" or null,
+    "coherence": {"mean", "n_judged", "n_missing", "hist": {"1": count, …}} or null}
+  ``records.jsonl``: one line per item: {"id", "prompt", "completion", "tokens": [str per generated
+    token], "exit_layers": [int per token], "score", "judge": {"coherence", "completeness", "clarity",
+    "no_repetition", "overall"} or null, "judge_missing": reason or null}
+sweep directory
+  ``sweep.json``: {"rows": [{"label": "kl=0.25", "kl_factor": 0.25, "coherence", "early_exit_rate",
+    "als", "accuracy"}, …, {"label": "base", "kl_factor": null, …}]}
+RL directory
+  ``log.jsonl``: one line per step and run: {"run", "step", "reward", "accuracy", "depth_frac", "als",
+    "early_exit_rate", "kl", "length", "coherence" (or null)}; optional ``base.json``:
+    {"accuracy", "depth_frac", "coherence"} with the base model's level.
+
+``build_report(dirs, out)`` writes ``out/report.md`` (Markdown tables, linked images),
+``out/report.html`` (one file: CSS inline, figures as base64 PNG, token views inline), the figures
+as PNG + SVG under ``out/figures/`` and one standalone token page per eval directory under
+``out/tokens/``. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thinkaloud.eval import plots, viz
+from thinkaloud.io import atomic_write_text
+
+Table = tuple[list[str], list[list[str]]]  # (headers, rows of cells)
+
+
+def detect_kind(path: Path) -> str:
+    """"eval" (summary.json), "sweep" (sweep.json) or "rl" (log.jsonl)."""
+    for name, kind in (("summary.json", "eval"), ("sweep.json", "sweep"), ("log.jsonl", "rl")):
+        if (path / name).is_file():
+            return kind
+    raise ValueError(f"{path} is not an eval, sweep or RL directory (no summary.json, sweep.json or log.jsonl)")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def _coherence_cell(c: dict[str, Any] | None) -> str:
+    if not c or c.get("mean") is None:
+        return "—" if not c else f"— ({c.get('n_missing', 0)} missing)"
+    cell = f"{c['mean']:.2f} (n={c['n_judged']}"
+    return cell + (f", {c['n_missing']} missing)" if c.get("n_missing") else ")")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "dir"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sections: each adds tables, figures and token views to a Report
+
+
+@dataclass
+class FigureBlock:
+    name: str  # file stem under figures/
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[tuple[str, Any]] = field(default_factory=list)  # ("table", Table) | ("figure", FigureBlock) | …
+
+
+class _Builder:
+    def __init__(self, out: Path):
+        self.out = out
+        self.sections: list[Section] = []
+
+    def figure(self, section: Section, fig: Any, name: str, caption: str) -> None:
+        png, _svg = plots.save_figure(fig, self.out / "figures" / name)
+        section.blocks.append(("figure", FigureBlock(name, caption, png.read_bytes())))
+
+
+def _eval_section(b: _Builder, dirs: Sequence[Path], n_examples: int, max_tokens: int) -> None:
+    loaded = [(d, json.loads((d / "summary.json").read_text()), _records(d)) for d in dirs]
+    sec = Section("Evaluations")
+    headers = ["label", "model", "task", "n", "offset", "KL factor", "accuracy", "early-exit rate", "ALS",
+               "mean length", "tokens/s", "FLOP savings", "TV distance", "coherence"]
+    rows = [[str(s.get("label", d.name)), str(s.get("model", "")), str(s.get("task", "")), str(s.get("n", "")),
+             _num(s.get("offset"), "g"), _num(s.get("kl_factor"), "g"), _pct(s.get("accuracy")),
+             _pct(s.get("early_exit_rate")), _pct(s.get("als")), _num(s.get("mean_length"), ".1f"),
+             _num(s.get("tokens_per_s"), ".1f"), _pct(s.get("flop_savings")), _num(s.get("tv_distance"), ".3f"),
+             _coherence_cell(s.get("coherence"))] for d, s, _ in loaded]
+    sec.blocks.append(("table", (headers, rows)))
+    scores: dict[str, list[int]] = {}
+    for i, (d, s, records) in enumerate(loaded):
+        label = str(s.get("label", d.name))
+        stem = f"{i:02d}_{_slug(label)}"
+        if s.get("exit_hist"):
+            fig = plots.plot_exit_histogram(s["exit_hist"], s.get("target_hist"), int(s["num_layers"]),
+                                            title=f"Exit layers: {label}")
+            b.figure(sec, fig, f"exit_hist_{stem}", f"Exit-layer histogram of {label} ({d.name})")
+        scores[_unique(label, scores)] = _overall_scores(s, records)
+        for j, rec in enumerate(records[:n_examples]):
+            tokens, layers = rec["tokens"][:max_tokens], rec["exit_layers"][:max_tokens]
+            cut = f" (first {max_tokens} of {len(rec['tokens'])} tokens)" if len(rec["tokens"]) > max_tokens else ""
+            title = f"{label} · item {rec.get('id', j)}{cut}"
+            args = (tokens, layers, s["exit_layers"], int(s["num_layers"]))
+            page = b.out / "tokens" / f"{stem}_{j}.html"
+            atomic_write_text(page, viz.tokens_html(*args, title=title))
+            sec.blocks.append(("tokens", (title, viz.tokens_fragment(*args, title=title), page)))
+    if any(scores.values()):
+        b.figure(sec, plots.plot_coherence_distributions(scores), "coherence_distributions",
+                 "Distribution of the judge's overall score per model")
+    b.sections.append(sec)
+
+
+def _unique(label: str, taken: dict[str, Any]) -> str:
+    name, k = label, 2
+    while name in taken:
+        name, k = f"{label} ({k})", k + 1
+    return name
+
+
+def _records(d: Path) -> list[dict[str, Any]]:
+    return _read_jsonl(d / "records.jsonl") if (d / "records.jsonl").is_file() else []
+
+
+def _overall_scores(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[int]:
+    """The judge's overall scores, from the records, else expanded from the summary's histogram."""
+    scores = [int(r["judge"]["overall"]) for r in records if r.get("judge")]
+    if scores:
+        return scores
+    hist = (summary.get("coherence") or {}).get("hist") or {}
+    return [int(score) for score, count in sorted(hist.items(), key=lambda kv: int(kv[0])) for _ in range(int(count))]
+
+
+def _sweep_section(b: _Builder, d: Path, index: int) -> None:
+    rows = json.loads((d / "sweep.json").read_text())["rows"]
+    sec = Section(f"KL-factor sweep: {d.name}")
+    table = [[str(r.get("label", "")), _num(r.get("kl_factor"), "g"), _num(r.get("coherence")),
+              _pct(r.get("early_exit_rate")), _pct(r.get("als")), _pct(r.get("accuracy"))] for r in rows]
+    sec.blocks.append(("table", (["label", "KL factor", "coherence", "early-exit rate", "ALS", "accuracy"], table)))
+    b.figure(sec, plots.plot_als_coherence_tradeoff(rows), f"tradeoff_{index:02d}_{_slug(d.name)}",
+             "Coherence against average layer savings across KL factors")
+    b.sections.append(sec)
+
+
+def _rl_section(b: _Builder, d: Path, index: int) -> None:
+    log = _read_jsonl(d / "log.jsonl")
+    base = json.loads((d / "base.json").read_text()) if (d / "base.json").is_file() else None
+    sec = Section(f"RL: {d.name}")
+    keys = ["reward", "accuracy", "depth_frac", "als", "early_exit_rate", "kl", "length", "coherence"]
+    steps = sorted({int(r["step"]) for r in log})
+    runs = sorted({int(r.get("run", 0)) for r in log})
+    table = []
+    ends = [("first step", steps[0]), ("last step", steps[-1])] if steps else []
+    for name, step in ends:
+        at = [r for r in log if int(r["step"]) == step]
+        cells = []
+        for k in keys:
+            vals = [float(r[k]) for r in at if r.get(k) is not None]
+            cells.append(_num(sum(vals) / len(vals), ".3f") if vals else "—")
+        table.append([f"{name} ({step})", str(len(at))] + cells)
+    if base:
+        table.append(["base model", "—"] + [_num(base.get(k), ".3f") for k in keys])
+    sec.blocks.append(("text", f"{len(runs)} runs, steps {steps[0]}–{steps[-1]}; means across runs:" if steps
+                       else "empty log"))
+    sec.blocks.append(("table", (["", "runs"] + keys, table)))
+    if log:
+        b.figure(sec, plots.plot_rl_dynamics(log, base), f"rl_dynamics_{index:02d}_{_slug(d.name)}",
+                 "Accuracy, average compute and coherence per RL step (thin: runs; thick: mean ± 1 SE)")
+    b.sections.append(sec)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _md_table(table: Table) -> str:
+    headers, rows = table
+
+    def esc(cell: str) -> str:
+        return cell.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(esc, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(table: Table) -> str:
+    headers, rows = table
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _render_md(b: _Builder, sources: Sequence[Path]) -> str:
+    parts = ["# thinkaloud evaluation report", "", "Sources: " + ", ".join(f"`{p}`" for p in sources)]
+    for sec in b.sections:
+        parts += ["", f"## {sec.title}", ""]
+        for kind, block in sec.blocks:
+            if kind == "table":
+                parts += [_md_table(block), ""]
+            elif kind == "text":
+                parts += [block, ""]
+            elif kind == "figure":
+                parts += [f"![{block.caption}](figures/{block.name}.png)", "",
+                          f"*{block.caption}* ([SVG](figures/{block.name}.svg))", ""]
+            elif kind == "tokens":
+                title, _fragment, page = block
+                parts += [f"Token view: [{title}]({page.relative_to(b.out).as_posix()})", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+_PAGE_CSS = """
+body { font-family: ui-sans-serif, system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
+  color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .9em; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; } figcaption { font-size: .9em; color: #555; }
+code { background: #f3f3f3; padding: 0 .2em; }
+"""
+
+
+def _render_html(b: _Builder, sources: Sequence[Path]) -> str:
+    parts = ["<h1>thinkaloud evaluation report</h1>",
+             "<p>Sources: " + ", ".join(f"<code>{html.escape(str(p))}</code>" for p in sources) + "</p>"]
+    for sec in b.sections:
+        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
+        for kind, block in sec.blocks:
+            if kind == "table":
+                parts.append(_html_table(block))
+            elif kind == "text":
+                parts.append(f"<p>{html.escape(block)}</p>")
+            elif kind == "figure":
+                data = base64.b64encode(block.png).decode("ascii")
+                parts.append(f'<figure><img alt="{html.escape(block.caption, quote=True)}" '
+                             f'src="data:image/png;base64,{data}"><figcaption>{html.escape(block.caption)}'
+                             "</figcaption></figure>")
+            elif kind == "tokens":
+                parts.append(block[1])
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>thinkaloud evaluation report'
+            f"</title><style>{_PAGE_CSS}{viz.TOKENS_CSS}</style></head>\n<body>\n" + "\n".join(parts)
+            + "\n</body></html>\n")
+
+
+def build_report(dirs: Sequence[str | Path], out: str | Path, n_examples: int = 1,
+                 max_example_tokens: int = 400) -> tuple[Path, Path]:
+    """Write the report for ``dirs`` into ``out``; returns (report.md, report.html).
+
+    n_examples: token views per eval directory (its first records); max_example_tokens: tokens shown
+    per view.
+    """
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise ValueError("no directories to report on")
+    out = Path(out)
+    b = _Builder(out)
+    kinds = {d: detect_kind(d) for d in dirs}
+    evals = [d for d in dirs if kinds[d] == "eval"]
+    if evals:
+        _eval_section(b, evals, n_examples, max_example_tokens)
+    for i, d in enumerate(d for d in dirs if kinds[d] == "sweep"):
+        _sweep_section(b, d, i)
+    for i, d in enumerate(d for d in dirs if kinds[d] == "rl"):
+        _rl_section(b, d, i)
+    md = atomic_write_text(out / "report.md", _render_md(b, dirs))
+    page = atomic_write_text(out / "report.html", _render_html(b, dirs))
+    return md, page

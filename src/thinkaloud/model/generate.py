@@ -1,0 +1,307 @@
+"""Batched, KV-cached generation in which an exited token really skips the layers above its exit.
+
+Per step, every active row processes its newest token layer by layer. At each exit layer a live row
+exits with probability q = σ(z + offset) (Bernoulli, first success wins — no thresholds). From then
+on that row runs neither attention nor MLP: the layers above only compute the K/V later tokens need,
+from the frozen state (``arch.frozen_kv``). Rows that continue deeper are computed for their rows only.
+The final norm and unembedding read out every row's state.
+
+Alignment with teacher forcing: the exit of position t decides the distribution of token t+1. So the
+last prompt position takes part in the exits (it predicts the first new token), and the exit recorded
+for new token n is that of the position that predicted it. ``GenerationOutput.full_exit_layers``
+gives the (B, P+N) exit tensor for ``EarlyExitModel.forward`` which then reproduces the recorded
+``token_logprobs`` and ``exit_logprobs``.
+
+Recorded ``token_logprobs`` are under the model's own next-token distribution (temperature 1, no
+top-p truncation), the distribution that training recomputes; with ``temperature=1, top_p=1`` (the
+RL default) they are also exactly the sampling distribution.
+
+The cache is preallocated per layer, (B, H_kv, S, D). The wrapped HF decoder layers are called
+unchanged on the live rows with a small cache view whose ``update`` writes those rows' K/V in place
+and returns their keys and values so far. Rows that finish are compacted out of the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from thinkaloud.model import arch
+from thinkaloud.model.early_exit import default_position_ids
+
+
+@dataclass
+class GenerationOutput:
+    sequences: torch.Tensor
+    """(B, P+N) left-padded prompts followed by new tokens; pad after a row finished."""
+    attention_mask: torch.Tensor
+    """(B, P+N) 1 for real tokens."""
+    prompt_length: int
+    """P, the padded prompt length."""
+    exit_layers: torch.Tensor
+    """(B, N) exit layer of the position that predicted each new token (L = no exit, L for padding)."""
+    token_logprobs: torch.Tensor
+    """(B, N) log p(token | its exit) under the model distribution (0 for padding)."""
+    exit_logprobs: torch.Tensor
+    """(B, N) log P(that exit layer) under stick-breaking (0 for padding)."""
+    lengths: torch.Tensor
+    """(B,) number of new tokens per row, the stop token included."""
+    num_layers: int
+
+    @property
+    def new_tokens(self) -> torch.Tensor:
+        """(B, N) generated tokens."""
+        return self.sequences[:, self.prompt_length:]
+
+    @property
+    def completion_mask(self) -> torch.Tensor:
+        """(B, N) True for generated tokens."""
+        n = torch.arange(self.exit_layers.shape[1], device=self.lengths.device)
+        return n[None, :] < self.lengths[:, None]
+
+    def full_exit_layers(self) -> torch.Tensor:
+        """(B, P+N) exits aligned with ``sequences`` for teacher forcing: position P-1+n holds the
+        exit that produced new token n; every other position has no exit (L)."""
+        B, N = self.exit_layers.shape
+        full = torch.full_like(self.sequences, self.num_layers)
+        full[:, self.prompt_length - 1:self.prompt_length - 1 + N] = self.exit_layers
+        return full
+
+    def predicting_positions(self) -> slice:
+        """Positions of ``sequences`` whose logits predicted the new tokens."""
+        return slice(self.prompt_length - 1, self.prompt_length - 1 + self.exit_layers.shape[1])
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: (B, H_kv, S, D) each."""
+
+    def __init__(self, num_layers: int, batch: int, kv_heads: int, size: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        self.k = [torch.zeros(batch, kv_heads, size, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros_like(k) for k in self.k]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Drop every row not in ``rows`` (finished sequences leave the batch)."""
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+
+    def write(self, layer: int, rows: torch.Tensor | None, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        end = start + k.shape[2]
+        if rows is None:
+            self.k[layer][:, :, start:end] = k
+            self.v[layer][:, :, start:end] = v
+        else:
+            self.k[layer][rows, :, start:end] = k
+            self.v[layer][rows, :, start:end] = v
+
+    def view(self, rows: torch.Tensor | None, start: int) -> "_RowView":
+        return _RowView(self, rows, start)
+
+
+class _RowView:
+    """What an HF attention module sees: ``update`` stores the new K/V of ``rows`` at ``start`` and
+    returns their keys and values so far, (b, H_kv, start + t, D)."""
+
+    def __init__(self, cache: KVCache, rows: torch.Tensor | None, start: int):
+        self.cache, self.rows, self.start = cache, rows, start
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        self.cache.write(layer_idx, self.rows, self.start, key_states, value_states)
+        end = self.start + key_states.shape[2]
+        k, v = self.cache.k[layer_idx][:, :, :end], self.cache.v[layer_idx][:, :, :end]
+        if self.rows is not None:
+            k, v = k[self.rows], v[self.rows]
+        return k, v
+
+
+def _masks(key_valid: torch.Tensor, start: int, t: int, windows: Sequence[int | None],
+           dtype: torch.dtype) -> dict[int | None, torch.Tensor]:
+    """Additive attention masks (b, 1, t, start+t) for queries at columns start..start+t-1, one per
+    distinct sliding window. A query always sees itself (padding rows stay finite)."""
+    end = start + t
+    q = torch.arange(start, end, device=key_valid.device)[:, None]  # (t, 1)
+    k = torch.arange(end, device=key_valid.device)[None, :]  # (1, end)
+    causal = k <= q  # (t, end)
+    out = {}
+    for w in set(windows):
+        allowed = causal if w is None else causal & (q - k < w)
+        allowed = (allowed[None] & key_valid[:, None, :end]) | (k == q)[None]  # (b, t, end)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device)
+        out[w] = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]  # (b, 1, t, end)
+    return out
+
+
+def _sample(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
+            generator: torch.Generator | None) -> torch.Tensor:
+    """logits (b, V) → tokens (b,)."""
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = F.softmax(logits.float() / temperature, dim=-1)  # (b, V)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _stop_ids(model, stop_token_ids) -> list[int]:
+    if stop_token_ids is not None:
+        ids = stop_token_ids
+    else:
+        gen = getattr(model.base, "generation_config", None)
+        ids = getattr(gen, "eos_token_id", None) if gen is not None else None
+        if ids is None:
+            ids = model.hf_config.eos_token_id
+    if ids is None:
+        return []
+    return [ids] if isinstance(ids, int) else list(ids)
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+             max_new_tokens: int = 128, do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0,
+             offset: float = 0.0, stop_token_ids: int | Sequence[int] | None = None, pad_token_id: int | None = None,
+             generator: torch.Generator | None = None, seed: int | None = None) -> GenerationOutput:
+    """Sample up to ``max_new_tokens`` per row with exits; ``offset=-inf`` is plain (LoRA) generation.
+
+    input_ids/attention_mask: (B, P), left-padded. ``stop_token_ids`` default to the model's EOS.
+    ``generator`` or ``seed`` make sampling (tokens and exits) reproducible.
+    """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top_p)
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        return _generate(model, input_ids, attention_mask.to(input_ids.device).long(), max_new_tokens, do_sample,
+                         temperature, top_p, float(offset), _stop_ids(model, stop_token_ids), pad_token_id, generator)
+    finally:
+        model.train(was_training)
+
+
+def _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top_p) -> None:
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+    empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"empty prompt in row(s) {empty}")
+    if (attention_mask[:, -1] == 0).any():
+        raise ValueError("prompts must be left-padded (every row's last position must be a real token)")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    context = getattr(model.hf_config, "max_position_embeddings", None)
+    longest = int(attention_mask.sum(-1).max())
+    if context is not None and longest + max_new_tokens > context:
+        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model "
+                         f"context of {context} tokens")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (use do_sample=False for greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p, offset,
+              stop_ids, pad_token_id, generator) -> GenerationOutput:
+    B, P = input_ids.shape
+    L = model.num_layers
+    device = input_ids.device
+    cfg = model.hf_config
+    layers = arch.decoder_layers(model.peft)
+    rope, norm, lm_head = arch.rotary(model.peft), arch.final_norm(model.peft), arch.unembed(model.peft)
+    embed_tokens = arch.embed(model.peft)
+    windows = arch.sliding_windows(cfg)
+    spec = arch.kv_spec(cfg)
+    dtype = embed_tokens.weight.dtype
+    use_exits = offset != -math.inf
+    pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None
+                                                         else (stop_ids[0] if stop_ids else 0))
+    stop = torch.tensor(stop_ids, device=device, dtype=torch.long)
+
+    cache = KVCache(L, B, spec.num_kv_heads, P + max_new_tokens, spec.head_dim, dtype, device)
+    key_valid = torch.cat([attention_mask.bool(), torch.ones(B, max_new_tokens, dtype=torch.bool, device=device)], 1)
+    positions = default_position_ids(attention_mask)  # (B, P)
+
+    # Prefill: every prompt position but the last runs all layers (prompt positions do not exit).
+    if P > 1:
+        h = embed_tokens(input_ids[:, :-1])  # (B, P-1, C)
+        cos_sin = rope(h, positions[:, :-1])
+        masks = _masks(key_valid, 0, P - 1, windows, dtype)
+        view = cache.view(None, 0)
+        for i, layer in enumerate(layers):
+            h = arch.call_layer(layer, h, attention_mask=masks[windows[i]], position_ids=positions[:, :-1],
+                                past_key_values=view, position_embeddings=cos_sin)
+
+    new_tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
+    exit_layers = torch.full((B, max_new_tokens), L, dtype=torch.long, device=device)
+    token_lp = torch.zeros(B, max_new_tokens, device=device)
+    exit_lp = torch.zeros(B, max_new_tokens, device=device)
+    lengths = torch.zeros(B, dtype=torch.long, device=device)
+
+    rows = torch.arange(B, device=device)  # original index of each active row
+    token = input_ids[:, -1]  # (b,) newest token per active row
+    pos = positions[:, -1]  # (b,)
+    for n in range(max_new_tokens):
+        col = P - 1 + n
+        b = rows.numel()
+        h = embed_tokens(token)[:, None]  # (b, 1, C)
+        cos, sin = rope(h, pos[:, None])  # (b, 1, D) each
+        masks = _masks(key_valid[rows], col, 1, windows, dtype)
+        live = torch.ones(b, dtype=torch.bool, device=device)
+        exit_at = torch.full((b,), L, dtype=torch.long, device=device)
+        lp_exit = torch.zeros(b, device=device)
+        for i, layer in enumerate(layers):
+            j = i + 1
+            if bool(live.all()):
+                h = arch.call_layer(layer, h, attention_mask=masks[windows[i]], position_ids=pos[:, None],
+                                    past_key_values=cache.view(None, col), position_embeddings=(cos, sin))
+            else:
+                still, done = live.nonzero().squeeze(-1), (~live).nonzero().squeeze(-1)
+                k, v = arch.frozen_kv(layer, h[done], cos[done], sin[done])  # (d, H_kv, 1, D)
+                cache.write(i, done, col, k, v)
+                if still.numel():
+                    h_live = arch.call_layer(layer, h[still], attention_mask=masks[windows[i]][still],
+                                             position_ids=pos[still, None], past_key_values=cache.view(still, col),
+                                             position_embeddings=(cos[still], sin[still]))
+                    h = h.index_copy(0, still, h_live)
+            if use_exits and j in model.layer_to_head and bool(live.any()):
+                z = model.heads(h[:, 0], model.layer_to_head[j]) + offset  # (b,)
+                u = torch.rand(b, generator=generator, device=device)
+                exits = live & (u < torch.sigmoid(z))
+                step = torch.where(exits, F.logsigmoid(z), F.logsigmoid(-z))
+                lp_exit = lp_exit + torch.where(live, step, torch.zeros_like(step))
+                exit_at = torch.where(exits, j, exit_at)
+                live = live & ~exits
+        logits = lm_head(norm(h[:, 0])).float()  # (b, V)
+        nxt = _sample(logits, do_sample, temperature, top_p, generator)  # (b,)
+        new_tokens[rows, n] = nxt
+        exit_layers[rows, n] = exit_at
+        token_lp[rows, n] = F.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1)
+        exit_lp[rows, n] = lp_exit
+        lengths[rows] = n + 1
+        finished = torch.isin(nxt, stop) if stop.numel() else torch.zeros_like(live)
+        if bool(finished.all()):
+            break
+        if bool(finished.any()):
+            keep = (~finished).nonzero().squeeze(-1)
+            cache.keep(keep)
+            rows, nxt, pos = rows[keep], nxt[keep], pos[keep]
+        token, pos = nxt, pos + 1
+
+    N = int(lengths.max())
+    new_tokens, exit_layers, token_lp, exit_lp = (x[:, :N] for x in (new_tokens, exit_layers, token_lp, exit_lp))
+    new_mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
+    return GenerationOutput(
+        sequences=torch.cat([input_ids, new_tokens], dim=1),
+        attention_mask=torch.cat([attention_mask, new_mask.long()], dim=1),
+        prompt_length=P, exit_layers=exit_layers, token_logprobs=token_lp, exit_logprobs=exit_lp,
+        lengths=lengths, num_layers=L,
+    )

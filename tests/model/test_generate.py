@@ -1,0 +1,108 @@
+"""Generation: parity with HF generate, teacher-forcing consistency, real skipping, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import build_tiny, left_padded_batch
+from thinkaloud import EarlyExitModel, ExitConfig
+from thinkaloud.model import arch
+
+
+def wrap(family: str) -> EarlyExitModel:
+    return EarlyExitModel.from_base(build_tiny(family), ExitConfig(exit_every=2)).eval()
+
+
+@pytest.mark.parametrize("lengths", [[7], [7, 3, 5, 6]])
+def test_greedy_without_exits_matches_hf_generate(family, lengths):
+    model = wrap(family)
+    ids, mask = left_padded_batch(lengths, seed=11)
+    ours = model.generate(ids, mask, max_new_tokens=12, do_sample=False, offset=-math.inf)
+    hf = model.base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                             pad_token_id=0, eos_token_id=2)
+    assert torch.equal(ours.sequences, hf)
+    assert (ours.exit_layers == model.num_layers).all()
+    assert torch.equal(ours.exit_logprobs, torch.zeros_like(ours.exit_logprobs))
+
+
+def tf_logprobs(model, out):
+    """Teacher-forced token and exit log-probabilities at the positions that predicted new tokens."""
+    full = model(out.sequences, out.attention_mask, exit_layers=out.full_exit_layers())
+    pos = out.predicting_positions()
+    logp = torch.log_softmax(full.logits[:, pos].float(), -1)  # (B, N, V)
+    token = logp.gather(-1, out.new_tokens[..., None]).squeeze(-1)
+    return token, full.exit_logprobs[:, pos]
+
+
+def test_sampled_generation_is_reproduced_by_teacher_forcing(family):
+    model = wrap(family)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # heads that exit often, at different layers; a non-trivial adapter
+        model.heads.weight.copy_(torch.randn(model.heads.weight.shape, generator=g))
+        model.heads.bias.fill_(-0.5)
+        for name, p in model.peft.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    ids, mask = left_padded_batch([9, 2, 6, 4, 8], seed=12)
+    stops = list(range(3, 13))  # frequent stop tokens: rows finish at different steps
+    out = model.generate(ids, mask, max_new_tokens=16, do_sample=True, seed=3, stop_token_ids=stops)
+    assert len(set(out.lengths.tolist())) > 1, "rows should finish independently"
+    done = out.completion_mask
+    assert len(set(out.exit_layers[done].tolist())) >= 3, "exits at several layers expected"
+    with torch.no_grad():
+        token, exit_lp = tf_logprobs(model, out)
+    torch.testing.assert_close(token[done], out.token_logprobs[done], atol=1e-4, rtol=0)
+    torch.testing.assert_close(exit_lp[done], out.exit_logprobs[done], atol=1e-4, rtol=0)
+    # After a row's stop token nothing follows.
+    assert (out.sequences[:, out.prompt_length:][~done] == 0).all()
+
+
+def test_seed_makes_generation_reproducible():
+    model = wrap("qwen3")
+    with torch.no_grad():
+        model.heads.bias.fill_(-1.0)
+    ids, mask = left_padded_batch([5, 3], seed=2)
+    a = model.generate(ids, mask, max_new_tokens=8, seed=5)
+    b = model.generate(ids, mask, max_new_tokens=8, seed=5)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.exit_layers, b.exit_layers)
+
+
+def test_exited_tokens_skip_attention_and_mlp_above_the_exit():
+    model = wrap("llama")
+    calls = {}
+    hooks = []
+    for j, layer in enumerate(arch.decoder_layers(model.peft), start=1):
+        for part in ("mlp", "self_attn"):
+            calls[(j, part)] = 0
+
+            def count(module, args, output, key=(j, part)):
+                calls[key] += 1
+            hooks.append(getattr(layer, part).register_forward_hook(count))
+    ids, mask = left_padded_batch([4], seed=1)
+    steps = 5
+    out = model.generate(ids, mask, max_new_tokens=steps, offset=math.inf, stop_token_ids=[])  # always exit at 2
+    for h in hooks:
+        h.remove()
+    assert (out.exit_layers == 2).all()
+    # The prefill runs every layer once; each decode step runs layers 1..2 only.
+    for (j, part), n in calls.items():
+        assert n == (1 + steps if j <= 2 else 1), (j, part, n)
+
+
+def test_bad_generation_input():
+    model = wrap("llama")
+    ids, mask = left_padded_batch([4, 3])
+    with pytest.raises(ValueError, match="empty"):
+        model.generate(ids[:, :0], mask[:, :0], max_new_tokens=4)
+    with pytest.raises(ValueError, match="empty prompt"):
+        model.generate(ids, torch.cat([mask[:1], torch.zeros_like(mask[:1])]), max_new_tokens=4)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(ids, mask, max_new_tokens=0)
+    long_ids = torch.randint(3, 90, (1, 120))
+    with pytest.raises(ValueError, match="context"):
+        model.generate(long_ids, max_new_tokens=20)
+    with pytest.raises(ValueError, match="left-padded"):
+        model.generate(ids.flip(1), mask.flip(1), max_new_tokens=2)
