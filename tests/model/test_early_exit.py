@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import build_tiny, left_padded_batch
+from tests.tiny import build_tiny, left_padded_batch
 from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.model import arch
 from thinkaloud.model.arch import UnsupportedModelError

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import build_tiny, left_padded_batch
+from tests.tiny import build_tiny, left_padded_batch
 from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.model import arch
 
