@@ -11,8 +11,8 @@ from thinkaloud.eval.viz import NO_EXIT_COLOR, layer_colors, render_terminal, te
 
 L = 30
 E = [5, 10, 15, 20, 25]
-TOKENS = ["<think>", "The", " answer", " is", " <b>4</b>", " & 'x'", "\n\n", "  done", '"q"']
-EXITS = [30, 5, 10, 30, 25, 15, 30, 20, 5]
+TOKENS = ["<think>", "The", " answer", " is", " <b>4</b>", " & 'x'", "\n\n", "  done", '"q"', " [red]r[/red]"]
+EXITS = [30, 5, 10, 30, 25, 15, 30, 20, 5, 10]
 
 
 def test_colors_distinct_and_no_exit_neutral():
@@ -70,9 +70,9 @@ def test_render_terminal():
     buf = io.StringIO()
     console = Console(file=buf, width=80, color_system="truecolor", force_terminal=True)
     text = render_terminal(TOKENS, EXITS, E, L, console=console)
-    assert text.plain == "".join(TOKENS)
+    assert text.plain == "".join(TOKENS)  # "[red]" stays text, not rich markup
     assert len(text.spans) == len(TOKENS)
     out = buf.getvalue()
     assert "layer 5 / 30" in out and "(no exit)" in out
     assert "\x1b[" in out  # coloured
-    assert "[b]" not in text.plain  # token text is not read as rich markup
+    assert "[red]r[/red]" in out

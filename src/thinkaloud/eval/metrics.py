@@ -54,9 +54,10 @@ def _exit_layers(exit_layers: ExitLayers, num_layers: int, mask: Any | None) -> 
     layers = _select(exit_layers, mask)
     if layers.numel() == 0:
         raise ValueError("no tokens to measure (empty exit layers or all masked)")
-    if bool(((layers < 1) | (layers > num_layers) | (layers != layers.round())).any()):
-        bad = sorted({float(x) for x in layers[(layers < 1) | (layers > num_layers)].tolist()})[:5]
-        raise ValueError(f"exit layers must be integers in 1..{num_layers}; got e.g. {bad}")
+    bad = (layers < 1) | (layers > num_layers) | (layers != layers.round())  # (N,)
+    if bool(bad.any()):
+        examples = sorted(set(layers[bad].tolist()))[:5]
+        raise ValueError(f"exit layers must be integers in 1..{num_layers}; got e.g. {examples}")
     return layers
 
 

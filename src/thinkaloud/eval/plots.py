@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from thinkaloud.eval.metrics import tv_distance
@@ -99,7 +100,8 @@ def _point_label(row: Mapping[str, Any]) -> str:
 
 
 def plot_als_coherence_tradeoff(sweep_rows: Sequence[Mapping[str, Any]]) -> Figure:
-    """Coherence against ALS across KL factors, base model marked.
+    """Coherence against ALS across KL factors (one coloured point each, named in the legend), base
+    model marked with a star.
 
     Without any coherence scores it shows ALS against early-exit rate and accuracy instead and says
     so in the title; rows lacking a y value are left out and counted in the title.
@@ -120,18 +122,18 @@ def plot_als_coherence_tradeoff(sweep_rows: Sequence[Mapping[str, Any]]) -> Figu
         sweep = sorted((r for r in rows if not _is_base(r)), key=lambda r: r["kl_factor"])
         base = [r for r in rows if _is_base(r)]
         if sweep:
-            ax.plot([100 * r["als"] for r in sweep], [scale * r[key] for r in sweep], "o-", color=MODEL_COLOR,
-                    label="early-exit model (KL factor F)")
+            ax.plot([100 * r["als"] for r in sweep], [scale * r[key] for r in sweep], "-", color=TARGET_COLOR, zorder=1)
+        cmap = colormaps["viridis"]
+        for j, r in enumerate(sweep):  # one colour and legend entry per KL factor: labels never collide
+            color = cmap(0.9 * j / max(len(sweep) - 1, 1))
+            ax.plot(100 * r["als"], scale * r[key], "o", color=color, markersize=8, label=_point_label(r), zorder=2)
         for r in base:
-            ax.plot(100 * r["als"], scale * r[key], "*", color="black", markersize=14, label="base model")
-        for r in rows:
-            ax.annotate(_point_label(r), (100 * r["als"], scale * r[key]), textcoords="offset points",
-                        xytext=(6, 6), fontsize=9)
+            ax.plot(100 * r["als"], scale * r[key], "*", color="black", markersize=14, label="base model", zorder=2)
         ax.set_xlabel("average layer savings, ALS (%)")
         ax.set_ylabel(names[key])
         ax.margins(x=0.15, y=0.15)
         ax.grid(alpha=0.3)
-        ax.legend(loc="best")
+        ax.legend(title="KL factor", loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     title = "Coherence vs layer savings" if has_coherence else "No coherence scores: ALS vs " + " and ".join(
         names[k].split(" (")[0] for k in ys)
     if omitted:

@@ -75,7 +75,7 @@ def _slug(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Sections: each adds tables, figures and token views to a Report
+# Sections: each appends its tables, figures and token views to the builder
 
 
 @dataclass
@@ -161,8 +161,10 @@ def _sweep_section(b: _Builder, d: Path, index: int) -> None:
     table = [[str(r.get("label", "")), _num(r.get("kl_factor"), "g"), _num(r.get("coherence")),
               _pct(r.get("early_exit_rate")), _pct(r.get("als")), _pct(r.get("accuracy"))] for r in rows]
     sec.blocks.append(("table", (["label", "KL factor", "coherence", "early-exit rate", "ALS", "accuracy"], table)))
-    b.figure(sec, plots.plot_als_coherence_tradeoff(rows), f"tradeoff_{index:02d}_{_slug(d.name)}",
-             "Coherence against average layer savings across KL factors")
+    caption = ("Coherence against average layer savings across KL factors"
+               if any(r.get("coherence") is not None for r in rows)
+               else "No coherence scores in this sweep: early-exit rate and accuracy against average layer savings")
+    b.figure(sec, plots.plot_als_coherence_tradeoff(rows), f"tradeoff_{index:02d}_{_slug(d.name)}", caption)
     b.sections.append(sec)
 
 
@@ -171,26 +173,28 @@ def _rl_section(b: _Builder, d: Path, index: int) -> None:
     base = json.loads((d / "base.json").read_text()) if (d / "base.json").is_file() else None
     sec = Section(f"RL: {d.name}")
     keys = ["reward", "accuracy", "depth_frac", "als", "early_exit_rate", "kl", "length", "coherence"]
-    steps = sorted({int(r["step"]) for r in log})
     runs = sorted({int(r.get("run", 0)) for r in log})
-    table = []
-    ends = [("first step", steps[0]), ("last step", steps[-1])] if steps else []
-    for name, step in ends:
-        at = [r for r in log if int(r["step"]) == step]
-        cells = []
-        for k in keys:
-            vals = [float(r[k]) for r in at if r.get(k) is not None]
-            cells.append(_num(sum(vals) / len(vals), ".3f") if vals else "—")
-        table.append([f"{name} ({step})", str(len(at))] + cells)
+    table = [[end] + [_rl_cell(log, k, first=end == "first") for k in keys] for end in ("first", "last")]
     if base:
-        table.append(["base model", "—"] + [_num(base.get(k), ".3f") for k in keys])
-    sec.blocks.append(("text", f"{len(runs)} runs, steps {steps[0]}–{steps[-1]}; means across runs:" if steps
-                       else "empty log"))
-    sec.blocks.append(("table", (["", "runs"] + keys, table)))
+        table.append(["base model"] + [_num(base.get(k), ".3f") for k in keys])
+    steps = sorted({int(r["step"]) for r in log})
+    sec.blocks.append(("text", f"{len(runs)} runs, steps {steps[0]}–{steps[-1]}. Means across runs at the first "
+                       "and the last step where each metric was logged (step after @):" if steps else "empty log"))
+    sec.blocks.append(("table", ([""] + keys, table)))
     if log:
         b.figure(sec, plots.plot_rl_dynamics(log, base), f"rl_dynamics_{index:02d}_{_slug(d.name)}",
                  "Accuracy, average compute and coherence per RL step (thin: runs; thick: mean ± 1 SE)")
     b.sections.append(sec)
+
+
+def _rl_cell(log: list[dict[str, Any]], key: str, first: bool) -> str:
+    """Mean across runs of `key` at its first (or last) logged step, as "value @step"."""
+    steps = [int(r["step"]) for r in log if r.get(key) is not None]
+    if not steps:
+        return "—"
+    step = min(steps) if first else max(steps)
+    vals = [float(r[key]) for r in log if int(r["step"]) == step and r.get(key) is not None]
+    return f"{sum(vals) / len(vals):.3f} @{step}"
 
 
 # ---------------------------------------------------------------------------------------------------
