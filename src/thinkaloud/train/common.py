@@ -1,0 +1,115 @@
+"""Pieces shared by the training loops: optimiser groups, checkpoints with resume, JSONL logs.
+
+Checkpoints hold everything a resumed run needs to continue bit-for-bit: trainable weights (LoRA +
+heads), optimiser state, step, RNG states and the data order position. They are written into a
+temporary folder and renamed into place, so a kill never leaves a partial checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from thinkaloud.io import atomic_write_json
+
+CKPT_DIR = "checkpoints"
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (LoRA and exit heads), by name."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def make_optimizer(model, *, head_lr: float, lora_lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW with separate learning rates for the exit heads and the LoRA adapter."""
+    heads = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("heads.")]
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("heads.")]
+    if not heads or not lora:
+        raise ValueError("expected trainable exit heads and LoRA parameters")
+    return torch.optim.AdamW([{"params": heads, "lr": head_lr, "name": "heads"},
+                              {"params": lora, "lr": lora_lr, "name": "lora"}], weight_decay=weight_decay)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out: Path, step: int, model, optimizer, extra: dict[str, Any] | None = None,
+                    keep: int = 2) -> Path:
+    """``out/checkpoints/step-000123/`` with trainable weights, optimiser, RNG and ``extra``; atomically."""
+    root = Path(out) / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save({"step": step, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(), "extra": extra or {}}, tmp / "state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_json(root / "latest.json", {"step": step, "path": final.name})
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = Path(out) / CKPT_DIR / "latest.json"
+    if not pointer.exists():
+        return None
+    path = Path(out) / CKPT_DIR / json.loads(pointer.read_text())["path"]
+    return path if (path / "state.pt").exists() else None
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict[str, Any]:
+    """Restore weights, optimiser and RNG from ``path``; returns {"step": ..., "extra": ...}."""
+    state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            params[name].copy_(value.to(params[name].device))
+    optimizer.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    return {"step": state["step"], "extra": state["extra"]}
+
+
+class JsonlLog:
+    """Append-only metrics log; on resume, lines from steps after the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
