@@ -11,17 +11,19 @@ base model, and scores a completion in [0, 1]. `get_task(spec)` builds one from 
   right container.
 
 Answer extraction (the default system prompts ask for exactly what the scorers look for).
-Everything from a line starting with "Question:" on is dropped first: that is a base model
-starting a new example, not its answer.
+Everything from a line starting with "Question:" on (after some text) is dropped first: that is
+a base model starting a new example, not its answer.
 
 - gsm8k, the first rule that yields a number wins: the first number after the last "####";
   else the last number inside the last `\\boxed{...}`; else the first number after the last
   "answer is" / "answer:"; else the last number in the text. Numbers are normalised (commas,
   `$`, trailing zeros after the decimal point, trailing period removed), as is the reference.
 - rg and tom: the content of the last `<answer>...</answer>` if any; else whichever marker comes
-  last in the text: "Answer:" (rest of its line, or the next non-empty line), "answer is" (rest
-  of its line) or `\\boxed{...}`; else the last non-empty line. The result is stripped of
-  markdown emphasis, a surrounding `$...$`, `\\boxed{}` / `\\text{}` wrappers and a trailing period.
+  last in the text: "Answer:" (the text after it up to the next empty line, so that multi-line
+  answers such as grids survive), "answer is" (rest of its line) or `\\boxed{...}`; else the last
+  non-empty line. The result is stripped of markdown emphasis, a surrounding `$...$` and
+  `\\boxed{}` / `\\text{}` wrappers. A trailing period is optional: rg scores the answer with and
+  without it and keeps the better; tom ignores punctuation.
 
 Splits. gsm8k reads `<split>.jsonl` when given a directory; a single file is used for every split
 (with a warning when its name is not `<split>.jsonl`). reasoning-gym and tom items are procedural:
@@ -128,8 +130,11 @@ _BOXED = "\\boxed{"
 
 
 def _drop_continuation(completion: str) -> str:
-    match = _NEW_QUESTION.search(completion)
-    return completion[: match.start()] if match else completion
+    """Cut at the first "Question:" line that follows some text (a base model's next example)."""
+    for match in _NEW_QUESTION.finditer(completion):
+        if completion[: match.start()].strip():
+            return completion[: match.start()]
+    return completion
 
 
 def _boxed_spans(text: str) -> list[tuple[int, str]]:
@@ -193,8 +198,6 @@ def _clean_answer(text: str) -> str:
         for wrapper in ("\\boxed{", "\\text{"):
             if text.startswith(wrapper) and text.endswith("}"):
                 text = text[len(wrapper): -1]
-        if text.endswith(".") and not text.endswith(".."):
-            text = text[:-1]
         if text == before:
             break
     return text.strip()
@@ -208,12 +211,8 @@ def extract_final_answer(completion: str) -> str | None:
         return _clean_answer(tags[-1]) or None
     # (position, answer text) for every marker; the last one in the text wins
     found: list[tuple[int, str]] = [(start, content) for start, content in _boxed_spans(text)]
-    for match in _ANSWER_COLON.finditer(text):
-        rest = text[match.end():].lstrip(" \t")
-        line, _, after = rest.partition("\n")
-        if not line.strip():
-            line = next((ln for ln in after.splitlines() if ln.strip()), "")
-        found.append((match.start(), line))
+    for match in _ANSWER_COLON.finditer(text):  # the block after it: multi-line answers are grids
+        found.append((match.start(), text[match.end():].lstrip(" \t\n").split("\n\n", 1)[0]))
     for match in _ANSWER_IS.finditer(text):
         found.append((match.start(), text[match.end():].split("\n", 1)[0]))
     if found:
@@ -243,8 +242,8 @@ def read_gsm8k_jsonl(path: str | Path) -> list[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not {"question", "answer"} <= record.keys():
-                raise ValueError(f"{where}: expected an object with 'question' and 'answer' keys")
+            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("question", "answer")):
+                raise ValueError(f"{where}: expected an object with 'question' and 'answer' keys (strings)")
             if "####" not in record["answer"]:
                 raise ValueError(f"{where}: answer has no '#### <number>' final line")
             final = record["answer"].rsplit("####", 1)[1].strip()
@@ -407,8 +406,12 @@ class ReasoningGymTask(Task):
         answer = self.extract_answer(completion)
         if answer is None:
             return 0.0
+        variants = [answer] + ([answer[:-1]] if answer.endswith(".") and len(answer) > 1 else [])
+        return max(self._score_one(a, item.meta["entry"]) for a in variants)
+
+    def _score_one(self, answer: str, entry: dict) -> float:
         try:
-            reward = float(self._scorer.score_answer(answer=answer, entry=item.meta["entry"]))
+            reward = float(self._scorer.score_answer(answer=answer, entry=entry))
         except Exception:  # a dataset scorer choking on free-form model output: a wrong answer
             return 0.0
         return min(max(reward, 0.0), 1.0)
