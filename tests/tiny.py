@@ -48,3 +48,40 @@ def left_padded_batch(lengths: list[int], vocab: int = 97, seed: int = 0, pad: i
         ids[i, T - n:] = torch.randint(3, vocab, (n,), generator=g)
         mask[i, T - n:] = 1
     return ids, mask
+
+
+def tiny_tokenizer():
+    """A character-level tokenizer with a ChatML template, built in code (no files, no hub)."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "<|im_end|>", "<|im_start|>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + list(string.printable))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"<\|im_(?:start|end)\|>|[\s\S]"), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>",
+                                  unk_token="<unk>", padding_side="left")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return tok
+
+
+def tiny_model_dir(path, family: str = "llama", seed: int = 0):
+    """Save a tiny model + the tiny tokenizer as a local HF folder (vocab matched to the tokenizer)."""
+    tok = tiny_tokenizer()
+    config = tiny_config(family)
+    config.vocab_size = len(tok)
+    config.max_position_embeddings = 1024  # character-level prompts are long
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 2
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    assert sum(p.numel() for p in model.parameters()) < MAX_TINY_PARAMS
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 0
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return str(path)

@@ -255,18 +255,23 @@ class EarlyExitModel(nn.Module):
         select = attention_mask.bool() if positions is None else positions.bool() & attention_mask.bool()
         idx = select.flatten().nonzero().squeeze(-1)  # (N,)
         norm, lm_head = arch.final_norm(self.peft), arch.unembed(self.peft)
-        chunk = chunk_size or max(1, (1 << 24) // lm_head.weight.shape[0])
+        m = len(self.layers)
+        chunk = chunk_size or max(1, (1 << 24) // (lm_head.weight.shape[0] * (m + 1)))
         flat = lambda h: h.reshape(-1, h.shape[-1])  # (B*T, C)
         states = [flat(run.captured[e]) for e in self.layers]
         final = flat(final)
-        out = torch.full((idx.numel(), len(self.layers)), float("nan"), device=final.device)
+        out = torch.full((idx.numel(), m), float("nan"), device=final.device)
         for s in range(0, idx.numel(), chunk):
             rows = idx[s:s + chunk]
-            logp_final = F.log_softmax(lm_head(final[rows]).float(), dim=-1)  # (n, V)
+            logits_final = lm_head(final[rows]).float()  # (n, V)
+            logp_final = F.log_softmax(logits_final, dim=-1)
             p_final = logp_final.exp()
-            for k, h in enumerate(states):
-                logp = F.log_softmax(lm_head(norm(h[rows])).float(), dim=-1)  # (n, V)
-                out[s:s + chunk, k] = (p_final * (logp_final - logp)).sum(-1)
+            neg_entropy = (p_final * logp_final).sum(-1)  # (n,)  Σ p log p
+            lens = torch.stack([norm(h[rows]) for h in states])  # (m, n, C): logit lens inputs
+            logits = lm_head(lens).float()  # (m, n, V), one matmul for all exit layers
+            # KL(p ‖ softmax(z)) = Σ p log p − Σ p z + logsumexp(z): no (m, n, V) log-softmax needed.
+            cross = torch.einsum("nv,mnv->mn", p_final, logits)  # (m, n)
+            out[s:s + chunk] = (neg_entropy[None] - cross + torch.logsumexp(logits, dim=-1)).T
         result = torch.full((*input_ids.shape, len(self.layers)), float("nan"), device=final.device)
         result.view(-1, len(self.layers))[idx] = out
         return result
