@@ -119,7 +119,8 @@ def _eval_section(b: _Builder, dirs: Sequence[Path], n_examples: int, max_tokens
         if s.get("exit_hist"):
             fig = plots.plot_exit_histogram(s["exit_hist"], s.get("target_hist"), int(s["num_layers"]),
                                             title=f"Exit layers: {label}")
-            b.figure(sec, fig, f"exit_hist_{stem}", f"Exit-layer histogram of {label} ({d.name})")
+            where = "" if d.name == label else f" ({d.name})"
+            b.figure(sec, fig, f"exit_hist_{stem}", f"Exit-layer histogram of {label}{where}")
         scores[_unique(label, scores)] = _overall_scores(s, records)
         for j, rec in enumerate(records[:n_examples]):
             tokens, layers = rec["tokens"][:max_tokens], rec["exit_layers"][:max_tokens]
@@ -242,7 +243,7 @@ body { font-family: ui-sans-serif, system-ui, sans-serif; max-width: 1200px; mar
   color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; white-space: nowrap; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; } figcaption { font-size: .9em; color: #555; }
 code { background: #f3f3f3; padding: 0 .2em; }
 """

@@ -61,6 +61,15 @@ class ExitForwardOutput:
     """(B, T) log P(exit at that layer) under stick-breaking (0 where offset = −inf and no exit)."""
 
 
+@dataclass
+class AllExitsOutput:
+    exit_logprobs: torch.Tensor
+    """(B, T, m+1) log-distribution over exit layers (context without exits)."""
+    states: list[torch.Tensor]
+    """m+1 tensors (B, T, C): the final-normed residual stream at each exit layer and at L; the
+    logits of exiting at outcome k are ``unembed(states[k])``."""
+
+
 ExitSpec = torch.Tensor | Literal["sample"] | None
 
 
@@ -205,14 +214,20 @@ class EarlyExitModel(nn.Module):
     # ----------------------------------------------------------------------------------- forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 exit_layers: ExitSpec = None, offset: float = 0.0,
-                generator: torch.Generator | None = None) -> ExitForwardOutput:
+                generator: torch.Generator | None = None, all_exits: bool = False) -> ExitForwardOutput | AllExitsOutput:
         """Teacher-forced pass with exits.
 
         exit_layers: None → no exits (every position runs all L layers); a (B, T) tensor → exits
         prescribed per position (values in the exit layers or L); ``"sample"`` → sampled layer by layer
         (Bernoulli(q) at each exit layer, first success wins). ``exit_logprobs`` is always the
         log-probability of the exits taken, so with ``offset=-inf`` and no exits it is 0.
+
+        ``all_exits=True`` returns :class:`AllExitsOutput` instead (no exits in the context; every
+        outcome's normed state and its log-probability), for losses that take the expectation over
+        exit layers. It goes through ``forward`` so that DDP wrappers see the call.
         """
+        if all_exits:
+            return self._all_exits(input_ids, attention_mask, offset)
         input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
         if isinstance(exit_layers, str) and exit_layers != "sample":
             raise ValueError(f"exit_layers must be None, a (B, T) tensor or 'sample', got {exit_layers!r}")
@@ -224,6 +239,16 @@ class EarlyExitModel(nn.Module):
         logits = arch.unembed(self.peft)(hidden)  # (B, T, V)
         return ExitForwardOutput(logits=logits, exit_layers=run.exit_layers, exit_logprobs=run.logp)
 
+    def _all_exits(self, input_ids, attention_mask, offset: float) -> AllExitsOutput:
+        input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
+        run = _ExitRun(self, attention_mask, None, 0.0, None, capture=True)
+        with self._running(run):
+            final = self._hidden(input_ids, attention_mask)  # (B, T, C)
+        z = torch.stack([self.heads(run.captured[e], k) for k, e in enumerate(self.layers)], dim=-1)  # (B, T, m)
+        norm = arch.final_norm(self.peft)
+        states = [norm(run.captured[e]) for e in self.layers] + [final]
+        return AllExitsOutput(exit_logprobs=exit_log_distribution(z, offset), states=states)
+
     def exit_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       offset: float = 0.0) -> torch.Tensor:
         """The full log-distribution over exit layers, (B, T, m+1) (last column = no exit, layer L).
@@ -232,12 +257,7 @@ class EarlyExitModel(nn.Module):
         context in which no earlier position exited (the only context in which all m+1 outcomes of
         every position are defined by one parallel pass).
         """
-        input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
-        run = _ExitRun(self, attention_mask, None, 0.0, None, capture=True)
-        with self._running(run):
-            self._hidden(input_ids, attention_mask)
-        z = torch.stack([self.heads(run.captured[e], k) for k, e in enumerate(self.layers)], dim=-1)  # (B, T, m)
-        return exit_log_distribution(z, offset)
+        return self._all_exits(input_ids, attention_mask, offset).exit_logprobs
 
     @torch.no_grad()
     def layer_kl(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -1,0 +1,525 @@
+"""Stage 2: RL for earlier exits with a leave-one-out baseline (modified RLOO, METHOD.md §3).
+
+Each step, for a batch of prompts, K completions each are sampled from the early-exit policy (exits
+sampled layer by layer at the configured ``offset``, tokens at temperature 1). A completion's reward is
+
+    R = task_score − λ · mean_t(ℓ_t / L) − β · KL̂(policy ‖ reference)
+
+and its advantage is ``A_i = R_i − mean_{j≠i} R_j`` within its prompt's group. The loss is
+``−A_i · Σ_t [log p(y_t|ℓ_t) + log P(ℓ_t)] / T_i`` averaged over completions, with the log-probabilities
+recomputed teacher-forced (one forward with the sampled exits prescribed); the LoRA adapter and the
+exit heads take one AdamW step. The maths lives in ``thinkaloud.train.rloo``.
+
+Exactly on-policy. There is one update per batch, sampling uses the model's own distribution
+(temperature 1, no top-p), exits are sampled without any threshold, and the loss forward runs with
+LoRA dropout off (the model stays in eval mode for the whole run; generation uses eval mode too).
+So the log-probabilities that carry the gradient equal those recorded at sampling, up to float
+round-off; every step logs the largest difference as ``logprob_err`` and warns when it exceeds
+``onpolicy_tol``.
+
+The reference model is the same weights with the adapter disabled and no exits (``offset = −inf``):
+no second copy of the model is held. The KL term is the token part of the divergence (see
+``thinkaloud.train.rloo``: the reference never exits, so the KL of the joint (exit, token) policy would
+be infinite). It is part of the reward (no gradient through it), as in RLOO.
+
+Departures and choices, all deliberate:
+- the task score is the task's scorer in [0, 1] (reasoning-gym gives partial credit); the prototype's
+  −1 for a malformed answer is available as ``format_penalty`` (default 0);
+- every run sees the same prompts in the same order; runs differ in the seed of sampling (tokens and
+  exits) and of the LoRA initialisation when heads are fresh;
+- the logged ``depth_frac``, ``als`` and ``early_exit_rate`` are token-weighted over the step's
+  completions (the eval metrics); the reward uses each completion's own mean depth;
+- learning rates default higher than the paper's SFT ones (heads 1e-3, LoRA 1e-4, constant, no warmup)
+  so that a short CPU run moves visibly; the head weights see hidden states of large norm, so Adam's
+  per-coordinate steps of 1e-3 already move an exit logit by O(1) in a few steps.
+
+Outputs (the RL directory of ``thinkaloud.eval.report``): ``OUT/log.jsonl`` (one row per run and
+step), ``OUT/base.json`` (the base model on the first prompts of the stream), ``OUT/config.yaml``,
+``OUT/figures/rl_dynamics.{png,svg}``; the model in ``OUT/model`` (one run) or ``OUT/run-<r>/model``
+(several; each run also keeps its own ``log.jsonl`` and ``checkpoints/``). With ``--resume`` a run
+continues from its latest checkpoint bit-for-bit (single process), and finished runs are skipped.
+Under ``accelerate launch`` each process samples its own prompts; gradients are averaged by DDP and the
+logged metrics are reduced over processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+import yaml
+
+from thinkaloud.data.tasks import DEFAULT_TASK, Item, Task
+from thinkaloud.io import atomic_write_json, atomic_write_text
+from thinkaloud.model.generate import GenerationOutput
+from thinkaloud.train.common import JsonlLog, latest_checkpoint, load_checkpoint, make_optimizer, save_checkpoint, set_seed
+from thinkaloud.train.rloo import completion_rewards, depth_fraction, kl_estimate, policy_loss, rloo_advantages
+
+LOG_FILE = "log.jsonl"
+BASE_FILE = "base.json"
+FIGURE = "figures/rl_dynamics"
+MODEL_DIR = "model"
+
+
+@dataclass
+class RLConfig:
+    """Stage 2: RL of LoRA + exit heads for earlier exits (leave-one-out REINFORCE)."""
+
+    model: str = field(metadata={"help": "a run folder from `thinkaloud sft` (its model/), a saved model folder, or a "
+                                         "base model (alias such as smollm2-135m, local path): fresh exit heads"})
+    out: str = field(metadata={"help": "output folder (log.jsonl, base.json, figures/, model/ or run-<r>/model)"})
+    task: str = field(default=DEFAULT_TASK, metadata={"help": "task spec: gsm8k[:path], rg:<dataset>, tom"})
+    lam: float = field(default=1.5, metadata={"help": "λ: weight of the compute penalty mean_t(ℓ_t/L) (eagerness dial)"})
+    beta: float = field(default=0.25, metadata={"help": "β: weight of the KL penalty to the base model"})
+    k: int = field(default=4, metadata={"help": "completions per prompt (the leave-one-out group size, >= 2)"})
+    prompts_per_step: int = field(default=2, metadata={"help": "prompts per step (per process)"})
+    steps: int = field(default=50, metadata={"help": "RL steps (one optimiser update each)"})
+    runs: int = field(default=1, metadata={"help": "independent runs with seeds seed, seed+1, …"})
+    seed: int = field(default=0, metadata={"help": "seed of the first run; also selects the prompt stream"})
+    offset: float = field(default=0.0, metadata={"help": "exit-logit offset while sampling and training "
+                                                          "(>0: earlier exits); the saved heads do not include it"})
+    max_new_tokens: int = field(default=64, metadata={"help": "completion length cap"})
+    head_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the exit heads"})
+    lora_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA adapter"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient-norm clip (0: off)"})
+    normalize_advantages: bool = field(default=False, metadata={"help": "divide advantages by their std over the step"})
+    format_penalty: float = field(default=0.0, metadata={"help": "subtracted from the task reward when no answer can "
+                                                                  "be extracted (the prototype used 1)"})
+    split: str = field(default="train", metadata={"help": "task split the prompts come from"})
+    pool: int | None = field(default=None, metadata={"help": "distinct prompts in the stream, cycled (default: "
+                                                              "steps × prompts per step × processes)"})
+    base_prompts: int = field(default=8, metadata={"help": "first prompts of the stream on which the base model "
+                                                            "(adapter off, no exits) is measured, K samples each; 0: skip"})
+    save_every: int = field(default=5, metadata={"help": "checkpoint every N steps (and at the last step)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoints in --out"})
+    exit_every: int = field(default=5, metadata={"help": "fresh heads only: exit layers every N layers"})
+    head_init_bias: float = field(default=-6.0, metadata={"help": "fresh heads only: initial exit-logit bias"})
+    device: str | None = field(default=None, metadata={"help": "cpu | cuda (default: cuda if available; "
+                                                                  "`accelerate launch` sets it per process)"})
+    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 (bfloat16 makes the on-policy "
+                                                             "recomputation approximate; see logprob_err)"})
+    onpolicy_tol: float = field(default=1e-3, metadata={"help": "warn when recomputed log-probs differ from the "
+                                                                 "sampled ones by more than this"})
+    judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible judge endpoint (…/v1) for "
+                                                                    "the coherence curve; unset: no coherence"})
+    judge_model: str | None = field(default=None, metadata={"help": "judge model name at --judge-url"})
+    judge_every: int = field(default=1, metadata={"help": "judge the completions of every N-th step"})
+
+    def __post_init__(self) -> None:
+        if self.k < 2:
+            raise ValueError(f"k must be >= 2 (leave-one-out baseline), got {self.k}")
+        for name in ("prompts_per_step", "steps", "runs", "max_new_tokens", "save_every", "judge_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.base_prompts < 0 or (self.pool is not None and self.pool < 1):
+            raise ValueError("base_prompts must be >= 0 and pool >= 1")
+        if self.lam < 0 or self.beta < 0:
+            raise ValueError(f"lam and beta must be >= 0, got lam={self.lam}, beta={self.beta}")
+        if self.head_lr <= 0 or self.lora_lr <= 0:
+            raise ValueError("learning rates must be > 0")
+        if math.isnan(self.offset) or math.isinf(self.offset):
+            raise ValueError(f"offset must be finite (the policy needs exits to learn them), got {self.offset}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if (self.judge_url is None) != (self.judge_model is None):
+            raise ValueError("set both judge_url and judge_model, or neither")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Environments: where prompts come from and how completions are scored
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    """Prompt token ids (no padding)."""
+    question: str = ""
+    """The user-facing problem (for the coherence judge)."""
+    item: Any = None
+    """Whatever the environment needs to score a completion (a task ``Item``)."""
+
+
+@dataclass
+class Scored:
+    reward: torch.Tensor
+    """(B,) task reward of each completion."""
+    accuracy: torch.Tensor
+    """(B,) task score in [0, 1] (the logged accuracy)."""
+    texts: list[str] | None = None
+    """Decoded completions, if the environment decodes (the judge needs them)."""
+
+
+class Env(Protocol):
+    """A prompt stream and a scorer. Pass your own to :func:`train_rl` for a custom reward."""
+
+    pad_token_id: int
+    stop_token_ids: list[int] | None  # None: the model's EOS
+
+    def prompts(self, start: int, n: int) -> list[Prompt]:
+        """Prompts ``start … start+n-1`` of the stream (deterministic)."""
+
+    def score(self, prompts: Sequence[Prompt], out: GenerationOutput) -> Scored:
+        """Row b of ``out`` is a completion of ``prompts[b]``."""
+
+
+class TaskEnv:
+    """A ``Task``'s items rendered with a tokenizer's chat template, scored by the task's scorer."""
+
+    def __init__(self, task: Task, tokenizer, *, seed: int, pool: int, split: str = "train",
+                 format_penalty: float = 0.0):
+        self.task, self.tokenizer, self.format_penalty = task, tokenizer, format_penalty
+        self.items: list[Item] = task.items(pool, seed=seed, split=split)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = int(pad if pad is not None else 0)
+        self.stop_token_ids = None
+        self._special = not getattr(tokenizer, "chat_template", None)  # a template already has its own tokens
+
+    def prompts(self, start: int, n: int) -> list[Prompt]:
+        items = [self.items[(start + i) % len(self.items)] for i in range(n)]
+        return [Prompt(self.tokenizer(self.task.prompt(it, self.tokenizer), add_special_tokens=self._special).input_ids,
+                       it.question, it) for it in items]
+
+    def score(self, prompts: Sequence[Prompt], out: GenerationOutput) -> Scored:
+        texts = [self.tokenizer.decode(row[:n], skip_special_tokens=True)
+                 for row, n in zip(out.new_tokens.tolist(), out.lengths.tolist())]
+        acc = torch.tensor([self.task.score(p.item, t) for p, t in zip(prompts, texts)])
+        malformed = torch.tensor([float(self.task.extract_answer(t) is None) for t in texts])
+        return Scored(reward=acc - self.format_penalty * malformed, accuracy=acc, texts=texts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rollouts and log-probabilities
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists → left-padded (B, P) ids and attention mask."""
+    P = max(len(r) for r in rows)
+    ids = torch.full((len(rows), P), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), P, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, P - len(r):] = torch.tensor(list(r), dtype=torch.long)
+        mask[b, P - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def sample_rollouts(policy, prompts: Sequence[Prompt], env: Env, *, max_new_tokens: int, offset: float,
+                    generator: torch.Generator | None = None) -> GenerationOutput:
+    """One completion per row of ``prompts`` from the early-exit policy (temperature 1, exits sampled)."""
+    ids, mask = left_pad([p.ids for p in prompts], env.pad_token_id, policy.device)
+    return policy.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=True, offset=offset,
+                           stop_token_ids=env.stop_token_ids, pad_token_id=env.pad_token_id, generator=generator)
+
+
+def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """logits (B, N, V), tokens (B, N) → (B, N) log-softmax at the tokens."""
+    return torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def policy_logprobs(model, out: GenerationOutput, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced (B, N) log p(y_t | ℓ_t) and log P(ℓ_t) of a rollout, with gradients.
+
+    ``model`` may be the DDP-wrapped one. Call it in eval mode (dropout off) for the values to equal
+    those recorded at sampling.
+    """
+    full = model(out.sequences, out.attention_mask, exit_layers=out.full_exit_layers(), offset=offset)
+    pos = out.predicting_positions()
+    return _token_logprobs(full.logits[:, pos], out.new_tokens), full.exit_logprobs[:, pos]
+
+
+@torch.no_grad()
+def reference_logprobs(policy, out: GenerationOutput) -> torch.Tensor:
+    """(B, N) log p_ref(y_t) under the base model: the adapter disabled and no exits."""
+    with policy.disable_adapter():
+        full = policy(out.sequences, out.attention_mask, exit_layers=None, offset=-math.inf)
+    return _token_logprobs(full.logits[:, out.predicting_positions()], out.new_tokens)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class _Context:
+    config: RLConfig
+    out: Path
+    env: Env
+    accelerator: Any
+    make_model: Callable[[], Any]
+    console: Any
+    judge: Any
+    on_step: Callable[[int, int, dict], None] | None
+
+
+def _run_dir(ctx: _Context, run: int) -> Path:
+    return ctx.out if ctx.config.runs == 1 else ctx.out / f"run-{run}"
+
+
+def rl_run(ctx: _Context, run: int) -> None:
+    """One RL run: ``config.steps`` steps from the starting model (or its latest checkpoint)."""
+    cfg, acc = ctx.config, ctx.accelerator
+    run_dir = _run_dir(ctx, run)
+    P, K, W = cfg.prompts_per_step, cfg.k, acc.num_processes
+    set_seed(cfg.seed + run + 1000 * acc.process_index)
+    model = ctx.make_model().eval()  # eval mode throughout: LoRA dropout off, so training is exactly on-policy
+    optimizer = make_optimizer(model, head_lr=cfg.head_lr, lora_lr=cfg.lora_lr)
+    start = 0
+    checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
+    if checkpoint is not None:
+        start = load_checkpoint(checkpoint, model, optimizer)["step"]
+        if acc.is_main_process:
+            ctx.console.print(f"run {run}: resumed from {checkpoint} (step {start})")
+    if start >= cfg.steps and (run_dir / MODEL_DIR).exists():
+        return
+    model, optimizer = acc.prepare(model, optimizer)
+    policy = acc.unwrap_model(model)
+    L = policy.num_layers
+    log = JsonlLog(run_dir / LOG_FILE, resume_step=start if cfg.resume else None) if acc.is_main_process else None
+    warned = False
+
+    for step in range(start + 1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        # sample: K completions of each of this process's P prompts, exits sampled
+        prompts = ctx.env.prompts(((step - 1) * W + acc.process_index) * P, P)
+        rows = [p for p in prompts for _ in range(K)]  # (B = P·K) prompt-major
+        out = sample_rollouts(policy, rows, ctx.env, max_new_tokens=cfg.max_new_tokens, offset=cfg.offset)
+        mask = out.completion_mask  # (B, N)
+        # reward: task − λ·depth − β·KL̂, then leave-one-out advantages within each prompt's group
+        scored = ctx.env.score(rows, out)
+        depth = depth_fraction(out.exit_layers, mask, L)  # (B,)
+        kl = kl_estimate(out.token_logprobs, reference_logprobs(policy, out), mask)  # (B,)
+        rewards = completion_rewards(scored.reward.to(depth.device), depth, kl, cfg.lam, cfg.beta)  # (B,)
+        advantages = rloo_advantages(rewards.view(P, K), cfg.normalize_advantages).flatten()  # (B,)
+        # update: recompute the log-probs teacher-forced (they equal the sampled ones), one AdamW step
+        token_lp, exit_lp = policy_logprobs(model, out, cfg.offset)  # (B, N) each
+        loss = policy_loss(token_lp, exit_lp, mask, advantages)
+        acc.backward(loss)
+        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+        optimizer.step()
+        optimizer.zero_grad()
+
+        err = max((token_lp.detach() - out.token_logprobs)[mask].abs().max().item(),
+                  (exit_lp.detach() - out.exit_logprobs)[mask].abs().max().item())
+        if err > cfg.onpolicy_tol and not warned:
+            warnings.warn(f"step {step}: recomputed log-probs differ from the sampled ones by {err:.2e} "
+                          f"(> onpolicy_tol={cfg.onpolicy_tol}); the update is slightly off-policy", stacklevel=2)
+            warned = True
+        row = _step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err)
+        row["coherence"] = _coherence(ctx, rows, scored) if step % cfg.judge_every == 0 else None
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        if acc.is_main_process:
+            log.write(row)
+            _print_row(ctx, row)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_checkpoint(run_dir, step, policy, optimizer, extra={"run": run})
+                _write_outputs(ctx, figure=False)
+        if ctx.on_step is not None:
+            ctx.on_step(run, step, row)
+
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        policy.save_pretrained(run_dir / MODEL_DIR)
+    acc.free_memory()
+
+
+def _step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err) -> dict[str, Any]:
+    """The step's metrics, summed over processes: completion means and token-weighted exit metrics."""
+    layers = out.exit_layers[mask].float()  # (n_tokens,)
+    sums = torch.tensor([
+        rewards.numel(), rewards.sum().item(), scored.accuracy.sum().item(), kl.sum().item(),
+        out.lengths.sum().item(), loss.item() * rewards.numel(),
+        layers.numel(), (layers / L).sum().item(), (layers < L).sum().item(),
+    ], dtype=torch.float64, device=acc.device)
+    s = acc.reduce(sums, reduction="sum").tolist() if acc.num_processes > 1 else sums.tolist()
+    n, tokens = s[0], s[6]
+    depth_frac = s[7] / tokens
+    return {"run": run, "step": step, "reward": s[1] / n, "accuracy": s[2] / n, "depth_frac": depth_frac,
+            "als": 1.0 - depth_frac, "early_exit_rate": s[8] / tokens, "kl": s[3] / n, "length": s[4] / n,
+            "loss": s[5] / n, "grad_norm": None if grad_norm is None else float(grad_norm), "logprob_err": err}
+
+
+def _coherence(ctx: _Context, prompts: Sequence[Prompt], scored: Scored) -> float | None:
+    """Mean overall judge score of the step's completions (main process's), or None without a judge."""
+    if ctx.judge is None or scored.texts is None:
+        return None
+    from thinkaloud.eval.judge import judge_many
+
+    results = judge_many(ctx.judge, [(p.question, t) for p, t in zip(prompts, scored.texts)])
+    overall = [r.judgement.overall for r in results if r.judgement is not None]
+    return sum(overall) / len(overall) if overall else None
+
+
+def _print_row(ctx: _Context, row: dict[str, Any]) -> None:
+    cfg = ctx.config
+    run = f"run {row['run'] + 1}/{cfg.runs} " if cfg.runs > 1 else ""
+    coh = f" coh {row['coherence']:.1f}" if row.get("coherence") is not None else ""
+    ctx.console.print(
+        f"{run}step {row['step']:>4}/{cfg.steps}  reward {row['reward']:+.3f}  acc {row['accuracy']:.2f}  "
+        f"depth {row['depth_frac']:.3f}  ALS {100 * row['als']:5.1f}%  exit {100 * row['early_exit_rate']:5.1f}%  "
+        f"KL {row['kl']:+.4f}  len {row['length']:5.1f}{coh}  [dim]{row['seconds']:.1f}s[/dim]", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Base-model level, merged log, figure
+
+
+def measure_base(ctx: _Context, model) -> dict[str, Any]:
+    """The base model (adapter off, no exits) on the first ``base_prompts`` prompts, K samples each."""
+    cfg = ctx.config
+    prompts = ctx.env.prompts(0, cfg.base_prompts)
+    rows = [p for p in prompts for _ in range(cfg.k)]
+    g = torch.Generator(device=model.device).manual_seed(cfg.seed)  # leaves the global RNG alone
+    chunk = cfg.prompts_per_step * cfg.k
+    accuracy, lengths, coherence = [], [], []
+    for s in range(0, len(rows), chunk):
+        part = rows[s:s + chunk]
+        with model.disable_adapter():
+            out = sample_rollouts(model, part, ctx.env, max_new_tokens=cfg.max_new_tokens, offset=-math.inf,
+                                  generator=g)
+        scored = ctx.env.score(part, out)
+        accuracy += scored.accuracy.tolist()
+        lengths += out.lengths.tolist()
+        c = _coherence(ctx, part, scored)
+        if c is not None:
+            coherence.append(c)
+    return {"accuracy": sum(accuracy) / len(accuracy), "depth_frac": 1.0, "als": 0.0, "early_exit_rate": 0.0,
+            "length": sum(lengths) / len(lengths), "coherence": sum(coherence) / len(coherence) if coherence else None,
+            "n": len(rows), "prompts": cfg.base_prompts, "offset": "-inf", "adapter": "disabled"}
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_outputs(ctx: _Context, figure: bool = True) -> None:
+    """Merge the runs' logs into ``OUT/log.jsonl`` (several runs) and redraw the dynamics figure."""
+    from thinkaloud.eval.plots import plot_rl_dynamics, save_figure
+
+    cfg, out = ctx.config, ctx.out
+    if cfg.runs > 1:
+        rows = [r for run in range(cfg.runs) for r in _read_rows(out / f"run-{run}" / LOG_FILE)]
+        atomic_write_text(out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+    rows = _read_rows(out / LOG_FILE)
+    if rows and figure:
+        base = json.loads((out / BASE_FILE).read_text()) if (out / BASE_FILE).exists() else None
+        save_figure(plot_rl_dynamics(rows, base), out / FIGURE)
+
+
+def step_table(rows: Sequence[dict[str, Any]],
+               keys: Sequence[str] = ("reward", "accuracy", "depth_frac", "als", "kl", "length")) -> list[dict[str, Any]]:
+    """Mean over runs at each step: [{"step", "runs", key: mean, …}]."""
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_step.setdefault(int(r["step"]), []).append(r)
+    table = []
+    for step in sorted(by_step):
+        group = by_step[step]
+        entry: dict[str, Any] = {"step": step, "runs": len(group)}
+        for key in keys:
+            vals = [float(r[key]) for r in group if r.get(key) is not None]
+            entry[key] = sum(vals) / len(vals) if vals else None
+        table.append(entry)
+    return table
+
+
+def _print_table(ctx: _Context) -> None:
+    from rich.table import Table
+
+    rows = _read_rows(ctx.out / LOG_FILE)
+    if not rows:
+        return
+    keys = ("reward", "accuracy", "depth_frac", "als", "kl", "length")
+    table = Table(title=f"RL: mean over {ctx.config.runs} run(s) per step")
+    for name in ("step", *keys):
+        table.add_column(name, justify="right")
+    for entry in step_table(rows, keys):
+        table.add_row(str(entry["step"]), *("—" if entry[k] is None else f"{entry[k]:.3f}" for k in keys))
+    ctx.console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[], Any] | None = None,
+             on_step: Callable[[int, int, dict], None] | None = None) -> Path:
+    """Run ``config.runs`` RL runs into ``config.out``; returns the output folder.
+
+    Python API: ``env`` replaces the task (prompt stream and reward: e.g. a reward on token ids with no
+    tokenizer), ``make_model`` replaces loading ``config.model`` (called once per run, and once for the
+    base measurement; it must return a fresh ``EarlyExitModel``), ``on_step(run, step, row)`` is
+    called after every step (after its checkpoint, if any).
+    """
+    from accelerate import Accelerator
+    from rich.console import Console
+
+    from thinkaloud.config import ExitConfig
+    from thinkaloud.model.early_exit import META_FILE
+    from thinkaloud.model.loading import default_device, load_model
+
+    cpu = (config.device or default_device()) == "cpu"
+    accelerator = Accelerator(cpu=cpu)
+    out = Path(config.out)
+    if not config.resume and accelerator.is_main_process and any(
+            (out / name).exists() for name in (LOG_FILE, "checkpoints", "run-0", MODEL_DIR)):
+        raise FileExistsError(f"{out} already holds an RL run; pass --resume to continue it, or choose a new --out")
+    dtype = getattr(torch, config.dtype)
+    if make_model is None:
+        exit_config = ExitConfig(exit_every=config.exit_every, head_init_bias=config.head_init_bias)
+
+        def make_model():  # a fresh load per run, after the run's seed is set (LoRA A is random)
+            return load_model(config.model, exit_config=exit_config, dtype=dtype, device=accelerator.device).model
+
+        if env is None:
+            from thinkaloud.data.tasks import get_task
+            from thinkaloud.hub import load_tokenizer
+            from thinkaloud.model.loading import saved_model_dir
+
+            saved = saved_model_dir(config.model)
+            base_name = json.loads((saved / META_FILE).read_text())["base_model"] if saved else config.model
+            pool = config.pool or config.steps * config.prompts_per_step * accelerator.num_processes
+            env = TaskEnv(get_task(config.task), load_tokenizer(base_name), seed=config.seed,
+                          pool=max(pool, config.base_prompts), split=config.split, format_penalty=config.format_penalty)
+    elif env is None:
+        raise ValueError("a custom make_model needs a custom env (no tokenizer to render the task with)")
+
+    judge = None
+    if config.judge_url:
+        from thinkaloud.eval.judge import OpenAIJudge
+
+        judge = OpenAIJudge(config.judge_url, config.judge_model)
+    console = Console(stderr=True, log_path=False) if accelerator.is_main_process else Console(quiet=True)
+    ctx = _Context(config, out, env, accelerator, make_model, console, judge, on_step)
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+        if config.base_prompts and not (out / BASE_FILE).exists():
+            with console.status("Measuring the base model (adapter off, no exits)…"):
+                base_model = make_model().eval()
+                base = measure_base(ctx, base_model)
+                del base_model
+            atomic_write_json(out / BASE_FILE, base)
+            console.print(f"base model: accuracy {base['accuracy']:.3f}, mean length {base['length']:.1f} "
+                          f"({base['n']} samples)")
+    accelerator.wait_for_everyone()
+
+    for run in range(config.runs):
+        rl_run(ctx, run)
+        if accelerator.is_main_process:
+            _write_outputs(ctx)
+    if accelerator.is_main_process:
+        _print_table(ctx)
+        console.print(f"[bold]Done.[/bold] log {out / LOG_FILE}, figure {out / FIGURE}.png, model "
+                      f"{out / MODEL_DIR if config.runs == 1 else out / 'run-<r>' / MODEL_DIR}")
+    return out

@@ -1,0 +1,210 @@
+"""The eval job end to end on a tiny model built in code (model, tokenizer and chat template), offline."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+from thinkaloud import EarlyExitModel, ExitConfig
+from thinkaloud.cli import main
+from thinkaloud.eval.run import EvalConfig, ReportConfig, evaluate, parse_judge_spec, report, token_strings
+from tests.tiny import MAX_TINY_PARAMS
+
+SUMMARY_KEYS = {"model", "label", "task", "n", "num_layers", "exit_layers", "offset", "kl_factor", "accuracy",
+                "early_exit_rate", "als", "mean_length", "tokens_per_s", "flop_savings", "exit_hist", "target_hist",
+                "tv_distance", "coherence"}
+RECORD_KEYS = {"id", "prompt", "completion", "tokens", "exit_layers", "score", "judge", "judge_missing"}
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CORPUS = ["Solve the problem step by step. End your response with a final line of the form 'Answer: <answer>'.",
+          "State the final answer to the following arithmetic problem: 4 + 7 = 11", "system user assistant"]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on three sentences: ~360 tokens, any text encodes, with a chat template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 3, trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls are fastest on one thread, and several threads stall when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A saved tiny Llama (6 layers, 32 dims) with its tokenizer: a local HF folder like any other."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=6,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params < MAX_TINY_PARAMS, f"tiny model has {n_params} parameters"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class _StubJudge(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint on localhost that gives every response the same scores."""
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        scores = {"coherence": 7, "completeness": 6, "clarity": 7, "no_repetition": 9, "overall": 7}
+        body = json.dumps({"choices": [{"message": {"content": json.dumps(scores)}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def judge_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StubJudge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _check_eval_dir(d: Path, n: int, tokenizer) -> tuple[dict, list[dict]]:
+    for name in ("summary.json", "records.jsonl", "config.json", "tokens.html"):
+        assert (d / name).is_file(), name
+    assert not list(d.glob(".*.tmp")), "temporary files left behind"
+    summary = json.loads((d / "summary.json").read_text())
+    records = [json.loads(line) for line in (d / "records.jsonl").read_text().splitlines()]
+    assert set(summary) == SUMMARY_KEYS
+    assert len(records) == summary["n"] == n
+    L, E = summary["num_layers"], summary["exit_layers"]
+    assert set(summary["exit_hist"]) == {str(x) for x in E + [L]}
+    assert sum(summary["exit_hist"].values()) == pytest.approx(1.0)
+    if summary["target_hist"] is not None:
+        assert sum(summary["target_hist"].values()) == pytest.approx(1.0)
+        assert 0.0 <= summary["tv_distance"] <= 1.0
+    all_layers = []
+    for r in records:
+        assert set(r) == RECORD_KEYS
+        assert len(r["tokens"]) == len(r["exit_layers"]) >= 1
+        assert set(r["exit_layers"]) <= set(E + [L])
+        assert 0.0 <= r["score"] <= 1.0
+        all_layers += r["exit_layers"]
+    assert summary["mean_length"] == pytest.approx(len(all_layers) / n)
+    assert summary["early_exit_rate"] == pytest.approx(sum(x < L for x in all_layers) / len(all_layers))
+    assert summary["tokens_per_s"] > 0
+    return summary, records
+
+
+def test_eval_base_and_trained_then_report(tiny_dir, tmp_path, judge_url):
+    tokenizer = tiny_tokenizer()
+    # A base model through the command line: no exits, whatever the offset; batches of 3 and 1.
+    base_dir = tmp_path / "base"
+    main(["eval", "--model", str(tiny_dir), "--out", str(base_dir), "--task", "rg:chain_sum", "--n", "4",
+          "--max-new-tokens", "10", "--batch-size", "3", "--offset", "2", "--show", "1"])
+    base, base_records = _check_eval_dir(base_dir, 4, tokenizer)
+    assert base["label"] == "base" and base["offset"] is None
+    assert base["num_layers"] == 6 and base["exit_layers"] == [5]
+    assert base["early_exit_rate"] == 0.0 and base["als"] == 0.0 and base["flop_savings"] == pytest.approx(0.0)
+    assert base["exit_hist"]["6"] == 1.0
+    assert base["coherence"] is None and all(r["judge"] is None for r in base_records)
+
+    # A trained-style run folder (fresh heads + LoRA saved as a checkpoint), offset 6: q = σ(0) per layer.
+    run = tmp_path / "run"
+    EarlyExitModel.from_base(str(tiny_dir), ExitConfig(exit_layers=[2, 4])).save_pretrained(run / "model")
+    trained = evaluate(EvalConfig(model=str(run / "model"), out=str(tmp_path / "exits"), task="rg:chain_sum", n=4,
+                                  max_new_tokens=10, offset=6.0, seed=1, judge=f"openai:{judge_url}#stub",
+                                  show=0))
+    summary, records = _check_eval_dir(tmp_path / "exits", 4, tokenizer)
+    assert summary == json.loads(json.dumps(trained))
+    assert summary["label"] == "run" and summary["offset"] == 6.0 and summary["exit_layers"] == [2, 4]
+    assert 0.3 < summary["early_exit_rate"] < 1.0  # P(exit) = 1 − 0.5² = 0.75 per token
+    assert 0.0 < summary["als"] < summary["early_exit_rate"]
+    assert 0.0 < summary["flop_savings"] < 1.0
+    assert summary["coherence"]["mean"] == 7 and summary["coherence"]["n_judged"] == 4
+    assert all(r["judge"]["overall"] == 7 and r["judge_missing"] is None for r in records)
+
+    md, page = report(ReportConfig(dirs=[str(base_dir), str(tmp_path / "exits")], out=str(tmp_path / "report")))
+    assert md.is_file() and page.is_file()
+    html = page.read_text()
+    assert "base" in html and "run" in html and "data:image/png;base64," in html
+    assert len(list((tmp_path / "report" / "figures").glob("exit_hist_*.png"))) == 2
+    assert len(list((tmp_path / "report" / "tokens").glob("*.html"))) == 2
+
+
+def test_cli_yaml_without_target_and_no_exits(tiny_dir, tmp_path):
+    """A trained model at --offset=-inf never exits; kl_factor: null in the YAML skips the target."""
+    EarlyExitModel.from_base(str(tiny_dir), ExitConfig(exit_layers=[3])).save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "eval.yaml").write_text("kl_factor: null\nn: 2\nmax_new_tokens: 4\nshow: 0\n")
+    main(["eval", "--config", str(tmp_path / "eval.yaml"), "--model", str(tmp_path / "run"), "--out",
+          str(tmp_path / "out"), "--offset=-inf"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n"] == 2 and summary["label"] == "run" and summary["offset"] is None
+    assert summary["early_exit_rate"] == 0.0 and summary["exit_hist"] == {"3": 0.0, "6": 1.0}
+    assert summary["target_hist"] is None and summary["tv_distance"] is None and summary["kl_factor"] is None
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["offset"] is None and config["n"] == 2
+
+
+def test_token_strings_add_up_to_the_decoded_text():
+    tokenizer = tiny_tokenizer()
+    ids = tokenizer("héllo 4 + 7 = 11 ü€", add_special_tokens=False)["input_ids"]
+    pieces = token_strings(tokenizer, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == "héllo 4 + 7 = 11 ü€"
+    assert " 11" in pieces and "€" in pieces  # multi-byte characters land whole on the token completing them
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, len(tokenizer), (60,), generator=g).tolist()  # invalid byte runs, special tokens
+    pieces = token_strings(tokenizer, noise)
+    assert len(pieces) == 60
+    assert "".join(pieces) == tokenizer.decode(noise, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def test_judge_spec_and_config_validation(tmp_path):
+    assert parse_judge_spec("openai:http://localhost:8000/v1#qwen") == ("openai", "http://localhost:8000/v1", "qwen")
+    assert parse_judge_spec("hf:smollm2-135m") == ("hf", "smollm2-135m", None)
+    for bad in ("openai:http://x/v1", "openai:localhost#m", "hf:", "gpt-4"):
+        with pytest.raises(ValueError, match="judge must be"):
+            parse_judge_spec(bad)
+    ok = dict(model="m", out=str(tmp_path))
+    for bad in ({"n": 0}, {"split": "dev"}, {"temperature": 0.0}, {"top_p": 1.5}, {"kl_factor": -1.0},
+                {"offset": float("inf")}, {"judge": "gpt-4"}):
+        with pytest.raises(ValueError):
+            EvalConfig(**ok, **bad)
+    with pytest.raises(ValueError, match="not a directory"):
+        ReportConfig(dirs=[str(tmp_path / "missing")], out=str(tmp_path))
+
+
+def test_cli_help_lists_the_fields(capsys):
+    for verb, flags in (("eval", ["--model", "--kl-factor", "--judge", "--do-sample", "--show"]),
+                        ("report", ["--dirs", "--out"])):
+        with pytest.raises(SystemExit) as exit_info:
+            main([verb, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert all(flag in text for flag in flags), text

@@ -1,0 +1,190 @@
+"""Stage-2 RL loop on tiny models: exactly on-policy, moves exits earlier, exact resume, CLI, DDP."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.tiny import build_tiny, tiny_model_dir
+from thinkaloud import EarlyExitModel, ExitConfig
+from thinkaloud.cli import main as cli_main
+from thinkaloud.train import rl
+from thinkaloud.train.rl import Prompt, RLConfig, Scored, train_rl
+
+BASE = build_tiny("llama")  # 6 layers; exits at 2 and 4 below
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls run fastest on one thread, especially on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_tiny(head_init_bias: float = -1.0):
+    """A fresh early-exit model on a copy of the same tiny base (LoRA A drawn from the run's seed)."""
+    return lambda: EarlyExitModel.from_base(copy.deepcopy(BASE), ExitConfig(exit_every=2, head_init_bias=head_init_bias))
+
+
+class DepthOnlyEnv:
+    """Random-token prompts and a task reward of 0: the reward is −λ·depth (− β·KL) only."""
+
+    pad_token_id = 0
+    stop_token_ids = None  # the tiny model's EOS (2)
+
+    def prompts(self, start: int, n: int) -> list[Prompt]:
+        out = []
+        for i in range(start, start + n):
+            g = torch.Generator().manual_seed(i)
+            length = int(torch.randint(3, 9, (1,), generator=g))
+            out.append(Prompt(torch.randint(3, 97, (length,), generator=g).tolist()))
+        return out
+
+    def score(self, prompts, out) -> Scored:
+        zero = torch.zeros(len(prompts))
+        return Scored(reward=zero, accuracy=zero)
+
+
+def config(out, **kw) -> RLConfig:
+    base = dict(model="tiny", out=str(out), lam=1.0, beta=0.0, k=4, prompts_per_step=2, steps=10,
+                max_new_tokens=12, head_lr=5e-2, lora_lr=1e-3, base_prompts=0, save_every=2, device="cpu")
+    base.update(kw)
+    return RLConfig(**base)
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_loss_uses_the_log_probs_recorded_at_sampling(tmp_path, monkeypatch):
+    """Spy on the rollouts and on the loss's inputs: teacher-forced log-probs equal the sampled ones."""
+    seen, rollouts = [], []
+    sample, loss = rl.sample_rollouts, rl.policy_loss
+    monkeypatch.setattr(rl, "sample_rollouts", lambda *a, **kw: rollouts.append(sample(*a, **kw)) or rollouts[-1])
+    monkeypatch.setattr(rl, "policy_loss", lambda *a: seen.append(a) or loss(*a))
+    train_rl(config(tmp_path, steps=3, beta=0.1), env=DepthOnlyEnv(), make_model=make_tiny())
+    assert len(seen) == len(rollouts) == 3
+    exits = torch.cat([out.exit_layers[out.completion_mask] for out in rollouts])
+    assert len(set(exits.tolist())) == 3, "exits at both exit layers and no exit expected"
+    for out, (token_lp, exit_lp, mask, advantages) in zip(rollouts, seen):
+        assert torch.equal(mask, out.completion_mask)
+        torch.testing.assert_close(token_lp[mask], out.token_logprobs[mask], atol=1e-4, rtol=0)
+        torch.testing.assert_close(exit_lp[mask], out.exit_logprobs[mask], atol=1e-4, rtol=0)
+        assert token_lp.requires_grad and exit_lp.requires_grad
+        torch.testing.assert_close(advantages.view(2, 4).sum(-1), torch.zeros(2), atol=1e-6, rtol=0)
+    log = rows(tmp_path / "log.jsonl")
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert all(r["logprob_err"] < 1e-4 for r in log)
+    assert log[-1]["kl"] != 0.0  # the adapter has moved away from the reference
+
+
+def test_depth_penalty_moves_exits_earlier(tmp_path):
+    train_rl(config(tmp_path, head_lr=0.2), env=DepthOnlyEnv(), make_model=make_tiny())
+    depth = [r["depth_frac"] for r in rows(tmp_path / "log.jsonl")]
+    assert len(depth) == 10
+    start, end = sum(depth[:3]) / 3, sum(depth[-3:]) / 3  # moving averages over 3 steps
+    assert end < start - 0.05, depth  # seeds 0-4 all give a drop of 0.20-0.24
+    saved = EarlyExitModel.from_pretrained(tmp_path / "model", base=copy.deepcopy(BASE))
+    assert (saved.heads.bias > -1.0).all(), saved.heads.bias  # both heads learnt to exit more
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    train_rl(config(tmp_path / "full", steps=4, beta=0.1), env=DepthOnlyEnv(), make_model=make_tiny())
+
+    def kill(run, step, row):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_rl(config(tmp_path / "killed", steps=4, beta=0.1), env=DepthOnlyEnv(), make_model=make_tiny(),
+                 on_step=kill)
+    assert not (tmp_path / "killed" / "model").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_rl(config(tmp_path / "killed", steps=4, beta=0.1), env=DepthOnlyEnv(), make_model=make_tiny())
+    train_rl(config(tmp_path / "killed", steps=4, beta=0.1, resume=True), env=DepthOnlyEnv(), make_model=make_tiny())
+    for name in ("exit_heads.safetensors", "adapter/adapter_model.safetensors"):
+        a = load_file(str(tmp_path / "full" / "model" / name))
+        b = load_file(str(tmp_path / "killed" / "model" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+    assert strip(rows(tmp_path / "killed" / "log.jsonl")) == strip(rows(tmp_path / "full" / "log.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("rl") / "model")
+
+
+def test_cli_runs_a_task_with_several_seeds(tiny_dir, tmp_path):
+    out = tmp_path / "rl"
+    code = cli_main(["rl", "--model", tiny_dir, "--task", "rg:chain_sum", "--lam", "1.5", "--beta", "0.25",
+                     "--k", "2", "--steps", "2", "--runs", "2", "--max-new-tokens", "6", "--base-prompts", "2",
+                     "--head-init-bias", "-1", "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    for r in (0, 1):
+        assert (out / f"run-{r}" / "model" / "thinkaloud.json").exists()
+        assert [x["step"] for x in rows(out / f"run-{r}" / "log.jsonl")] == [1, 2]
+    log = rows(out / "log.jsonl")
+    assert sorted((x["run"], x["step"]) for x in log) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    keys = {"run", "step", "reward", "accuracy", "depth_frac", "als", "early_exit_rate", "kl", "length", "coherence"}
+    assert all(keys <= x.keys() for x in log)
+    assert all(abs(x["als"] + x["depth_frac"] - 1) < 1e-9 and 0 <= x["accuracy"] <= 1 for x in log)
+    assert log[0] != log[2]  # runs differ (seeds)
+    base = json.loads((out / "base.json").read_text())
+    assert base["depth_frac"] == 1.0 and base["n"] == 4 and 0 <= base["accuracy"] <= 1
+    assert (out / "figures" / "rl_dynamics.png").stat().st_size > 0
+    assert (out / "figures" / "rl_dynamics.svg").exists() and (out / "config.yaml").exists()
+    table = rl.step_table(log)
+    assert [t["step"] for t in table] == [1, 2] and all(t["runs"] == 2 for t in table)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="k must be >= 2"):
+        RLConfig(model="m", out="o", k=1)
+    with pytest.raises(ValueError, match="offset must be finite"):
+        RLConfig(model="m", out="o", offset=float("-inf"))
+    with pytest.raises(ValueError, match="judge"):
+        RLConfig(model="m", out="o", judge_url="http://localhost:8000/v1")
+
+
+DDP_ENTRY = textwrap.dedent("""
+    import sys, torch, torch.distributed as dist
+    from thinkaloud.train import rl
+    from thinkaloud.train.common import trainable_state
+    from tests.train.test_rl import DepthOnlyEnv, config, make_tiny
+
+    made = []
+    def make():
+        made.append(make_tiny()())
+        return made[-1]
+    rl.train_rl(config(sys.argv[1], steps=2), env=DepthOnlyEnv(), make_model=make)
+    torch.save(trainable_state(made[-1]), f"{sys.argv[1]}/rank{dist.get_rank()}.pt")
+""")
+
+
+def test_two_process_ddp_ends_with_identical_weights(tmp_path):
+    script = tmp_path / "entry.py"
+    script.write_text(DDP_ENTRY)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           str(script), str(tmp_path / "ddp")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "ddp" / "rank0.pt"), torch.load(tmp_path / "ddp" / "rank1.pt")
+    assert r0.keys() == r1.keys() and len(r0) > 0
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    log = rows(tmp_path / "ddp" / "log.jsonl")
+    assert [x["step"] for x in log] == [1, 2]
+    fresh = make_tiny()()
+    assert not torch.equal(r0["heads.bias"], fresh.heads.bias.detach())
