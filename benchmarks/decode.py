@@ -33,6 +33,10 @@ CHATS = ["What is 2 + 3?", "Name three colours of the rainbow and explain where 
          "What is the capital of France, and why is it famous?", "Give me a recipe for pancakes."]
 
 RANDOM_CONFIGS = {
+    # Shape of SmolLM2-135M-Instruct, for machines that do not carry its weights.
+    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+                         max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True),
     # Shape of DeepSeek-R1-Distill-Qwen-1.5B (weights random: speed does not depend on their values).
     "deepseek-r1-distill-qwen-1.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536,
                                           intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
