@@ -28,6 +28,28 @@ def test_greedy_without_exits_matches_hf_generate(family, lengths):
     assert torch.equal(ours.exit_logprobs, torch.zeros_like(ours.exit_logprobs))
 
 
+def test_sliding_window_generation_matches_hf():
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny import tiny_config
+
+    config = tiny_config("mistral")
+    config.sliding_window = 4  # much shorter than prompt + generation
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config).eval()
+    model = EarlyExitModel.from_base(base, ExitConfig(exit_every=2)).eval()
+    ids, mask = left_padded_batch([9, 6], seed=13)
+    ours = model.generate(ids, mask, max_new_tokens=10, do_sample=False, offset=-math.inf)
+    hf = base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0,
+                       eos_token_id=2)
+    assert torch.equal(ours.sequences, hf)
+    with torch.no_grad():
+        full = model(ours.sequences, ours.attention_mask, offset=-math.inf).logits
+    logp = torch.log_softmax(full[:, ours.predicting_positions()], -1).gather(-1, ours.new_tokens[..., None])
+    done = ours.completion_mask
+    torch.testing.assert_close(logp.squeeze(-1)[done], ours.token_logprobs[done], atol=1e-4, rtol=0)
+
+
 def tf_logprobs(model, out):
     """Teacher-forced token and exit log-probabilities at the positions that predicted new tokens."""
     full = model(out.sequences, out.attention_mask, exit_layers=out.full_exit_layers())

@@ -249,22 +249,33 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
     rows = torch.arange(B, device=device)  # original index of each active row
     token = input_ids[:, -1]  # (b,) newest token per active row
     pos = positions[:, -1]  # (b,)
+    # Additive key bias of the active rows, (b, S): padding masked. A decode query at column `col`
+    # sees keys 0..col, so its mask is a slice; windowed layers (rare) get theirs built per step.
+    key_bias = torch.zeros(B, key_valid.shape[1], dtype=dtype, device=device).masked_fill(~key_valid,
+                                                                                        torch.finfo(dtype).min)
+    windowed = any(w is not None for w in windows)
+    # Host-side bookkeeping keeps device syncs to one per exit layer (exits decide what runs next).
     for n in range(max_new_tokens):
         col = P - 1 + n
         b = rows.numel()
         h = embed_tokens(token)[:, None]  # (b, 1, C)
         cos, sin = rope(h, pos[:, None])  # (b, 1, D) each
-        masks = _masks(key_valid[rows], col, 1, windows, dtype)
+        masks = {None: key_bias[:, None, None, :col + 1]}  # (b, 1, 1, col+1)
+        if windowed:
+            masks = _masks(key_valid[rows], col, 1, windows, dtype)
         live = torch.ones(b, dtype=torch.bool, device=device)
         exit_at = torch.full((b,), L, dtype=torch.long, device=device)
         lp_exit = torch.zeros(b, device=device)
+        still = done = None  # row indices; None while every row is live
         for i, layer in enumerate(layers):
             j = i + 1
-            if bool(live.all()):
+            if done is None:
                 h = arch.call_layer(layer, h, attention_mask=masks[windows[i]], position_ids=pos[:, None],
                                     past_key_values=cache.view(None, col), position_embeddings=(cos, sin))
+            elif not still.numel():  # every row has exited: K/V from the frozen states only
+                k, v = arch.frozen_kv(layer, h, cos, sin)  # (b, H_kv, 1, D)
+                cache.write(i, None, col, k, v)
             else:
-                still, done = live.nonzero().squeeze(-1), (~live).nonzero().squeeze(-1)
                 k, v = arch.frozen_kv(layer, h[done], cos[done], sin[done])  # (d, H_kv, 1, D)
                 cache.write(i, done, col, k, v)
                 if still.numel():
@@ -272,7 +283,7 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
                                              position_ids=pos[still, None], past_key_values=cache.view(still, col),
                                              position_embeddings=(cos[still], sin[still]))
                     h = h.index_copy(0, still, h_live)
-            if use_exits and j in model.layer_to_head and bool(live.any()):
+            if use_exits and j in model.layer_to_head and (still is None or still.numel()):
                 z = model.heads(h[:, 0], model.layer_to_head[j]) + offset  # (b,)
                 u = torch.rand(b, generator=generator, device=device)
                 exits = live & (u < torch.sigmoid(z))
@@ -280,6 +291,8 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
                 lp_exit = lp_exit + torch.where(live, step, torch.zeros_like(step))
                 exit_at = torch.where(exits, j, exit_at)
                 live = live & ~exits
+                if bool(exits.any()):  # the one sync of this exit layer
+                    still, done = live.nonzero().squeeze(-1), (~live).nonzero().squeeze(-1)
         logits = lm_head(norm(h[:, 0])).float()  # (b, V)
         nxt = _sample(logits, do_sample, temperature, top_p, generator)  # (b,)
         new_tokens[rows, n] = nxt
@@ -287,13 +300,15 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
         token_lp[rows, n] = F.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1)
         exit_lp[rows, n] = lp_exit
         lengths[rows] = n + 1
-        finished = torch.isin(nxt, stop) if stop.numel() else torch.zeros_like(live)
-        if bool(finished.all()):
-            break
-        if bool(finished.any()):
-            keep = (~finished).nonzero().squeeze(-1)
-            cache.keep(keep)
-            rows, nxt, pos = rows[keep], nxt[keep], pos[keep]
+        if stop.numel():
+            finished = torch.isin(nxt, stop)
+            n_finished = int(finished.sum())  # one sync per token, as HF's stopping criteria
+            if n_finished == b:
+                break
+            if n_finished:
+                keep = (~finished).nonzero().squeeze(-1)
+                cache.keep(keep)
+                rows, nxt, pos, key_bias = rows[keep], nxt[keep], pos[keep], key_bias[keep]
         token, pos = nxt, pos + 1
 
     N = int(lengths.max())

@@ -364,7 +364,8 @@ def _print_row(ctx: _Context, row: dict[str, Any]) -> None:
     ctx.console.print(
         f"{run}step {row['step']:>4}/{cfg.steps}  reward {row['reward']:+.3f}  acc {row['accuracy']:.2f}  "
         f"depth {row['depth_frac']:.3f}  ALS {100 * row['als']:5.1f}%  exit {100 * row['early_exit_rate']:5.1f}%  "
-        f"KL {row['kl']:+.4f}  len {row['length']:5.1f}{coh}  [dim]{row['seconds']:.1f}s[/dim]", highlight=False)
+        f"KL {row['kl']:+.4f}  len {row['length']:5.1f}{coh}  [dim]{row['seconds']:.1f}s[/dim]", highlight=False,
+        soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -502,6 +503,9 @@ def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[
     ctx = _Context(config, out, env, accelerator, make_model, console, judge, on_step)
 
     if accelerator.is_main_process:
+        console.print(f"RL: {config.model} on {config.task}, λ={config.lam:g}, β={config.beta:g}, K={config.k}, "
+                      f"{config.runs} run(s) × {config.steps} steps, {accelerator.num_processes} process(es) on "
+                      f"{accelerator.device}", highlight=False, soft_wrap=True)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         if config.base_prompts and not (out / BASE_FILE).exists():
