@@ -265,7 +265,7 @@ class EarlyExitModel(nn.Module):
         """KL(p_L ‖ p_ℓ) per position and exit layer with the logit lens (final norm + unembedding).
 
         Returns (B, T, m) float32; positions not selected (``positions`` mask, default the attention
-        mask) are NaN. Logits are materialised ``chunk_size`` positions at a time (default: about 2^24
+        mask) are NaN. Logits are materialised ``chunk_size`` positions at a time (default: about 2^24 on CPU, 2^28 on GPU
         logits per chunk), so memory does not grow with vocab × layers × length.
         """
         input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
@@ -276,7 +276,8 @@ class EarlyExitModel(nn.Module):
         idx = select.flatten().nonzero().squeeze(-1)  # (N,)
         norm, lm_head = arch.final_norm(self.peft), arch.unembed(self.peft)
         m = len(self.layers)
-        chunk = chunk_size or max(1, (1 << 24) // (lm_head.weight.shape[0] * (m + 1)))
+        budget = (1 << 28) if final.is_cuda else (1 << 24)  # logits per chunk: ~1 GiB on GPU, 64 MiB on CPU
+        chunk = chunk_size or max(1, budget // (lm_head.weight.shape[0] * (m + 1)))
         flat = lambda h: h.reshape(-1, h.shape[-1])  # (B*T, C)
         states = [flat(run.captured[e]) for e in self.layers]
         final = flat(final)

@@ -38,8 +38,10 @@ step), ``OUT/base.json`` (the base model on the first prompts of the stream), ``
 ``OUT/figures/rl_dynamics.{png,svg}``; the model in ``OUT/model`` (one run) or ``OUT/run-<r>/model``
 (several; each run also keeps its own ``log.jsonl`` and ``checkpoints/``). With ``--resume`` a run
 continues from its latest checkpoint bit-for-bit (single process), and finished runs are skipped.
-Under ``accelerate launch`` each process samples its own prompts; gradients are averaged by DDP and the
-logged metrics are reduced over processes.
+Under ``accelerate launch --multi_gpu`` (or ``torchrun``) each process samples its own prompts, gradients
+are averaged by DDP and the logged metrics are summed over processes (``logprob_err`` and ``coherence``
+are the main process's). ``accelerate launch --cpu`` starts a single process (accelerate's multi-CPU
+mode needs MPI); ``torchrun --nproc_per_node N`` gives N CPU processes with gloo.
 """
 
 from __future__ import annotations
@@ -471,8 +473,7 @@ def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[
     cpu = (config.device or default_device()) == "cpu"
     accelerator = Accelerator(cpu=cpu)
     out = Path(config.out)
-    if not config.resume and accelerator.is_main_process and any(
-            (out / name).exists() for name in (LOG_FILE, "checkpoints", "run-0", MODEL_DIR)):
+    if not config.resume and any((out / name).exists() for name in (LOG_FILE, "checkpoints", "run-0", MODEL_DIR)):
         raise FileExistsError(f"{out} already holds an RL run; pass --resume to continue it, or choose a new --out")
     dtype = getattr(torch, config.dtype)
     if make_model is None:
