@@ -188,3 +188,14 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     assert [x["step"] for x in log] == [1, 2]
     fresh = make_tiny()()
     assert not torch.equal(r0["heads.bias"], fresh.heads.bias.detach())
+
+
+@pytest.mark.slow
+def test_smollm2_short_run_is_on_policy(tmp_path):
+    out = train_rl(RLConfig(model="smollm2-135m", task="tom", out=str(tmp_path), k=2, prompts_per_step=1, steps=2,
+                            max_new_tokens=16, base_prompts=1, device="cpu"))
+    log = rows(out / "log.jsonl")
+    assert [r["step"] for r in log] == [1, 2]
+    assert all(r["logprob_err"] < 1e-4 for r in log), [r["logprob_err"] for r in log]
+    assert (out / "model" / "thinkaloud.json").exists() and (out / "base.json").exists()
+    assert (out / "figures" / "rl_dynamics.png").exists()

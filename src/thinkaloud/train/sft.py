@@ -227,7 +227,7 @@ def train_sft(config: SFTConfig, console: Console | None = None,
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             row = {"step": done, **{k: round(v, 5) for k, v in stats.items()},
-                   "head_bias_mean": round(float(core.heads.bias.mean()), 4),
+                   "head_bias_mean": round(float(core.heads.bias.detach().mean()), 4),
                    "elapsed_s": round(time.perf_counter() - t0, 2)}
             if log is not None:
                 log.write(row)
