@@ -254,13 +254,16 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
     key_bias = torch.zeros(B, key_valid.shape[1], dtype=dtype, device=device).masked_fill(~key_valid,
                                                                                         torch.finfo(dtype).min)
     windowed = any(w is not None for w in windows)
+    # Without padding a single decode query may attend to every key so far: no mask at all, which
+    # lets SDPA take its fastest kernel (HF's own generate does the same).
+    unmasked = bool(key_valid.all()) and not windowed
     # Host-side bookkeeping keeps device syncs to one per exit layer (exits decide what runs next).
     for n in range(max_new_tokens):
         col = P - 1 + n
         b = rows.numel()
         h = embed_tokens(token)[:, None]  # (b, 1, C)
         cos, sin = rope(h, pos[:, None])  # (b, 1, D) each
-        masks = {None: key_bias[:, None, None, :col + 1]}  # (b, 1, 1, col+1)
+        masks = {None: None if unmasked else key_bias[:, None, None, :col + 1]}  # (b, 1, 1, col+1)
         if windowed:
             masks = _masks(key_valid[rows], col, 1, windows, dtype)
         live = torch.ones(b, dtype=torch.bool, device=device)
@@ -279,7 +282,8 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
                 k, v = arch.frozen_kv(layer, h[done], cos[done], sin[done])  # (d, H_kv, 1, D)
                 cache.write(i, done, col, k, v)
                 if still.numel():
-                    h_live = arch.call_layer(layer, h[still], attention_mask=masks[windows[i]][still],
+                    mask = masks[windows[i]]
+                    h_live = arch.call_layer(layer, h[still], attention_mask=None if mask is None else mask[still],
                                              position_ids=pos[still, None], past_key_values=cache.view(still, col),
                                              position_embeddings=(cos[still], sin[still]))
                     h = h.index_copy(0, still, h_live)
