@@ -23,13 +23,7 @@ from thinkaloud.train.rl import Prompt, RLConfig, Scored, train_rl
 BASE = build_tiny("llama")  # 6 layers; exits at 2 and 4 below
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls run fastest on one thread, especially on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_tiny(head_init_bias: float = -1.0):
