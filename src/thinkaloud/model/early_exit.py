@@ -87,9 +87,7 @@ class _ExitRun:
         L = model.num_layers
         self.model, self.mask, self.offset, self.generator = model, mask.bool(), float(offset), generator
         self.sample = isinstance(spec, str)
-        if self.sample:
-            self.exit_layers = torch.full((B, T), L, dtype=torch.long, device=mask.device)
-        elif spec is None:
+        if self.sample or spec is None:  # sampling starts from "no exit" everywhere
             self.exit_layers = torch.full((B, T), L, dtype=torch.long, device=mask.device)
         else:
             self.exit_layers = spec.to(mask.device).long()
@@ -239,11 +237,16 @@ class EarlyExitModel(nn.Module):
         logits = arch.unembed(self.peft)(hidden)  # (B, T, V)
         return ExitForwardOutput(logits=logits, exit_layers=run.exit_layers, exit_logprobs=run.logp)
 
-    def _all_exits(self, input_ids, attention_mask, offset: float) -> AllExitsOutput:
-        input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
+    def _capture(self, input_ids, attention_mask) -> tuple[_ExitRun, torch.Tensor]:
+        """A pass without exits that keeps the stream at every exit layer → (run, final hidden (B, T, C))."""
         run = _ExitRun(self, attention_mask, None, 0.0, None, capture=True)
         with self._running(run):
-            final = self._hidden(input_ids, attention_mask)  # (B, T, C)
+            final = self._hidden(input_ids, attention_mask)
+        return run, final
+
+    def _all_exits(self, input_ids, attention_mask, offset: float) -> AllExitsOutput:
+        input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
+        run, final = self._capture(input_ids, attention_mask)  # final: (B, T, C)
         z = torch.stack([self.heads(run.captured[e], k) for k, e in enumerate(self.layers)], dim=-1)  # (B, T, m)
         norm = arch.final_norm(self.peft)
         states = [norm(run.captured[e]) for e in self.layers] + [final]
@@ -269,9 +272,7 @@ class EarlyExitModel(nn.Module):
         logits per chunk), so memory does not grow with vocab × layers × length.
         """
         input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
-        run = _ExitRun(self, attention_mask, None, 0.0, None, capture=True)
-        with self._running(run):
-            final = self._hidden(input_ids, attention_mask)  # (B, T, C)
+        run, final = self._capture(input_ids, attention_mask)  # final: (B, T, C)
         select = attention_mask.bool() if positions is None else positions.bool() & attention_mask.bool()
         idx = select.flatten().nonzero().squeeze(-1)  # (N,)
         norm, lm_head = arch.final_norm(self.peft), arch.unembed(self.peft)

@@ -25,7 +25,6 @@ across processes and gradients are averaged by DDP.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,9 +148,10 @@ def sft_loss(model, teacher_logp: torch.Tensor, batch: Batch, config: SFTConfig,
 @torch.no_grad()
 def teacher_logprobs(core, batch: Batch) -> torch.Tensor:
     """Exact teacher next-token log-probabilities at the selected positions, (N, V)."""
-    with core.disable_adapter():
-        logits = core(batch.input_ids, batch.attention_mask, exit_layers=None, offset=-math.inf).logits
-    return torch.log_softmax(logits[batch.select].float(), dim=-1)
+    with core.disable_adapter():  # no exits: the hooks stay idle outside a run
+        hidden = core._hidden(batch.input_ids, batch.attention_mask)  # (B, T, C)
+    logits = arch.unembed(core.peft)(hidden[batch.select])  # (N, V): only the completion positions
+    return torch.log_softmax(logits.float(), dim=-1)
 
 
 def train_sft(config: SFTConfig, console: Console | None = None,
