@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from thinkaloud import __version__
+from thinkaloud.data.prompts import encode_prompts
 from thinkaloud.data.tasks import DEFAULT_TASK, get_task
 from thinkaloud.io import atomic_save_safetensors, atomic_write_json
 from thinkaloud.model import arch
@@ -135,9 +136,7 @@ def _calibrate_shard(model, tokenizer, task, items, config: CalibrateConfig, see
     generator = torch.Generator(device=model.device).manual_seed(seed)
     for b in range(0, len(items), config.batch_size):
         batch = items[b:b + config.batch_size]
-        enc = tokenizer([task.prompt(item, tokenizer) for item in batch], return_tensors="pt", padding=True,
-                        add_special_tokens=False)
-        ids, mask = enc.input_ids.to(model.device), enc.attention_mask.to(model.device)
+        ids, mask = encode_prompts(tokenizer, [task.prompt(item, tokenizer) for item in batch], model.device)
         with model.disable_adapter():
             out = model.generate(ids, mask, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
                                  temperature=config.temperature, top_p=config.top_p, offset=float("-inf"),

@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from thinkaloud.data.prompts import encode_prompts
 from thinkaloud.data.tasks import DEFAULT_TASK, SPLITS, Item, Task, get_task
 from thinkaloud.eval import judge as judging
 from thinkaloud.eval import metrics, viz
@@ -189,10 +190,8 @@ class _Batch:
 
 
 def _prompt_ids(tokenizer: Any, prompts: list[str], device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded (b, P) ids and mask; a chat-templated prompt already holds its special tokens."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True,
-                    add_special_tokens=not getattr(tokenizer, "chat_template", None))
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    """Left-padded (b, P) ids and mask, by the one tokenisation path of every stage."""
+    return encode_prompts(tokenizer, prompts, device)
 
 
 def _generate_all(loaded: Loaded, task: Task, items: list[Item], config: EvalConfig, offset: float,

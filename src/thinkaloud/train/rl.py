@@ -58,6 +58,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 import yaml
 
+from thinkaloud.data.prompts import left_pad, pad_id, prompt_ids
 from thinkaloud.data.tasks import DEFAULT_TASK, Item, Task
 from thinkaloud.io import atomic_write_json, atomic_write_text
 from thinkaloud.model.generate import GenerationOutput
@@ -178,15 +179,13 @@ class TaskEnv:
                  format_penalty: float = 0.0):
         self.task, self.tokenizer, self.format_penalty = task, tokenizer, format_penalty
         self.items: list[Item] = task.items(pool, seed=seed, split=split)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_token_id = int(pad if pad is not None else 0)
+        self.pad_token_id = pad_id(tokenizer)
         self.stop_token_ids = None
-        self._special = not getattr(tokenizer, "chat_template", None)  # a template already has its own tokens
 
     def prompts(self, start: int, n: int) -> list[Prompt]:
         items = [self.items[(start + i) % len(self.items)] for i in range(n)]
-        return [Prompt(self.tokenizer(self.task.prompt(it, self.tokenizer), add_special_tokens=self._special).input_ids,
-                       it.question, it) for it in items]
+        return [Prompt(prompt_ids(self.tokenizer, self.task.prompt(it, self.tokenizer)), it.question, it)
+                for it in items]
 
     def score(self, prompts: Sequence[Prompt], out: GenerationOutput) -> Scored:
         texts = [self.tokenizer.decode(row[:n], skip_special_tokens=True)
@@ -198,17 +197,6 @@ class TaskEnv:
 
 # ---------------------------------------------------------------------------------------------------
 # Rollouts and log-probabilities
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists → left-padded (B, P) ids and attention mask."""
-    P = max(len(r) for r in rows)
-    ids = torch.full((len(rows), P), pad, dtype=torch.long)
-    mask = torch.zeros(len(rows), P, dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, P - len(r):] = torch.tensor(list(r), dtype=torch.long)
-        mask[b, P - len(r):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def sample_rollouts(policy, prompts: Sequence[Prompt], env: Env, *, max_new_tokens: int, offset: float,
