@@ -12,6 +12,7 @@ from tests.tiny import build_tiny, left_padded_batch
 from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.model import arch
 from thinkaloud.model.arch import UnsupportedModelError
+from thinkaloud.model.early_exit import ExitHeads
 
 
 def wrap(family: str, **cfg) -> EarlyExitModel:
@@ -191,6 +192,84 @@ def test_offset_limits_have_no_nans():
     assert torch.equal(high.exp()[..., 0], torch.ones(2, 5))  # always exit at the first layer
     assert (always.exit_layers[mask.bool()] == model.layers[0]).all()
     assert torch.equal(always.exit_logprobs, torch.zeros(2, 5))
+
+
+# ------------------------------------------------------------------ where exits may happen
+def half_heads(model: EarlyExitModel) -> EarlyExitModel:
+    """Exit heads with q = 1/2 at every exit layer: every live position has a log-probability < 0."""
+    with torch.no_grad():
+        model.heads.weight.zero_()
+        model.heads.bias.zero_()
+    return model
+
+
+def test_exits_from_confines_sampled_exits():
+    model = half_heads(wrap("llama"))
+    ids, mask = left_padded_batch([8, 5, 6], seed=5)
+    L, valid = model.num_layers, mask.bool()
+    with torch.no_grad():
+        always = model(ids, mask, exit_layers="sample", offset=math.inf, exits_from=5)
+        anywhere = model(ids, mask, exit_layers="sample", offset=math.inf)  # default: every real position
+        sampled = model(ids, mask, exit_layers="sample", generator=torch.Generator().manual_seed(0), exits_from=5)
+        per_row = model(ids, mask, exit_layers="sample", generator=torch.Generator().manual_seed(1),
+                        exits_from=torch.tensor([2, 7, 8]))
+    assert (always.exit_layers[:, :5] == L).all() and (always.exit_layers[:, 5:] == model.layers[0]).all()
+    assert (anywhere.exit_layers[valid] == model.layers[0]).all()
+    # before exits_from: no exit and exactly 0 log-probability; from it on: exits drawn with q = 1/2
+    assert (sampled.exit_layers[:, :5] == L).all() and torch.equal(sampled.exit_logprobs[:, :5], torch.zeros(3, 5))
+    assert (sampled.exit_logprobs[:, 5:] < 0).all()
+    inside = valid & (torch.arange(8)[None, :] >= torch.tensor([2, 7, 8])[:, None])  # (B, T)
+    assert (per_row.exit_layers[~inside] == L).all() and (per_row.exit_logprobs[~inside] == 0).all()
+    assert (per_row.exit_logprobs[inside] < 0).all() and not inside[2].any()
+
+
+def test_exits_from_puts_exit_logprobs_where_generation_does():
+    """exits_from = P - 1: the teacher-forced exit log-probabilities of a rollout are those generation
+    recorded, at the same positions, and the prompt positions before contribute nothing."""
+    model = half_heads(wrap("qwen2"))
+    ids, mask = left_padded_batch([6, 4], seed=3)
+    out = model.generate(ids, mask, max_new_tokens=5, seed=0, stop_token_ids=[])
+    P = out.prompt_length
+    with torch.no_grad():
+        full = model(out.sequences, out.attention_mask, exit_layers=out.full_exit_layers(), exits_from=P - 1)
+    torch.testing.assert_close(full.exit_logprobs[:, out.predicting_positions()], out.exit_logprobs)
+    assert torch.equal(full.exit_logprobs[:, :P - 1], torch.zeros(2, P - 1))
+    with torch.no_grad():  # without exits_from the real prompt positions carry log P(no exit) < 0
+        default = model(out.sequences, out.attention_mask, exit_layers=out.full_exit_layers())
+    prompt = out.attention_mask[:, :P - 1].bool()  # (B, P-1)
+    assert (default.exit_logprobs[:, :P - 1][prompt] < 0).all()
+
+
+def test_exits_from_bad_values_raise():
+    model = wrap("llama")
+    ids, mask = left_padded_batch([5, 5])
+    exits = torch.full_like(ids, model.num_layers)
+    exits[:, 1] = 2
+    with pytest.raises(ValueError, match="before exits_from"):
+        model(ids, mask, exit_layers=exits, exits_from=3)
+    for bad in (-1, 6, 1.5, torch.tensor([1]), torch.tensor([1.0, 2.0])):
+        with pytest.raises(ValueError, match="exits_from"):
+            model(ids, mask, exit_layers="sample", exits_from=bad)
+
+
+# ----------------------------------------------------------------------------- fp32 exit heads
+def test_exit_heads_stay_float32_under_bf16_autocast():
+    heads = ExitHeads(64, [2, 4])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        heads.weight.copy_(torch.randn(2, 64, generator=g))
+        heads.bias.fill_(0.3)
+    hidden = torch.randn(3, 5, 64, generator=g) * 10  # (B, T, C)
+    with torch.no_grad():
+        exact = hidden @ heads.weight[1] + heads.bias[1]  # fp32, outside autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = heads(hidden, 1)
+            z_bf16_input = heads(hidden.bfloat16(), 1)  # a bf16 model's hidden state
+            plain = hidden @ heads.weight[1] + heads.bias[1]  # what autocast makes of an unguarded readout
+    assert z.dtype == z_bf16_input.dtype == torch.float32
+    torch.testing.assert_close(z, exact, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(z_bf16_input, hidden.bfloat16().float() @ heads.weight[1] + 0.3, atol=1e-5, rtol=1e-6)
+    assert plain.dtype == torch.bfloat16 and (plain.float() - exact).abs().max() > 1e-2  # bf16 would differ
 
 
 def test_bad_inputs_raise():

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from thinkaloud import exit_log_distribution, exit_targets
@@ -25,10 +26,16 @@ def test_exit_targets_limits():
     t = exit_targets(torch.tensor([0.5, 0.0, 0.0]), 1.0).exp()
     q1 = 2 / (1 + math.exp(0.5))
     torch.testing.assert_close(t, torch.tensor([q1, 1 - q1, 0.0, 0.0]))
-    # Huge D → never exit; F = 0 → always exit at the first layer; tiny negative D counts as 0.
+    # Huge D → never exit; tiny negative D counts as 0.
     torch.testing.assert_close(exit_targets(torch.tensor([1e6, 1e6]), 1.0).exp(), torch.tensor([0.0, 0.0, 1.0]))
-    torch.testing.assert_close(exit_targets(torch.tensor([3.0, 3.0]), 0.0).exp(), torch.tensor([1.0, 0.0, 0.0]))
     torch.testing.assert_close(exit_targets(torch.tensor([-1e-7, 5.0]), 1.0).exp(), torch.tensor([1.0, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("kl_factor", [0.0, -1.0, float("nan")])
+def test_exit_targets_reject_kl_factor_not_positive(kl_factor):
+    # F = 0 would send every token to the first exit layer whatever its KL; F < 0 gives q* > 1.
+    with pytest.raises(ValueError, match="kl_factor must be > 0"):
+        exit_targets(torch.tensor([3.0, 3.0]), kl_factor)
 
 
 def test_exit_targets_sum_to_one_and_order_in_kl_factor():

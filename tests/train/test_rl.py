@@ -106,7 +106,12 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     assert not (tmp_path / "killed" / "model").exists()
     with pytest.raises(FileExistsError, match="--resume"):
         train_rl(config(tmp_path / "killed", steps=4, beta=0.1), env=DepthOnlyEnv(), make_model=make_tiny())
+    root = tmp_path / "killed" / "checkpoints"  # what a kill during the step-3 checkpoint write leaves
+    (root / ".step-000003.tmp").mkdir()
+    (root / ".step-000003.tmp" / "state.pt").write_bytes(b"partial")
+    (root / ".latest.json.x7y8z9.tmp").write_text('{"step": 3')
     train_rl(config(tmp_path / "killed", steps=4, beta=0.1, resume=True), env=DepthOnlyEnv(), make_model=make_tiny())
+    assert sorted(p.name for p in root.iterdir()) == ["latest.json", "step-000002", "step-000004"]
     for name in ("exit_heads.safetensors", "adapter/adapter_model.safetensors"):
         a = load_file(str(tmp_path / "full" / "model" / name))
         b = load_file(str(tmp_path / "killed" / "model" / name))
@@ -141,6 +146,65 @@ def test_cli_runs_a_task_with_several_seeds(tiny_dir, tmp_path):
     assert (out / "figures" / "rl_dynamics.svg").exists() and (out / "config.yaml").exists()
     table = rl.step_table(log)
     assert [t["step"] for t in table] == [1, 2] and all(t["runs"] == 2 for t in table)
+
+
+def test_env_and_report_live_in_their_own_modules():
+    from thinkaloud.data import env
+    from thinkaloud.train import rl_report
+
+    assert (rl.Env, rl.Prompt, rl.Scored, rl.TaskEnv) == (env.Env, env.Prompt, env.Scored, env.TaskEnv)
+    assert rl.step_table is rl_report.step_table
+    for module in (rl, env, rl_report):
+        assert len(Path(module.__file__).read_text().splitlines()) < 400, module.__name__
+
+
+def test_rewards_use_strict_answers_unless_lenient(tiny_dir, tmp_path, monkeypatch):
+    """The task is built with ``lenient=config.lenient_answers`` (default False: strict extraction)."""
+    from thinkaloud.data import tasks
+
+    assert RLConfig(model="m", out="o").lenient_answers is False
+    seen, get_task = [], tasks.get_task
+    monkeypatch.setattr(tasks, "get_task", lambda spec, **kw: seen.append(kw) or get_task(spec, **kw))
+    for lenient in (False, True):
+        train_rl(RLConfig(model=tiny_dir, out=str(tmp_path / f"lenient-{lenient}"), task="rg:chain_sum", k=2,
+                          prompts_per_step=1, steps=1, max_new_tokens=4, base_prompts=0, device="cpu",
+                          lenient_answers=lenient))
+    assert seen == [{"lenient": False}, {"lenient": True}]
+
+
+@pytest.mark.parametrize("lenient", [False, True])
+def test_format_penalty_fires_without_an_answer_marker(lenient):
+    """With strict answers a response without a marker has no answer: score 0, minus the penalty."""
+    from tests.tiny import tiny_tokenizer
+    from thinkaloud.data.env import TaskEnv
+    from thinkaloud.data.tasks import get_task
+    from thinkaloud.model.generate import GenerationOutput
+
+    tok = tiny_tokenizer()
+    env = TaskEnv(get_task("rg:chain_sum", lenient=lenient), tok, seed=0, pool=1, format_penalty=0.5)
+    prompt = env.prompts(0, 1)[0]
+    texts = [f"Answer: {prompt.item.answer}", f"so it is\n{prompt.item.answer}"]
+    new = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    N, P = max(map(len, new)), len(prompt.ids)
+    sequences = torch.tensor([prompt.ids + r + [0] * (N - len(r)) for r in new])  # (2, P+N)
+    lengths = torch.tensor([len(r) for r in new])
+    zeros = torch.zeros(2, N)
+    out = GenerationOutput(sequences=sequences, attention_mask=(torch.arange(P + N) < P + lengths[:, None]).long(),
+                           prompt_length=P, exit_layers=torch.full((2, N), 6), token_logprobs=zeros,
+                           exit_logprobs=zeros, lengths=lengths, num_layers=6)
+    scored = env.score([prompt, prompt], out)
+    assert scored.texts == texts
+    assert scored.accuracy.tolist() == ([1.0, 1.0] if lenient else [1.0, 0.0])
+    assert scored.reward.tolist() == ([1.0, 1.0] if lenient else [1.0, -0.5])
+
+
+def test_help_says_where_defaults_differ_from_the_paper(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["rl", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for part in ("(paper: 1.5)", "(paper: 0.25)", "(paper: up to 400)", "(paper: 1e-5;", "(paper: 1e-4)",
+                 "any response without an answer marker", "--lenient-answers"):
+        assert part in text, part
 
 
 def test_config_validation():

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.tiny import tiny_model_dir
+from thinkaloud.cli import main as cli_main
 from thinkaloud.data.calibrate import CalibrateConfig, calibrate
 from thinkaloud.model.exits import exit_log_distribution, exit_targets
 from thinkaloud.model.loading import load_model
@@ -123,3 +124,39 @@ def test_sampled_exits_follow_targets():
     draws = losses.sample_exit_index(log_t.expand(1, -1), 20000, torch.Generator().manual_seed(0))
     freq = torch.bincount(draws.flatten(), minlength=4).float() / draws.numel()
     torch.testing.assert_close(freq, log_t.exp()[0], atol=0.015, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5])
+def test_kl_factor_must_be_positive(bad):
+    with pytest.raises(ValueError, match="kl_factor must be > 0"):
+        SFTConfig(calib="calib", out="out", kl_factor=bad)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_run_removes_stale_checkpoint_temporaries(calib, tmp_path, resume):
+    """A run killed while writing a checkpoint leaves temporaries behind; the next run of the folder
+    (restarted or resumed) removes them, and only them."""
+    out, root = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    if resume:
+        train_sft(sft_config(calib, out, steps=2))
+    (root / ".step-000007.tmp").mkdir(parents=True)  # a step this run never writes
+    (root / ".step-000007.tmp" / "state.pt").write_bytes(b"partial")
+    (root / ".latest.json.k3j2h1ab.tmp").write_text('{"step": 7')  # thinkaloud.io's temporary name
+    (root / "notes.txt").write_text("kept")
+    (root / ".other.tmp").write_text("kept: not a name a checkpoint write creates")
+    train_sft(sft_config(calib, out, steps=4, resume=resume))
+    assert sorted(p.name for p in root.iterdir()) == [".other.tmp", "latest.json", "notes.txt", "step-000002",
+                                                      "step-000004"]
+
+
+def test_help_says_where_defaults_differ_from_the_paper(capsys):
+    def help_text(verb: str) -> str:
+        with pytest.raises(SystemExit):
+            cli_main([verb, "--help"])
+        return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+    sft = help_text("sft")
+    for text in ("(paper: 1e-5;", "(paper: 1e-4)", "(paper: 8, on q/k/v/o)", "(paper: 16)", "(paper: 0.05)",
+                 "(paper: 0.25–4, standard 1)"):
+        assert text in sft, text
+    assert "(paper: up to 400)" in help_text("calibrate")

@@ -31,6 +31,7 @@ from thinkaloud.config import ExitConfig
 from thinkaloud.io import atomic_save_safetensors, atomic_write_json
 from thinkaloud.model import arch
 from thinkaloud.model.exits import exit_index, exit_log_distribution
+from thinkaloud.model.lens import lens_kl
 
 META_FILE = "thinkaloud.json"
 HEADS_FILE = "exit_heads.safetensors"
@@ -38,7 +39,12 @@ ADAPTER_DIR = "adapter"
 
 
 class ExitHeads(nn.Module):
-    """m scalar readouts z_i = w_i · h + b_i, kept in fp32 whatever the model's dtype."""
+    """m scalar readouts z_i = w_i · h + b_i, computed in fp32 whatever the model's dtype.
+
+    Autocast is switched off inside the head (for the input's device type): under bf16 mixed
+    precision autocast would otherwise run the readout's matmul in bf16, and exit logits near the
+    sampling threshold would move by bf16 round-off.
+    """
 
     def __init__(self, hidden_size: int, layers: list[int], init_bias: float = -6.0):
         super().__init__()
@@ -47,8 +53,9 @@ class ExitHeads(nn.Module):
         self.bias = nn.Parameter(torch.full((len(layers),), float(init_bias)))  # (m,)
 
     def forward(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
-        """hidden (..., C) at exit layer ``self.layers[k]`` → exit logit z (...)."""
-        return hidden.float() @ self.weight[k] + self.bias[k]
+        """hidden (..., C) at exit layer ``self.layers[k]`` → exit logit z (...), float32."""
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return hidden.float() @ self.weight[k].float() + self.bias[k].float()
 
 
 @dataclass
@@ -82,10 +89,13 @@ class _ExitRun:
     """State of one teacher-forced pass, advanced by the decoder-layer hooks in layer order."""
 
     def __init__(self, model: "EarlyExitModel", mask: torch.Tensor, spec: ExitSpec, offset: float,
-                 generator: torch.Generator | None, capture: bool):
+                 generator: torch.Generator | None, capture: bool, exits_from: torch.Tensor | None = None):
         B, T = mask.shape
         L = model.num_layers
         self.model, self.mask, self.offset, self.generator = model, mask.bool(), float(offset), generator
+        self.can_exit = self.mask  # (B, T): real positions from each row's first exit column on
+        if exits_from is not None:
+            self.can_exit = self.mask & (torch.arange(T, device=mask.device)[None, :] >= exits_from[:, None])
         self.sample = isinstance(spec, str)
         if self.sample or spec is None:  # sampling starts from "no exit" everywhere
             self.exit_layers = torch.full((B, T), L, dtype=torch.long, device=mask.device)
@@ -93,6 +103,8 @@ class _ExitRun:
             self.exit_layers = spec.to(mask.device).long()
             self.exit_layers = torch.where(self.mask, self.exit_layers, L)  # padding never exits
             exit_index(self.exit_layers, model.layers, L)  # validates the values
+            if ((self.exit_layers < L) & ~self.can_exit).any():
+                raise ValueError("exit_layers prescribes exits before exits_from, where positions never exit")
         self.frozen = torch.zeros(B, T, dtype=torch.bool, device=mask.device)  # exited below this layer
         self.logp = torch.zeros(B, T, device=mask.device)  # (B, T) log P(exit layer) so far
         self.captured: dict[int, torch.Tensor] = {} if capture else None
@@ -110,7 +122,7 @@ class _ExitRun:
             if self.captured is not None:
                 self.captured[j] = out
             z = self.model.heads(out, k) + self.offset  # (B, T)
-            live = ~self.frozen & self.mask
+            live = ~self.frozen & self.can_exit
             if self.sample:
                 u = torch.rand(z.shape, generator=self.generator, device=z.device)
                 exits = live & (u < torch.sigmoid(z.detach()))
@@ -212,13 +224,21 @@ class EarlyExitModel(nn.Module):
     # ----------------------------------------------------------------------------------- forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 exit_layers: ExitSpec = None, offset: float = 0.0,
-                generator: torch.Generator | None = None, all_exits: bool = False) -> ExitForwardOutput | AllExitsOutput:
+                generator: torch.Generator | None = None, all_exits: bool = False,
+                exits_from: int | torch.Tensor | None = None) -> ExitForwardOutput | AllExitsOutput:
         """Teacher-forced pass with exits.
 
         exit_layers: None → no exits (every position runs all L layers); a (B, T) tensor → exits
         prescribed per position (values in the exit layers or L); ``"sample"`` → sampled layer by layer
         (Bernoulli(q) at each exit layer, first success wins). ``exit_logprobs`` is always the
         log-probability of the exits taken, so with ``offset=-inf`` and no exits it is 0.
+
+        exits_from: the first column that takes part in exits — an int for every row, or a (B,) tensor
+        per row; None (default) → every real position. Columns before it run all L layers, never exit
+        (sampled or prescribed: a prescribed exit there is an error) and add 0 to ``exit_logprobs``.
+        Generation lets only the last prompt position and the new tokens exit, so for a left-padded
+        batch with padded prompt length P, ``exits_from=P - 1`` makes ``"sample"`` draw exactly where
+        generation does and ``exit_logprobs`` cover exactly the predicting positions.
 
         ``all_exits=True`` returns :class:`AllExitsOutput` instead (no exits in the context; every
         outcome's normed state and its log-probability), for losses that take the expectation over
@@ -231,7 +251,8 @@ class EarlyExitModel(nn.Module):
             raise ValueError(f"exit_layers must be None, a (B, T) tensor or 'sample', got {exit_layers!r}")
         if isinstance(exit_layers, torch.Tensor) and exit_layers.shape != input_ids.shape:
             raise ValueError(f"exit_layers shape {tuple(exit_layers.shape)} != input_ids shape {tuple(input_ids.shape)}")
-        run = _ExitRun(self, attention_mask, exit_layers, offset, generator, capture=False)
+        start = _check_exits_from(exits_from, input_ids)
+        run = _ExitRun(self, attention_mask, exit_layers, offset, generator, capture=False, exits_from=start)
         with self._running(run):
             hidden = self._hidden(input_ids, attention_mask)  # (B, T, C)
         logits = arch.unembed(self.peft)(hidden)  # (B, T, V)
@@ -243,6 +264,26 @@ class EarlyExitModel(nn.Module):
         with self._running(run):
             final = self._hidden(input_ids, attention_mask)
         return run, final
+
+    @torch.no_grad()
+    def exit_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    exit_layers: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Teacher-forced pass with prescribed exits (a (B, T) tensor, or None for none) → the residual
+        stream at every exit layer (m tensors (B, T, C)) and the last hidden state *before* the final
+        norm (B, T, C), the state that the final norm + unembedding read. Under freeze, a position that
+        exited at e has its layer-e state at every deeper exit layer and as its last hidden state."""
+        input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
+        if exit_layers is not None and exit_layers.shape != input_ids.shape:
+            raise ValueError(f"exit_layers shape {tuple(exit_layers.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        run = _ExitRun(self, attention_mask, exit_layers, 0.0, None, capture=True)
+        last: list[torch.Tensor] = []  # the final norm's input
+        hook = arch.final_norm(self.peft).register_forward_pre_hook(lambda module, args: last.append(args[0]))
+        try:
+            with self._running(run):
+                self._hidden(input_ids, attention_mask)
+        finally:
+            hook.remove()
+        return [run.captured[e] for e in self.layers], last[-1]
 
     def _all_exits(self, input_ids, attention_mask, offset: float) -> AllExitsOutput:
         input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
@@ -268,35 +309,14 @@ class EarlyExitModel(nn.Module):
         """KL(p_L ‖ p_ℓ) per position and exit layer with the logit lens (final norm + unembedding).
 
         Returns (B, T, m) float32; positions not selected (``positions`` mask, default the attention
-        mask) are NaN. Logits are materialised ``chunk_size`` positions at a time (default: about 2^24 on CPU, 2^28 on GPU
-        logits per chunk), so memory does not grow with vocab × layers × length.
+        mask) are NaN. Logits are materialised ``chunk_size`` positions at a time (see
+        :func:`thinkaloud.model.lens.lens_kl`), so memory does not grow with vocab × layers × length.
         """
         input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
         run, final = self._capture(input_ids, attention_mask)  # final: (B, T, C)
         select = attention_mask.bool() if positions is None else positions.bool() & attention_mask.bool()
-        idx = select.flatten().nonzero().squeeze(-1)  # (N,)
-        norm, lm_head = arch.final_norm(self.peft), arch.unembed(self.peft)
-        m = len(self.layers)
-        budget = (1 << 28) if final.is_cuda else (1 << 24)  # logits per chunk: ~1 GiB on GPU, 64 MiB on CPU
-        chunk = chunk_size or max(1, budget // (lm_head.weight.shape[0] * (m + 1)))
-        flat = lambda h: h.reshape(-1, h.shape[-1])  # (B*T, C)
-        states = [flat(run.captured[e]) for e in self.layers]
-        final = flat(final)
-        out = torch.full((idx.numel(), m), float("nan"), device=final.device)
-        for s in range(0, idx.numel(), chunk):
-            rows = idx[s:s + chunk]
-            logits_final = lm_head(final[rows]).float()  # (n, V)
-            logp_final = F.log_softmax(logits_final, dim=-1)
-            p_final = logp_final.exp()
-            neg_entropy = (p_final * logp_final).sum(-1)  # (n,)  Σ p log p
-            lens = torch.stack([norm(h[rows]) for h in states])  # (m, n, C): logit lens inputs
-            logits = lm_head(lens).float()  # (m, n, V), one matmul for all exit layers
-            # KL(p ‖ softmax(z)) = Σ p log p − Σ p z + logsumexp(z): no (m, n, V) log-softmax needed.
-            cross = torch.einsum("nv,mnv->mn", p_final, logits)  # (m, n)
-            out[s:s + chunk] = (neg_entropy[None] - cross + torch.logsumexp(logits, dim=-1)).T
-        result = torch.full((*input_ids.shape, len(self.layers)), float("nan"), device=final.device)
-        result.view(-1, len(self.layers))[idx] = out
-        return result
+        return lens_kl([run.captured[e] for e in self.layers], final, select, arch.final_norm(self.peft),
+                       arch.unembed(self.peft), chunk_size)
 
     # ------------------------------------------------------------------------------- generation
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
@@ -373,6 +393,16 @@ def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) 
     if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
     return input_ids, attention_mask.to(input_ids.device)
+
+
+def _check_exits_from(exits_from: int | torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """``exits_from`` of :meth:`EarlyExitModel.forward` → (B,) first exit column of each row, or None."""
+    if exits_from is None:
+        return None
+    (B, T), start = input_ids.shape, torch.as_tensor(exits_from, device=input_ids.device)
+    if start.is_floating_point() or start.shape not in ((), (B,)) or (start < 0).any() or (start > T).any():
+        raise ValueError(f"exits_from must be an int or a (batch,) integer tensor in 0..{T}, got {exits_from!r}")
+    return start.long().expand(B)
 
 
 def _load_base(model_or_path, *, dtype=None, device=None) -> tuple[nn.Module, str]:

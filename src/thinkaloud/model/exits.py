@@ -38,9 +38,12 @@ def exit_targets(kl: torch.Tensor, kl_factor: float) -> torch.Tensor:
     q*_ℓ = 2σ(−F·D_ℓ); in log space log q* = log 2 + log σ(−F·D) and, since 1 − 2σ(−x) = tanh(x/2),
     log(1 − q*) = log(1 − e^{−x}) − log(1 + e^{−x}) with x = F·D ≥ 0. Returns log-probabilities
     (exponentiate for the distribution); they sum to 1.
+
+    F must be > 0: F = 0 makes q* = 1 everywhere (every token exits at the first exit layer whatever
+    its KL) and F < 0 gives q* > 1, not a probability.
     """
-    if kl_factor < 0:
-        raise ValueError(f"kl_factor must be >= 0, got {kl_factor}")
+    if not kl_factor > 0:  # also rejects NaN
+        raise ValueError(f"kl_factor must be > 0 (F = 0 exits every token at the first exit layer), got {kl_factor}")
     x = kl.float().clamp_min(0.0) * kl_factor  # (..., m); tiny negative KLs from rounding count as 0
     log_q = math.log(2.0) + F.logsigmoid(-x)  # (..., m), = 0 at x = 0
     log_q = log_q.clamp_max(0.0)

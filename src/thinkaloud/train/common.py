@@ -2,7 +2,9 @@
 
 Checkpoints hold everything a resumed run needs to continue bit-for-bit: trainable weights (LoRA +
 heads), optimiser state, step, RNG states and the data order position. They are written into a
-temporary folder and renamed into place, so a kill never leaves a partial checkpoint.
+temporary folder and renamed into place, so a kill never leaves a partial checkpoint; it may leave the
+temporary itself (``.step-*.tmp``, ``.latest.json.*.tmp``), which the next run of the same folder
+removes (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -74,6 +76,26 @@ def save_checkpoint(out: Path, step: int, model, optimizer, extra: dict[str, Any
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+STALE_PATTERNS = (".step-[0-9]*.tmp", ".latest.json.*.tmp")
+"""Temporaries of :func:`save_checkpoint`: its step folder and ``thinkaloud.io``'s write of latest.json."""
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete checkpoint temporaries left in ``out/checkpoints`` by a run killed mid-write; returns them.
+
+    Only names :func:`save_checkpoint` creates are touched. Call it once, on the main process, when a
+    run starts or resumes (before it writes a checkpoint).
+    """
+    root = Path(out) / CKPT_DIR
+    stale = sorted(p for pattern in STALE_PATTERNS for p in root.glob(pattern)) if root.is_dir() else []
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
 
 
 def latest_checkpoint(out: Path) -> Path | None:

@@ -23,21 +23,19 @@ no second copy of the model is held. The KL term is the token part of the diverg
 be infinite). It is part of the reward (no gradient through it), as in RLOO.
 
 Departures and choices, all deliberate:
-- the task score is the task's scorer in [0, 1] (reasoning-gym gives partial credit); the prototype's
-  −1 for a malformed answer is available as ``format_penalty`` (default 0);
+- the task score is the task's scorer in [0, 1] (reasoning-gym gives partial credit), with strict
+  answer extraction by default (``lenient_answers`` relaxes it); the prototype's −1 for a malformed
+  answer is available as ``format_penalty`` (default 0);
 - every run sees the same prompts in the same order; runs differ in the seed of sampling (tokens and
   exits) and of the LoRA initialisation when heads are fresh;
-- the logged ``depth_frac``, ``als`` and ``early_exit_rate`` are token-weighted over the step's
-  completions (the eval metrics); the reward uses each completion's own mean depth;
-- learning rates default higher than the paper's SFT ones (heads 1e-3, LoRA 1e-4, constant, no warmup)
-  so that a short CPU run moves visibly; the head weights see hidden states of large norm, so Adam's
-  per-coordinate steps of 1e-3 already move an exit logit by O(1) in a few steps.
+- the reward uses each completion's own mean depth; the logged exit metrics are token-weighted;
+- the heads' learning rate defaults to 1e-3 (paper: 1e-5; LoRA 1e-4 as the paper; constant, no warmup)
+  so that a short CPU run moves visibly: with hidden states of large norm, Adam steps of 1e-3 move an
+  exit logit by O(1) in a few steps; completions are capped at 64 new tokens (paper: up to 400).
 
-Outputs (the RL directory of ``thinkaloud.eval.report``): ``OUT/log.jsonl`` (one row per run and
-step), ``OUT/base.json`` (the base model on the first prompts of the stream), ``OUT/config.yaml``,
-``OUT/figures/rl_dynamics.{png,svg}``; the model in ``OUT/model`` (one run) or ``OUT/run-<r>/model``
-(several; each run also keeps its own ``log.jsonl`` and ``checkpoints/``). With ``--resume`` a run
-continues from its latest checkpoint bit-for-bit (single process), and finished runs are skipped.
+The environment (prompt stream and scorer) is ``thinkaloud.data.env``; the output folder, merged log,
+figure and step table are ``thinkaloud.train.rl_report``. With ``--resume`` a run continues from its
+latest checkpoint bit-for-bit (single process), and finished runs are skipped.
 Under ``accelerate launch --multi_gpu`` (or ``torchrun``) each process samples its own prompts, gradients
 are averaged by DDP and the logged metrics are summed over processes (``logprob_err`` and ``coherence``
 are the main process's). ``accelerate launch --cpu`` starts a single process (accelerate's multi-CPU
@@ -53,21 +51,24 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
 
-from thinkaloud.data.prompts import left_pad, pad_id, prompt_ids
-from thinkaloud.data.tasks import DEFAULT_TASK, Item, Task
+from thinkaloud.data.env import Env, Prompt, Scored, TaskEnv
+from thinkaloud.data.prompts import left_pad
+from thinkaloud.data.tasks import DEFAULT_TASK
 from thinkaloud.io import atomic_write_json, atomic_write_text
 from thinkaloud.model.generate import GenerationOutput
-from thinkaloud.train.common import JsonlLog, latest_checkpoint, load_checkpoint, make_optimizer, save_checkpoint, set_seed
+from thinkaloud.train.common import (JsonlLog, latest_checkpoint, load_checkpoint, make_optimizer,
+                                    remove_stale_temporaries, save_checkpoint, set_seed)
+from thinkaloud.train.rl_report import (BASE_FILE, FIGURE, LOG_FILE, format_row, print_table, run_dir,
+                                        step_row, step_table, write_outputs)
 from thinkaloud.train.rloo import completion_rewards, depth_fraction, kl_estimate, policy_loss, rloo_advantages
 
-LOG_FILE = "log.jsonl"
-BASE_FILE = "base.json"
-FIGURE = "figures/rl_dynamics"
+__all__ = ["Env", "Prompt", "RLConfig", "Scored", "TaskEnv", "step_table", "train_rl"]
+
 MODEL_DIR = "model"
 
 
@@ -78,9 +79,11 @@ class RLConfig:
     model: str = field(metadata={"help": "a run folder from `thinkaloud sft` (its model/), a saved model folder, or a "
                                          "base model (alias such as smollm2-135m, local path): fresh exit heads"})
     out: str = field(metadata={"help": "output folder (log.jsonl, base.json, figures/, model/ or run-<r>/model)"})
-    task: str = field(default=DEFAULT_TASK, metadata={"help": "task spec: gsm8k[:path], rg:<dataset>, tom"})
-    lam: float = field(default=1.5, metadata={"help": "λ: weight of the compute penalty mean_t(ℓ_t/L) (eagerness dial)"})
-    beta: float = field(default=0.25, metadata={"help": "β: weight of the KL penalty to the base model"})
+    task: str = field(default=DEFAULT_TASK, metadata={"help": "task spec: gsm8k[:path], rg:<dataset>, tom (the "
+                                                                 "paper's RL figure: tom)"})
+    lam: float = field(default=1.5, metadata={"help": "λ: weight of the compute penalty mean_t(ℓ_t/L), the "
+                                                       "eagerness dial (paper: 1.5)"})
+    beta: float = field(default=0.25, metadata={"help": "β: weight of the KL penalty to the base model (paper: 0.25)"})
     k: int = field(default=4, metadata={"help": "completions per prompt (the leave-one-out group size, >= 2)"})
     prompts_per_step: int = field(default=2, metadata={"help": "prompts per step (per process)"})
     steps: int = field(default=50, metadata={"help": "RL steps (one optimiser update each)"})
@@ -88,13 +91,17 @@ class RLConfig:
     seed: int = field(default=0, metadata={"help": "seed of the first run; also selects the prompt stream"})
     offset: float = field(default=0.0, metadata={"help": "exit-logit offset while sampling and training "
                                                           "(>0: earlier exits); the saved heads do not include it"})
-    max_new_tokens: int = field(default=64, metadata={"help": "completion length cap"})
-    head_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the exit heads"})
-    lora_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA adapter"})
+    max_new_tokens: int = field(default=64, metadata={"help": "completion length cap (paper: up to 400)"})
+    head_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the exit heads (paper: 1e-5; "
+                                                          "higher here so that short runs move the heads)"})
+    lora_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA adapter (paper: 1e-4)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient-norm clip (0: off)"})
     normalize_advantages: bool = field(default=False, metadata={"help": "divide advantages by their std over the step"})
-    format_penalty: float = field(default=0.0, metadata={"help": "subtracted from the task reward when no answer can "
-                                                                  "be extracted (the prototype used 1)"})
+    format_penalty: float = field(default=0.0, metadata={"help": "subtracted from the task reward when no answer "
+                                                                  "can be extracted: with strict answers (default), any "
+                                                                  "response without an answer marker (prototype: 1)"})
+    lenient_answers: bool = field(default=False, metadata={"help": "lenient answer extraction (fallbacks such as the "
+                                                                    "last number or line) instead of strict markers"})
     split: str = field(default="train", metadata={"help": "task split the prompts come from"})
     pool: int | None = field(default=None, metadata={"help": "distinct prompts in the stream, cycled (default: "
                                                               "steps × prompts per step × processes)"})
@@ -102,7 +109,7 @@ class RLConfig:
                                                             "(adapter off, no exits) is measured, K samples each; 0: skip"})
     save_every: int = field(default=5, metadata={"help": "checkpoint every N steps (and at the last step)"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoints in --out"})
-    exit_every: int = field(default=5, metadata={"help": "fresh heads only: exit layers every N layers"})
+    exit_every: int = field(default=5, metadata={"help": "fresh heads only: exit layers every N layers (paper: 5)"})
     head_init_bias: float = field(default=-6.0, metadata={"help": "fresh heads only: initial exit-logit bias"})
     device: str | None = field(default=None, metadata={"help": "cpu | cuda (default: cuda if available; "
                                                                   "`accelerate launch` sets it per process)"})
@@ -136,66 +143,6 @@ class RLConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Environments: where prompts come from and how completions are scored
-
-
-@dataclass
-class Prompt:
-    ids: list[int]
-    """Prompt token ids (no padding)."""
-    question: str = ""
-    """The user-facing problem (for the coherence judge)."""
-    item: Any = None
-    """Whatever the environment needs to score a completion (a task ``Item``)."""
-
-
-@dataclass
-class Scored:
-    reward: torch.Tensor
-    """(B,) task reward of each completion."""
-    accuracy: torch.Tensor
-    """(B,) task score in [0, 1] (the logged accuracy)."""
-    texts: list[str] | None = None
-    """Decoded completions, if the environment decodes (the judge needs them)."""
-
-
-class Env(Protocol):
-    """A prompt stream and a scorer. Pass your own to :func:`train_rl` for a custom reward."""
-
-    pad_token_id: int
-    stop_token_ids: list[int] | None  # None: the model's EOS
-
-    def prompts(self, start: int, n: int) -> list[Prompt]:
-        """Prompts ``start … start+n-1`` of the stream (deterministic)."""
-
-    def score(self, prompts: Sequence[Prompt], out: GenerationOutput) -> Scored:
-        """Row b of ``out`` is a completion of ``prompts[b]``."""
-
-
-class TaskEnv:
-    """A ``Task``'s items rendered with a tokenizer's chat template, scored by the task's scorer."""
-
-    def __init__(self, task: Task, tokenizer, *, seed: int, pool: int, split: str = "train",
-                 format_penalty: float = 0.0):
-        self.task, self.tokenizer, self.format_penalty = task, tokenizer, format_penalty
-        self.items: list[Item] = task.items(pool, seed=seed, split=split)
-        self.pad_token_id = pad_id(tokenizer)
-        self.stop_token_ids = None
-
-    def prompts(self, start: int, n: int) -> list[Prompt]:
-        items = [self.items[(start + i) % len(self.items)] for i in range(n)]
-        return [Prompt(prompt_ids(self.tokenizer, self.task.prompt(it, self.tokenizer)), it.question, it)
-                for it in items]
-
-    def score(self, prompts: Sequence[Prompt], out: GenerationOutput) -> Scored:
-        texts = [self.tokenizer.decode(row[:n], skip_special_tokens=True)
-                 for row, n in zip(out.new_tokens.tolist(), out.lengths.tolist())]
-        acc = torch.tensor([self.task.score(p.item, t) for p, t in zip(prompts, texts)])
-        malformed = torch.tensor([float(self.task.extract_answer(t) is None) for t in texts])
-        return Scored(reward=acc - self.format_penalty * malformed, accuracy=acc, texts=texts)
-
-
-# ---------------------------------------------------------------------------------------------------
 # Rollouts and log-probabilities
 
 
@@ -216,9 +163,10 @@ def policy_logprobs(model, out: GenerationOutput, offset: float) -> tuple[torch.
     """Teacher-forced (B, N) log p(y_t | ℓ_t) and log P(ℓ_t) of a rollout, with gradients.
 
     ``model`` may be the DDP-wrapped one. Call it in eval mode (dropout off) for the values to equal
-    those recorded at sampling.
+    those recorded at sampling. Exits are confined to the predicting positions, as in generation.
     """
-    full = model(out.sequences, out.attention_mask, exit_layers=out.full_exit_layers(), offset=offset)
+    full = model(out.sequences, out.attention_mask, exit_layers=out.full_exit_layers(), offset=offset,
+                 exits_from=out.prompt_length - 1)
     pos = out.predicting_positions()
     return _token_logprobs(full.logits[:, pos], out.new_tokens), full.exit_logprobs[:, pos]
 
@@ -247,30 +195,28 @@ class _Context:
     on_step: Callable[[int, int, dict], None] | None
 
 
-def _run_dir(ctx: _Context, run: int) -> Path:
-    return ctx.out if ctx.config.runs == 1 else ctx.out / f"run-{run}"
-
-
 def rl_run(ctx: _Context, run: int) -> None:
     """One RL run: ``config.steps`` steps from the starting model (or its latest checkpoint)."""
     cfg, acc = ctx.config, ctx.accelerator
-    run_dir = _run_dir(ctx, run)
+    folder = run_dir(ctx.out, cfg.runs, run)
     P, K, W = cfg.prompts_per_step, cfg.k, acc.num_processes
     set_seed(cfg.seed + run + 1000 * acc.process_index)
     model = ctx.make_model().eval()  # eval mode throughout: LoRA dropout off, so training is exactly on-policy
     optimizer = make_optimizer(model, head_lr=cfg.head_lr, lora_lr=cfg.lora_lr)
     start = 0
-    checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
+    if acc.is_main_process:
+        remove_stale_temporaries(folder)  # of a run killed while writing a checkpoint
+    checkpoint = latest_checkpoint(folder) if cfg.resume else None
     if checkpoint is not None:
         start = load_checkpoint(checkpoint, model, optimizer)["step"]
         if acc.is_main_process:
             ctx.console.print(f"run {run}: resumed from {checkpoint} (step {start})")
-    if start >= cfg.steps and (run_dir / MODEL_DIR).exists():
+    if start >= cfg.steps and (folder / MODEL_DIR).exists():
         return
     model, optimizer = acc.prepare(model, optimizer)
     policy = acc.unwrap_model(model)
     L = policy.num_layers
-    log = JsonlLog(run_dir / LOG_FILE, resume_step=start if cfg.resume else None) if acc.is_main_process else None
+    log = JsonlLog(folder / LOG_FILE, resume_step=start if cfg.resume else None) if acc.is_main_process else None
     warned = False
 
     for step in range(start + 1, cfg.steps + 1):
@@ -300,40 +246,24 @@ def rl_run(ctx: _Context, run: int) -> None:
             warnings.warn(f"step {step}: recomputed log-probs differ from the sampled ones by {err:.2e} "
                           f"(> onpolicy_tol={cfg.onpolicy_tol}); the update is slightly off-policy", stacklevel=2)
             warned = True
-        row = _step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err)
+        row = step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err)
         row["coherence"] = _coherence(ctx, rows, scored) if step % cfg.judge_every == 0 else None
         row["seconds"] = round(time.perf_counter() - t0, 3)
         if acc.is_main_process:
             log.write(row)
-            _print_row(ctx, row)
+            ctx.console.print(format_row(row, cfg.runs, cfg.steps), highlight=False, soft_wrap=True)
         if step % cfg.save_every == 0 or step == cfg.steps:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                save_checkpoint(run_dir, step, policy, optimizer, extra={"run": run})
-                _write_outputs(ctx, figure=False)
+                save_checkpoint(folder, step, policy, optimizer, extra={"run": run})
+                write_outputs(ctx.out, cfg.runs, figure=False)
         if ctx.on_step is not None:
             ctx.on_step(run, step, row)
 
     acc.wait_for_everyone()
     if acc.is_main_process:
-        policy.save_pretrained(run_dir / MODEL_DIR)
+        policy.save_pretrained(folder / MODEL_DIR)
     acc.free_memory()
-
-
-def _step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err) -> dict[str, Any]:
-    """The step's metrics, summed over processes: completion means and token-weighted exit metrics."""
-    layers = out.exit_layers[mask].float()  # (n_tokens,)
-    sums = torch.tensor([
-        rewards.numel(), rewards.sum().item(), scored.accuracy.sum().item(), kl.sum().item(),
-        out.lengths.sum().item(), loss.item() * rewards.numel(),
-        layers.numel(), (layers / L).sum().item(), (layers < L).sum().item(),
-    ], dtype=torch.float64, device=acc.device)
-    s = acc.reduce(sums, reduction="sum").tolist() if acc.num_processes > 1 else sums.tolist()
-    n, tokens = s[0], s[6]
-    depth_frac = s[7] / tokens
-    return {"run": run, "step": step, "reward": s[1] / n, "accuracy": s[2] / n, "depth_frac": depth_frac,
-            "als": 1.0 - depth_frac, "early_exit_rate": s[8] / tokens, "kl": s[3] / n, "length": s[4] / n,
-            "loss": s[5] / n, "grad_norm": None if grad_norm is None else float(grad_norm), "logprob_err": err}
 
 
 def _coherence(ctx: _Context, prompts: Sequence[Prompt], scored: Scored) -> float | None:
@@ -347,19 +277,8 @@ def _coherence(ctx: _Context, prompts: Sequence[Prompt], scored: Scored) -> floa
     return sum(overall) / len(overall) if overall else None
 
 
-def _print_row(ctx: _Context, row: dict[str, Any]) -> None:
-    cfg = ctx.config
-    run = f"run {row['run'] + 1}/{cfg.runs} " if cfg.runs > 1 else ""
-    coh = f" coh {row['coherence']:.1f}" if row.get("coherence") is not None else ""
-    ctx.console.print(
-        f"{run}step {row['step']:>4}/{cfg.steps}  reward {row['reward']:+.3f}  acc {row['accuracy']:.2f}  "
-        f"depth {row['depth_frac']:.3f}  ALS {100 * row['als']:5.1f}%  exit {100 * row['early_exit_rate']:5.1f}%  "
-        f"KL {row['kl']:+.4f}  len {row['length']:5.1f}{coh}  [dim]{row['seconds']:.1f}s[/dim]", highlight=False,
-        soft_wrap=True)
-
-
 # ---------------------------------------------------------------------------------------------------
-# Base-model level, merged log, figure
+# The base model's level
 
 
 def measure_base(ctx: _Context, model) -> dict[str, Any]:
@@ -384,58 +303,6 @@ def measure_base(ctx: _Context, model) -> dict[str, Any]:
     return {"accuracy": sum(accuracy) / len(accuracy), "depth_frac": 1.0, "als": 0.0, "early_exit_rate": 0.0,
             "length": sum(lengths) / len(lengths), "coherence": sum(coherence) / len(coherence) if coherence else None,
             "n": len(rows), "prompts": cfg.base_prompts, "offset": "-inf", "adapter": "disabled"}
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_outputs(ctx: _Context, figure: bool = True) -> None:
-    """Merge the runs' logs into ``OUT/log.jsonl`` (several runs) and redraw the dynamics figure."""
-    from thinkaloud.eval.plots import plot_rl_dynamics, save_figure
-
-    cfg, out = ctx.config, ctx.out
-    if cfg.runs > 1:
-        rows = [r for run in range(cfg.runs) for r in _read_rows(out / f"run-{run}" / LOG_FILE)]
-        atomic_write_text(out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in rows))
-    rows = _read_rows(out / LOG_FILE)
-    if rows and figure:
-        base = json.loads((out / BASE_FILE).read_text()) if (out / BASE_FILE).exists() else None
-        save_figure(plot_rl_dynamics(rows, base), out / FIGURE)
-
-
-def step_table(rows: Sequence[dict[str, Any]],
-               keys: Sequence[str] = ("reward", "accuracy", "depth_frac", "als", "kl", "length")) -> list[dict[str, Any]]:
-    """Mean over runs at each step: [{"step", "runs", key: mean, …}]."""
-    by_step: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
-        by_step.setdefault(int(r["step"]), []).append(r)
-    table = []
-    for step in sorted(by_step):
-        group = by_step[step]
-        entry: dict[str, Any] = {"step": step, "runs": len(group)}
-        for key in keys:
-            vals = [float(r[key]) for r in group if r.get(key) is not None]
-            entry[key] = sum(vals) / len(vals) if vals else None
-        table.append(entry)
-    return table
-
-
-def _print_table(ctx: _Context) -> None:
-    from rich.table import Table
-
-    rows = _read_rows(ctx.out / LOG_FILE)
-    if not rows:
-        return
-    keys = ("reward", "accuracy", "depth_frac", "als", "kl", "length")
-    table = Table(title=f"RL: mean over {ctx.config.runs} run(s) per step")
-    for name in ("step", *keys):
-        table.add_column(name, justify="right")
-    for entry in step_table(rows, keys):
-        table.add_row(str(entry["step"]), *("—" if entry[k] is None else f"{entry[k]:.3f}" for k in keys))
-    ctx.console.print(table)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -478,8 +345,9 @@ def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[
             saved = saved_model_dir(config.model)
             base_name = json.loads((saved / META_FILE).read_text())["base_model"] if saved else config.model
             pool = config.pool or config.steps * config.prompts_per_step * accelerator.num_processes
-            env = TaskEnv(get_task(config.task), load_tokenizer(base_name), seed=config.seed,
-                          pool=max(pool, config.base_prompts), split=config.split, format_penalty=config.format_penalty)
+            task = get_task(config.task, lenient=config.lenient_answers)
+            env = TaskEnv(task, load_tokenizer(base_name), seed=config.seed, pool=max(pool, config.base_prompts),
+                          split=config.split, format_penalty=config.format_penalty)
     elif env is None:
         raise ValueError("a custom make_model needs a custom env (no tokenizer to render the task with)")
 
@@ -510,9 +378,9 @@ def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[
     for run in range(config.runs):
         rl_run(ctx, run)
         if accelerator.is_main_process:
-            _write_outputs(ctx)
+            write_outputs(out, config.runs)
     if accelerator.is_main_process:
-        _print_table(ctx)
+        print_table(console, out, config.runs)
         console.print(f"[bold]Done.[/bold] log {out / LOG_FILE}, figure {out / FIGURE}.png, model "
                       f"{out / MODEL_DIR if config.runs == 1 else out / 'run-<r>' / MODEL_DIR}")
     return out

@@ -43,7 +43,8 @@ from thinkaloud.model import arch
 from thinkaloud.model.exits import exit_targets
 from thinkaloud.model.loading import RUN_MODEL_DIR, default_device, load_model
 from thinkaloud.train import losses
-from thinkaloud.train.common import JsonlLog, latest_checkpoint, load_checkpoint, make_optimizer, save_checkpoint, set_seed
+from thinkaloud.train.common import (JsonlLog, latest_checkpoint, load_checkpoint, make_optimizer,
+                                    remove_stale_temporaries, save_checkpoint, set_seed)
 
 
 @dataclass
@@ -51,22 +52,27 @@ class SFTConfig:
     calib: str = field(metadata={"help": "calibration folder written by `thinkaloud calibrate`"})
     out: str = field(metadata={"help": "run folder: model/, log.jsonl, checkpoints/, config.yaml"})
     model: str | None = field(default=None, metadata={"help": "base model (default: the calibration's)"})
-    kl_factor: float = field(default=1.0, metadata={"help": "KL factor F of the targets q* = 2σ(−F·D)"})
+    kl_factor: float = field(default=1.0, metadata={"help": "KL factor F > 0 of the targets q* = 2σ(−F·D); higher F "
+                                                             "= later exits (paper: 0.25–4, standard 1)"})
     exit_loss: str = field(default="sample", metadata={"help": "sample | expected (exact expectation over exits)"})
-    exit_samples: int = field(default=4, metadata={"help": "exit layers drawn per token (exit_loss=sample)"})
+    exit_samples: int = field(default=4, metadata={"help": "exit layers drawn per token (exit_loss=sample; the "
+                                                          "prototype drew 4)"})
     exit_weight: float = field(default=1.0, metadata={"help": "weight of the exit cross-entropy term"})
-    distill_kl: str = field(default="forward", metadata={"help": "forward KL(teacher‖student) | reverse"})
+    distill_kl: str = field(default="forward", metadata={"help": "forward KL(teacher‖student) | reverse (the "
+                                                                  "prototype: reverse)"})
     steps: int = field(default=200, metadata={"help": "optimiser steps"})
     batch_size: int = field(default=4, metadata={"help": "rollouts per optimiser step (all processes together)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
-    head_lr: float = field(default=1e-3, metadata={"help": "learning rate of the exit heads"})
-    lora_lr: float = field(default=1e-4, metadata={"help": "learning rate of the LoRA adapter"})
+    head_lr: float = field(default=1e-3, metadata={"help": "learning rate of the exit heads (paper: 1e-5; higher "
+                                                          "here so that short runs move the heads)"})
+    lora_lr: float = field(default=1e-4, metadata={"help": "learning rate of the LoRA adapter (paper: 1e-4)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
-    init_heads_from_targets: bool = field(default=True, metadata={"help": "start head biases at the mean target hazards"})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    init_heads_from_targets: bool = field(default=True, metadata={"help": "start head biases at the mean target "
+                                                                           "hazards (not in the paper)"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank (paper: 8, on q/k/v/o)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (paper: 16)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (paper: 0.05)"})
     save_every: int = field(default=50, metadata={"help": "checkpoint every N steps (and at the end)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --out"})
     seed: int = field(default=0, metadata={"help": "seed for data order, exit draws and dropout"})
@@ -82,8 +88,9 @@ class SFTConfig:
         for name in ("steps", "batch_size", "grad_accum", "exit_samples", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.kl_factor < 0:
-            raise ValueError(f"kl_factor must be >= 0, got {self.kl_factor}")
+        if not self.kl_factor > 0:
+            raise ValueError(f"kl_factor must be > 0 (F = 0 would send every token to the first exit layer, "
+                             f"F < 0 is not a temperature), got {self.kl_factor}")
 
 
 @dataclass
@@ -182,6 +189,8 @@ def train_sft(config: SFTConfig, console: Console | None = None,
     optimizer = make_optimizer(model, head_lr=config.head_lr, lora_lr=config.lora_lr, weight_decay=config.weight_decay)
 
     start = 0
+    if accelerator.is_main_process:
+        remove_stale_temporaries(out)  # of a run killed while writing a checkpoint
     ckpt = latest_checkpoint(out) if config.resume else None
     if ckpt is not None:
         start = load_checkpoint(ckpt, model, optimizer)["step"]

@@ -1,0 +1,115 @@
+"""What an RL run leaves to read: the log row of a step, the files, the merged log, figure and step table.
+
+Layout of an RL output folder (the RL directory of ``thinkaloud.eval.report``):
+
+- ``OUT/log.jsonl``: one row per run and step (``run``, ``step``, ``reward``, ``accuracy``,
+  ``depth_frac``, ``als``, ``early_exit_rate``, ``kl``, ``length``, ``loss``, ``grad_norm``,
+  ``logprob_err``, ``coherence``, ``seconds``); with several runs it is the merge of
+  ``OUT/run-<r>/log.jsonl``;
+- ``OUT/base.json``: the base model (adapter off, no exits) on the first prompts of the stream;
+- ``OUT/config.yaml``; ``OUT/figures/rl_dynamics.{png,svg}``: accuracy, compute and coherence per step,
+  individual runs, their mean and ±1 SE, and the base model's level;
+- the model in ``OUT/model`` (one run) or ``OUT/run-<r>/model`` (several), each run with its own
+  ``checkpoints/``.
+
+The logged ``depth_frac``, ``als`` and ``early_exit_rate`` are token-weighted over a step's completions
+(the eval metrics).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from thinkaloud.io import atomic_write_text
+
+LOG_FILE = "log.jsonl"
+BASE_FILE = "base.json"
+FIGURE = "figures/rl_dynamics"
+TABLE_KEYS = ("reward", "accuracy", "depth_frac", "als", "kl", "length")
+
+
+def run_dir(out: Path, runs: int, run: int) -> Path:
+    """Folder of run ``run``: OUT itself for a single run, else ``OUT/run-<r>``."""
+    return Path(out) if runs == 1 else Path(out) / f"run-{run}"
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL log ([] when it does not exist yet)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_outputs(out: Path, runs: int, figure: bool = True) -> None:
+    """Merge the runs' logs into ``OUT/log.jsonl`` (several runs) and redraw the dynamics figure."""
+    from thinkaloud.eval.plots import plot_rl_dynamics, save_figure
+
+    out = Path(out)
+    if runs > 1:
+        rows = [r for run in range(runs) for r in read_rows(run_dir(out, runs, run) / LOG_FILE)]
+        atomic_write_text(out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+    rows = read_rows(out / LOG_FILE)
+    if rows and figure:
+        base = json.loads((out / BASE_FILE).read_text()) if (out / BASE_FILE).exists() else None
+        save_figure(plot_rl_dynamics(rows, base), out / FIGURE)
+
+
+def step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err) -> dict[str, Any]:
+    """The log row of a step: completion means and token-weighted exit metrics, summed over processes."""
+    layers = out.exit_layers[mask].float()  # (n_tokens,)
+    sums = torch.tensor([
+        rewards.numel(), rewards.sum().item(), scored.accuracy.sum().item(), kl.sum().item(),
+        out.lengths.sum().item(), loss.item() * rewards.numel(),
+        layers.numel(), (layers / L).sum().item(), (layers < L).sum().item(),
+    ], dtype=torch.float64, device=acc.device)
+    s = acc.reduce(sums, reduction="sum").tolist() if acc.num_processes > 1 else sums.tolist()
+    n, tokens = s[0], s[6]
+    depth_frac = s[7] / tokens
+    return {"run": run, "step": step, "reward": s[1] / n, "accuracy": s[2] / n, "depth_frac": depth_frac,
+            "als": 1.0 - depth_frac, "early_exit_rate": s[8] / tokens, "kl": s[3] / n, "length": s[4] / n,
+            "loss": s[5] / n, "grad_norm": None if grad_norm is None else float(grad_norm), "logprob_err": err}
+
+
+def step_table(rows: Sequence[dict[str, Any]], keys: Sequence[str] = TABLE_KEYS) -> list[dict[str, Any]]:
+    """Mean over runs at each step: [{"step", "runs", key: mean, …}]."""
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_step.setdefault(int(r["step"]), []).append(r)
+    table = []
+    for step in sorted(by_step):
+        group = by_step[step]
+        entry: dict[str, Any] = {"step": step, "runs": len(group)}
+        for key in keys:
+            vals = [float(r[key]) for r in group if r.get(key) is not None]
+            entry[key] = sum(vals) / len(vals) if vals else None
+        table.append(entry)
+    return table
+
+
+def print_table(console, out: Path, runs: int) -> None:
+    """The step table of ``OUT/log.jsonl`` (mean over runs), as a rich table."""
+    from rich.table import Table
+
+    rows = read_rows(Path(out) / LOG_FILE)
+    if not rows:
+        return
+    table = Table(title=f"RL: mean over {runs} run(s) per step")
+    for name in ("step", *TABLE_KEYS):
+        table.add_column(name, justify="right")
+    for entry in step_table(rows, TABLE_KEYS):
+        table.add_row(str(entry["step"]), *("—" if entry[k] is None else f"{entry[k]:.3f}" for k in TABLE_KEYS))
+    console.print(table)
+
+
+def format_row(row: dict[str, Any], runs: int, steps: int) -> str:
+    """One logged step as a console line."""
+    run = f"run {row['run'] + 1}/{runs} " if runs > 1 else ""
+    coh = f" coh {row['coherence']:.1f}" if row.get("coherence") is not None else ""
+    return (f"{run}step {row['step']:>4}/{steps}  reward {row['reward']:+.3f}  acc {row['accuracy']:.2f}  "
+            f"depth {row['depth_frac']:.3f}  ALS {100 * row['als']:5.1f}%  exit {100 * row['early_exit_rate']:5.1f}%  "
+            f"KL {row['kl']:+.4f}  len {row['length']:5.1f}{coh}  [dim]{row['seconds']:.1f}s[/dim]")
