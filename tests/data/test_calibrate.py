@@ -1,4 +1,5 @@
-"""Calibration: data written, KL equal to a direct pass, resumption gives identical data, errors."""
+"""Calibration: data written, KL equal to a direct pass, resumption gives identical data, the items it
+records (and overlap checks against them), errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 
 from tests.tiny import tiny_model_dir
 from thinkaloud.data import calibrate as cal
-from thinkaloud.data.calibrate import CalibrateConfig, calibrate, load_calibration
+from thinkaloud.data.calibrate import (CalibrateConfig, calibrate, calibration_items, load_calibration,
+                                       overlapping_items)
+from thinkaloud.data.tasks import Item, get_task, split_of
 from thinkaloud.model.loading import load_model
 
 
@@ -74,3 +77,34 @@ def test_errors(tiny_dir, tmp_path):
         load_calibration(tmp_path / "missing")
     with pytest.raises(ValueError, match="n must be"):
         CalibrateConfig(out="x", n=0)
+
+
+def test_manifest_records_its_items_and_they_never_overlap_test_items(tiny_dir, tmp_path):
+    rows = [{"question": f"Ann has {i} apples and buys {i + 3}. How many?", "answer": f"#### {2 * i + 3}"}
+            for i in range(60)]
+    data = tmp_path / "gsm8k.jsonl"  # ONE file: train and test come from it by question hash
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = f"gsm8k:{data}"
+    out = calibrate(CalibrateConfig(out=str(tmp_path / "cal"), model=tiny_dir, task=spec, n=6, max_new_tokens=2,
+                                    batch_size=6, shard_size=4, device="cpu"))
+    task = get_task(spec)
+    calibrated = task.items(6)
+    assert all(split_of(it.question) == "train" for it in calibrated)
+    assert calibration_items(out) == [{"id": it.id, "key": it.key} for it in calibrated]
+    assert [r.item_id for r in load_calibration(out)[1]] == [it.id for it in calibrated]
+    assert overlapping_items(out, calibrated[::-1]) == [it.id for it in calibrated[::-1]]
+    n_test = sum(split_of(r["question"]) == "test" for r in rows)
+    assert n_test >= 3
+    for seed in range(5):
+        assert overlapping_items(out, task.items(n_test, seed=seed, split="test")) == []
+    same_question = Item(id="elsewhere/7", question=calibrated[2].question + "\n", answer="0")  # content, not id
+    assert overlapping_items(out, [same_question, {"id": "d", "key": calibrated[0].key}]) == ["elsewhere/7", "d"]
+
+
+def test_calibration_items_of_an_older_manifest_or_no_manifest(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps({"format": 1, "shards": [], "complete": True}))
+    assert calibration_items(tmp_path / "old") == []
+    assert overlapping_items(tmp_path / "old", [Item(id="a", question="q", answer="1")]) == []
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        calibration_items(tmp_path / "missing")

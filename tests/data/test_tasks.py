@@ -1,9 +1,11 @@
-"""Tasks: prompts, answer extraction, scoring, GSM8K loading, reasoning-gym wrapping, the factory."""
+"""Tasks: prompts, scoring, answer cues and split_answer, GSM8K loading, splits, reasoning-gym, the factory."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -12,11 +14,11 @@ from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
 from thinkaloud.data import tasks
-from thinkaloud.data.tasks import (DEFAULT_TASK, KNOWN_TASKS, Gsm8kTask, Item, ReasoningGymTask, TomTask,
-                                   extract_final_answer, extract_number, get_task, normalize_number, rg_seed)
+from thinkaloud.data.tasks import (DEFAULT_TASK, KNOWN_TASKS, SPLITS, Gsm8kTask, Item, ReasoningGymTask, TomTask,
+                                   get_task, question_key, rg_seed, split_of)
 from thinkaloud.data.tom import TomConfig
 
-GSM8K_TRAIN = Path(__file__).parents[2] / ".." / "shared" / "data" / "gsm8k" / "train.jsonl"
+GSM8K_FILE = os.environ.get(tasks.GSM8K_ENV, "")  # the real GSM8K train.jsonl, when the environment names one
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 NO_SYSTEM_TEMPLATE = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
@@ -59,53 +61,13 @@ def test_prompt_without_chat_template_is_plain_text():
     assert get_task("tom", system_prompt="").prompt(ITEM, tokenizer(None)) == "Question: What is 2 + 2?\nAnswer:"
 
 
-def test_default_system_prompts_ask_for_what_the_scorers_read():
-    assert "####" in get_task("gsm8k", path=__file__).system_prompt
-    assert "Answer: <answer>" in get_task("rg:chain_sum").system_prompt
-    assert "Answer: <container>" in get_task("tom").system_prompt
-
-
-# ------------------------------------------------------------- extraction
-
-
-@pytest.mark.parametrize("completion, expected", [
-    ("She sells 48 + 24 = 72 clips.\n#### 72", "72"),
-    ("#### $1,200.00", "1200"),
-    ("#### 72\nThat took 3 steps.", "72"),
-    ("Answer: 5 apples\n#### 6", "6"),
-    ("So 3 then 5.\n#### 7.", "7"),
-    ("We get \\boxed{42} since 6*7 = 42 and 10 more", "42"),
-    ("\\boxed{\\$1,000}", "1000"),
-    ("The answer is 18 dollars, since 3 * 6 = 18 and 2 more", "18"),
-    ("Answer: -5\nCheck: 2 - 7 = -5 and 3", "-5"),
-    ("First 12, then 15, finally 19.5", "19.5"),
-    ("It costs 3.50 dollars", "3.5"),
-    ("I am not sure.", None),
-    ("#### 12\n\nQuestion: Tom has 5 apples. How many?\nAnswer: 5", "12"),  # base model starting a new example
-])
-def test_extract_number(completion, expected):
-    assert extract_number(completion) == expected
-
-
-@pytest.mark.parametrize("raw, expected", [("$1,000", "1000"), ("72.", "72"), ("72.00", "72"), ("-3.50", "-3.5"),
-                                           ("+4", "4"), ("0.0", "0"), ("100", "100"), ("x", "x")])
-def test_normalize_number(raw, expected):
-    assert normalize_number(raw) == expected
-
-
-@pytest.mark.parametrize("completion, expected", [
-    ("Let me add.\nAnswer: 17", "17"),
-    ("Answer: maybe 3\nActually recheck.\nFinal answer: **17**", "17"),
-    ("The answer is $\\boxed{17}$.", "17"),  # boxed comes after "answer is"
-    ("so the answer is 17.", "17."),
-    ("Answer:\n1 2\n3 4\n\nThat is the grid.", "1 2\n3 4"),
-    ("<answer>yes</answer> and later Answer: no", "yes"),
-    ("thinking...\n17", "17"),
-    ("   \n", None),
-    ("Question: restated.\nAnswer: 4\n\nQuestion: What is 3 + 3?\nAnswer: 6", "4"),
-])
-def test_extract_final_answer(completion, expected):
-    assert extract_final_answer(completion) == expected
+def test_default_system_prompts_ask_for_what_the_strict_scorers_read():
+    for spec, marker, example in [("gsm8k", "'#### <number>'", "42"), ("rg:chain_sum", "'Answer: <answer>'", "42"),
+                                  ("tom", "'Answer: <container>'", "basket")]:
+        task = get_task(spec, path=__file__ if spec == "gsm8k" else None)
+        assert marker in task.system_prompt and not task.lenient
+        line = marker.strip("'").split("<")[0] + example  # the last line the prompt asks for
+        assert task.extract_answer(f"Step by step: 40 + 2 = 42, in the basket.\n{line}") == example
 
 
 # ------------------------------------------------------------- gsm8k
@@ -119,50 +81,74 @@ def write_jsonl(path: Path, rows: list) -> Path:
 ROWS = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i:,}"} for i in range(600)]
 
 
-@pytest.mark.skipif(not GSM8K_TRAIN.is_file(), reason="shared GSM8K file not present")
+def in_split(rows: list[dict], split: str) -> list[dict]:
+    return [r for r in rows if split_of(r["question"]) == split]
+
+
+@pytest.mark.skipif(not Path(GSM8K_FILE).is_file(), reason=f"{tasks.GSM8K_ENV} names no GSM8K file")
 def test_gsm8k_real_file():
-    task = get_task(f"gsm8k:{GSM8K_TRAIN}")
+    task = get_task(f"gsm8k:{GSM8K_FILE}")
     items = task.items(20, seed=0)
     assert items == task.items(20, seed=0)
     assert [it.id for it in items] != [it.id for it in task.items(20, seed=1)]
     assert len({it.id for it in items}) == 20
-    lines = GSM8K_TRAIN.read_text().splitlines()
+    lines = Path(GSM8K_FILE).read_text().splitlines()
     for it in items:
         row = json.loads(lines[it.meta["index"]])
-        assert it.question == row["question"]
+        assert it.question == row["question"] and split_of(it.question) == "train"
         assert it.answer == row["answer"].split("####")[-1].strip().replace(",", "")
         assert task.score(it, it.meta["solution"]) == 1.0  # the reference solution scores itself
         assert task.score(it, f"#### {int(it.answer) + 1}") == 0.0
-    natalia = next(it for it in task.items(len(lines)) if it.id == "gsm8k/train/0")
-    assert natalia.answer == "72"
+    test = task.items(100, seed=0, split="test")
+    assert not {it.key for it in task.items(1000, seed=0)} & {it.key for it in test}
+
+
+def test_gsm8k_single_file_is_split_by_question_hash(tmp_path):
+    task = Gsm8kTask(path=write_jsonl(tmp_path / "train.jsonl", ROWS))
+    sizes = {split: len(in_split(ROWS, split)) for split in SPLITS}
+    assert sum(sizes.values()) == 600 and 400 < sizes["train"] < 560 and min(sizes.values()) > 30
+    everything = {split: task.items(sizes[split], seed=0, split=split) for split in SPLITS}
+    for split, items in everything.items():
+        assert all(split_of(it.question) == split for it in items)
+        assert all(it.id == f"gsm8k/{split}/{it.meta['index']}" for it in items)
+    assert len({it.key for items in everything.values() for it in items}) == 600  # a partition of the file
+    with pytest.raises(ValueError, match=f"asked for {sizes['test'] + 1} GSM8K items but the test part of .* "
+                                         f"has {sizes['test']}"):
+        task.items(sizes["test"] + 1, split="test")
 
 
 def test_gsm8k_items_are_a_seeded_sample(tmp_path):
     task = Gsm8kTask(path=write_jsonl(tmp_path / "train.jsonl", ROWS))
     items = task.items(5, seed=3)
-    assert items == task.items(5, seed=3)
+    assert items == task.items(5, seed=3) and items != task.items(5, seed=4)
     assert task.items(3, seed=3) == items[:3]
     assert items[0].answer == str(2 * items[0].meta["index"])  # "1,000" normalised to "1000"
-    assert task.score(items[0], f"The total is {items[0].answer}.") == 1.0
+    assert items[0].key == question_key(items[0].question) and re.fullmatch("[0-9a-f]{16}", items[0].key)
+    assert task.score(items[0], f"So the answer is {items[0].answer}.") == 1.0
+    assert task.score(items[0], f"The total is {items[0].answer}.") == 0.0  # no answer marker
+    assert get_task(f"gsm8k:{task.path}", lenient=True).score(items[0], f"The total is {items[0].answer}.") == 1.0
     assert task.score(items[0], "I don't know") == 0.0
-    with pytest.raises(ValueError, match="asked for 601 GSM8K items but .* has 600"):
-        task.items(601)
 
 
-def test_gsm8k_directory_reads_the_split_file(tmp_path):
+def test_gsm8k_train_and_test_from_one_file_are_disjoint_for_every_seed(tmp_path):
+    task = get_task(f"gsm8k:{write_jsonl(tmp_path / 'gsm8k.jsonl', ROWS[:60])}")
+    n_test = len(in_split(ROWS[:60], "test"))
+    assert n_test >= 2
+    for seed in range(5):
+        train = task.items(30, seed=seed)
+        test = task.items(n_test, seed=seed, split="test")
+        assert not {it.key for it in train} & {it.key for it in test}
+        assert not {it.meta["index"] for it in train} & {it.meta["index"] for it in test}
+
+
+def test_gsm8k_directory_reads_the_split_file_as_given(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", ROWS[:3])
     write_jsonl(tmp_path / "test.jsonl", ROWS[10:12])
     task = get_task("gsm8k", path=str(tmp_path))
-    assert len(task.items(3, split="train")) == 3
+    assert len(task.items(3, split="train")) == 3  # every row, whatever its hash
     assert {it.answer for it in task.items(2, split="test")} == {"20", "22"}
     with pytest.raises(FileNotFoundError, match="validation.jsonl"):
         task.items(1, split="validation")
-
-
-def test_gsm8k_single_file_for_another_split_warns(tmp_path):
-    task = Gsm8kTask(path=write_jsonl(tmp_path / "train.jsonl", ROWS[:3]))
-    with pytest.warns(UserWarning, match="not test.jsonl"):
-        task.items(2, split="test")
 
 
 @pytest.mark.parametrize("bad_line, message", [
@@ -170,6 +156,7 @@ def test_gsm8k_single_file_for_another_split_warns(tmp_path):
     (json.dumps({"question": "q"}), "'question' and 'answer'"),
     (json.dumps({"question": "q", "answer": 42}), "'question' and 'answer'"),
     (json.dumps({"question": "q", "answer": "42"}), "####"),
+    (json.dumps({"question": "q", "answer": "#### forty"}), "not a number: 'forty'"),
 ])
 def test_gsm8k_malformed_line_names_file_and_line(tmp_path, bad_line, message):
     path = write_jsonl(tmp_path / "train.jsonl", ROWS[:2] + [bad_line])
@@ -177,17 +164,28 @@ def test_gsm8k_malformed_line_names_file_and_line(tmp_path, bad_line, message):
         Gsm8kTask(path=path).items(1)
 
 
+def test_gsm8k_file_that_is_not_text(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=r"train\.jsonl: not UTF-8 text"):
+        Gsm8kTask(path=path).items(1)
+
+
 def test_gsm8k_env_var(tmp_path, monkeypatch):
-    monkeypatch.setenv(tasks.GSM8K_ENV, str(write_jsonl(tmp_path / "train.jsonl", ROWS[:4])))
-    assert len(get_task("gsm8k").items(4)) == 4
+    monkeypatch.setenv(tasks.GSM8K_ENV, str(write_jsonl(tmp_path / "train.jsonl", ROWS[:40])))
+    n = len(in_split(ROWS[:40], "train"))
+    assert len(get_task("gsm8k").items(n)) == n
 
 
-def test_gsm8k_without_a_source_says_how_to_give_one(monkeypatch):
+def test_gsm8k_without_a_source_says_how_to_give_one(monkeypatch, tmp_path):
     monkeypatch.delenv(tasks.GSM8K_ENV, raising=False)
     monkeypatch.setattr(tasks, "_hub_gsm8k", lambda split: None)  # never touch the network in tests
     with pytest.raises(FileNotFoundError, match="gsm8k:/path/to/train.jsonl") as err:
         get_task("gsm8k").items(1)
-    assert tasks.GSM8K_ENV in str(err.value) and "../shared/data/gsm8k/train.jsonl" in str(err.value)
+    message = str(err.value)
+    assert tasks.GSM8K_ENV in message and "shared" not in message and "\n" not in message
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        get_task(f"gsm8k:{tmp_path / 'missing.jsonl'}").items(1)
 
 
 # ------------------------------------------------------------- reasoning-gym
@@ -201,7 +199,7 @@ def test_default_task_is_easy_chain_sum():
         terms = it.meta["entry"]["metadata"]["expression"].split()[::2]
         assert 2 <= len(terms) <= 3 and all(1 <= len(t) <= 2 for t in terms)
         assert str(eval(it.meta["entry"]["metadata"]["expression"])) == it.answer
-    assert items[0].id == "rg:chain_sum/train/seed0/0"
+    assert items[0].id == f"rg:chain_sum/train/seed0/{items[0].meta['rg_index']}"
 
 
 def test_rg_kwargs_override_the_easy_defaults():
@@ -217,6 +215,8 @@ def test_rg_scoring_uses_the_dataset_scorer():
     assert task.score(item, f"<answer>{item.answer}</answer>") == 1.0
     assert task.score(item, f"Answer: {item.answer}.") == 1.0  # trailing period is optional
     assert task.score(item, f"Answer: {int(item.answer) + 1}") == 0.0
+    assert task.score(item, f"Adding up gives\n{item.answer}") == 0.0  # no answer marker
+    assert get_task("rg:chain_sum", lenient=True).score(item, f"Adding up gives\n{item.answer}") == 1.0
     assert task.score(item, "") == 0.0
 
 
@@ -226,19 +226,28 @@ def test_rg_other_dataset_round_trips():
         assert task.score(item, f"Reversing letters.\nAnswer: {item.answer}") == 1.0
 
 
-def test_rg_items_deterministic_and_disjoint_across_seeds_and_splits():
-    task = get_task("rg:chain_sum", rg_kwargs={"max_terms": 3, "min_digits": 2, "max_digits": 2})
-    a = [it.question for it in task.items(30, seed=0)]
-    assert a == [it.question for it in task.items(30, seed=0)]
-    b = [it.question for it in task.items(30, seed=1)]
-    test = [it.question for it in task.items(30, seed=0, split="test")]
-    assert a[1:] != b[:-1]  # reasoning-gym's own seed s+1 would be seed s shifted by one item
-    assert len(set(a) & set(b)) < 3 and len(set(a) & set(test)) < 3
-    assert len({rg_seed(s, sp) for s in range(3) for sp in tasks.SPLITS}) == 9
+def test_rg_splits_are_disjoint_by_content_and_deterministic():
+    task = get_task("rg:chain_sum")  # easy sums: reasoning-gym repeats questions often
+    train = task.items(300, seed=0)
+    assert train == task.items(300, seed=0) and task.items(100, seed=0) == train[:100]
+    assert len({it.key for it in train}) == 300 and all(split_of(it.question) == "train" for it in train)
+    test = task.items(100, seed=0, split="test") + task.items(100, seed=1, split="test")
+    assert all(split_of(it.question) == "test" for it in test)
+    for seed in range(3):
+        assert not {it.key for it in task.items(300, seed=seed)} & {it.key for it in test}
+    validation = task.items(50, seed=0, split="validation")
+    assert not {it.key for it in validation} & ({it.key for it in train} | {it.key for it in test})
+    assert len({rg_seed(s, sp) for s in range(3) for sp in SPLITS}) == 9
     with pytest.raises(ValueError, match="seeds must be in"):
         task.items(1, seed=10**6)
     with pytest.raises(ValueError, match="unknown split"):
         task.items(1, split="dev")
+
+
+def test_rg_too_few_distinct_questions_is_a_clear_error():
+    task = get_task("rg:chain_sum", rg_kwargs={"min_terms": 2, "max_terms": 2, "max_digits": 1})
+    with pytest.raises(ValueError, match="distinct rg:chain_sum questions of split 'test'"):
+        task.items(60, split="test")  # 9 * 9 * 2 sums at most, a tenth of them in test
 
 
 def test_rg_errors():
@@ -261,14 +270,62 @@ def test_tom_task_items_and_scoring():
     items = task.items(10, seed=5)
     assert items == task.items(10, seed=5)
     assert items != task.items(10, seed=6)
-    assert items != task.items(10, seed=5, split="test")
     for it in items:
         others = [c for c in it.meta["containers"] if c != it.answer]
         assert it.question.endswith("?") and it.answer in it.meta["containers"]
         assert task.score(it, f"They saw it move.\nAnswer: the {it.answer.title()}.") == 1.0
         assert task.score(it, f"Answer: in the {others[0]}") == 0.0
         assert task.score(it, f"Answer: {it.answer} or {others[0]}") == 0.0
+        assert task.score(it, f"They saw it move to the {it.answer}.") == 0.0  # no answer marker
     assert task.extract_answer("So...\nAnswer: **In the Basket.**") == "basket"
+    assert get_task("tom", lenient=True).extract_answer("So...\nIn the Basket.") == "basket"
+
+
+def test_tom_splits_are_disjoint_by_content():
+    task = get_task("tom")
+    train, test = task.items(200, seed=0), task.items(40, seed=0, split="test")
+    assert all(split_of(it.question) == "train" for it in train) and len({it.key for it in train}) == 200
+    assert all(split_of(it.question) == "test" for it in test) and len({it.key for it in test}) == 40
+    assert not {it.key for it in train} & {it.key for it in test}
+    assert task.items(20, seed=0, split="test") == test[:20]
+
+
+# ------------------------------------------------------------- answer cue and split_answer
+
+
+def tasks_with_items(tmp_path):
+    gsm8k = get_task(f"gsm8k:{write_jsonl(tmp_path / 'train.jsonl', ROWS)}")
+    return [(task, task.items(5, seed=2)) for task in (gsm8k, get_task("rg:chain_sum"), get_task("tom"))]
+
+
+REASONINGS = ["", "Let me think. 12 + 5 = 17 and then", "<think>First, 12 + 5 = 17, so",
+              "#### Step 1: add\n7 + 5 = 12\n#### Step 2:", "Answer: maybe 3\nHmm, 3 is wrong because"]
+
+
+def test_answer_cue_then_reference_is_read_back(tmp_path):
+    cues = {"gsm8k": "The answer is", "rg:chain_sum": "Answer:", "tom": "Answer:"}
+    for task, items in tasks_with_items(tmp_path):
+        assert task.answer_cue == cues[task.name]
+        for item in items:
+            for reasoning in REASONINGS:
+                completion = f"{reasoning} {task.answer_cue} {item.answer}"
+                assert task.extract_answer(completion) == item.answer, (task.name, completion)
+                assert task.score(item, completion) == 1.0
+                assert task.split_answer(completion) == (reasoning.rstrip(), item.answer)
+
+
+def test_split_answer_per_task(tmp_path):
+    (gsm8k, [g, *_]), (rg, [r, *_]), (tom, [t, *_]) = tasks_with_items(tmp_path)
+    assert gsm8k.split_answer(g.meta["solution"]) == (g.meta["solution"].rsplit("\n", 1)[0], g.answer)
+    assert gsm8k.split_answer(f"Adding.\n\n**Final Answer:** $\\boxed{{{g.answer}}}$") == ("Adding.", g.answer)
+    assert gsm8k.split_answer("Adding, so 17 and then") is None
+    assert rg.split_answer(f"Sum it.\n<answer>{r.answer}</answer>") == ("Sum it.", r.answer)
+    assert rg.split_answer(f"So the answer is {r.answer}") == ("So", r.answer)
+    assert rg.split_answer(f"Sum it.\n{r.answer}") is None
+    assert tom.split_answer(f"Sally left.\nAnswer: the {t.answer.title()}.") == ("Sally left.", t.answer)
+    assert tom.split_answer("Sally left.\nAnswer: ?") is None  # a marker without a container
+    lenient = get_task("tom", lenient=True)
+    assert lenient.split_answer(f"Sally left.\n{t.answer}") == ("Sally left.", t.answer)
 
 
 def test_get_task_specs_and_errors(tmp_path):
@@ -276,6 +333,7 @@ def test_get_task_specs_and_errors(tmp_path):
     path = str(write_jsonl(tmp_path / "train.jsonl", ROWS[:2]))
     assert get_task(f"gsm8k:{path}").path == Path(path)
     assert get_task("gsm8k", system_prompt="S").system_prompt == "S"
+    assert [get_task(s, lenient=True).lenient for s in ("gsm8k", "rg:chain_sum", "tom")] == [True] * 3
     for spec in ("gsm9k", "rg:", "tom:hard", ""):
         with pytest.raises(ValueError, match="unknown task") as err:
             get_task(spec)
@@ -288,10 +346,16 @@ def test_get_task_specs_and_errors(tmp_path):
         get_task(f"gsm8k:{path}", path="/elsewhere.jsonl")
 
 
+def test_item_key_is_the_question_hash():
+    assert ITEM.key == question_key("What is  2 + 2?\n") == question_key(ITEM.question)
+    assert Item(id="y", question="What is 2 + 3?", answer="5").key != ITEM.key
+    assert Item(id="z", question="q", answer="a", key="given").key == "given"
+
+
 def test_scores_are_in_unit_interval():
     rng = random.Random(0)
     junk = ["", "Answer:", "\\boxed{", "#### ", "Answer: " + "9" * 50, "<answer></answer>"]
-    for task in (get_task("rg:chain_sum"), get_task("tom")):
+    for task in (get_task("rg:chain_sum"), get_task("tom"), get_task("tom", lenient=True)):
         for item in task.items(5):
             for completion in junk + [rng.choice(junk) + item.answer]:
                 assert 0.0 <= task.score(item, completion) <= 1.0

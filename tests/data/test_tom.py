@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from thinkaloud.data import tom
-from thinkaloud.data.tom import (BeliefTracker, Enter, Leave, Move, Question, TomConfig, TomStory,
+from thinkaloud.data.tom import (Enter, Leave, Move, Question, TomConfig, TomStory,
                                  container_matches, generate_story, normalize_container, track)
 
 SALLY_ANNE = [Enter("Sally"), Enter("Anne"), Move("Sally", "marble", "basket"), Leave("Sally"),

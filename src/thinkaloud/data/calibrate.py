@@ -8,18 +8,21 @@
    time, so one calibration serves a whole KL-factor sweep. Vocab-sized logits are not stored either:
    Stage 1 recomputes the exact teacher distribution with the adapter disabled.
 
-Layout of ``out/``: ``manifest.json`` (model, its unembedding hash, task, seed, N, K, code version,
-shards) and ``shard-00000.safetensors``, … Each shard holds, for its items, the token ids of prompt +
+Layout of ``out/``: ``manifest.json`` (model, its unembedding hash, task, split, seed, N, K, code version,
+the items used as ``{"id", "key"}`` in item order, shards) and ``shard-00000.safetensors``, … Each shard holds, for its items, the token ids of prompt +
 completion (flattened, with offsets), the prompt lengths and the (tokens, m) KL matrix. Shards and the
 manifest are written atomically; a run that is interrupted resumes from its last complete shard and
 ends with the same data as an uninterrupted run (rollouts are seeded per shard).
+
+``calibration_items`` and ``overlapping_items`` compare a calibration's items with others by content
+(``Item.key``, a hash of the question), e.g. to refuse an evaluation on items the model was calibrated on.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,7 +48,7 @@ class CalibrateConfig:
     model: str = field(default="smollm2-135m", metadata={"help": "base model: alias, local folder or hub id"})
     task: str = field(default=DEFAULT_TASK, metadata={"help": "task spec: gsm8k[:path], rg:<name>, tom"})
     n: int = field(default=32, metadata={"help": "number of prompts"})
-    max_new_tokens: int = field(default=128, metadata={"help": "completion length limit K"})
+    max_new_tokens: int = field(default=128, metadata={"help": "completion length limit K (paper: up to 400)"})
     seed: int = field(default=0, metadata={"help": "seed for items and (when sampling) rollouts"})
     split: str = field(default="train", metadata={"help": "task split to draw prompts from"})
     do_sample: bool = field(default=False, metadata={"help": "sample teacher rollouts instead of greedy"})
@@ -95,11 +98,14 @@ def calibrate(config: CalibrateConfig, console: Console | None = None) -> Path:
 
     manifest = {"format": FORMAT_VERSION, "config": config.identity(), "model_hash": model_hash,
                 "code_version": __version__, "num_layers": model.num_layers, "exit_layers": model.layers,
-                "shards": [], "complete": False}
+                "items": [{"id": it.id, "key": it.key} for it in items], "shards": [], "complete": False}
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text())
         if previous.get("config") != config.identity() or previous.get("model_hash") != model_hash:
             raise ValueError(f"{out} holds a calibration with other settings ({previous.get('config')}); "
+                             "use a new --out folder")
+        if previous.get("items", manifest["items"]) != manifest["items"]:
+            raise ValueError(f"{out} holds a calibration of other items (written by another version); "
                              "use a new --out folder")
         manifest["shards"] = [s for s in previous["shards"] if (out / s["file"]).exists()]
         if manifest["shards"]:
@@ -188,6 +194,27 @@ def load_calibration(directory: str | Path) -> tuple[dict, list[CalibrationRow]]
             rows.append(CalibrationRow(item_id, ids[offs[i]:offs[i + 1]], int(prompt_lengths[i]),
                                        kl[kl_offs[i]:kl_offs[i + 1]]))
     return manifest, rows
+
+
+def calibration_items(directory: str | Path) -> list[dict]:
+    """The items a calibration used, ``[{"id", "key"}, ...]`` in item order ([] for a manifest older
+    than this record). Raises FileNotFoundError when `directory` holds no manifest."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} holds no {MANIFEST}: not a calibration folder")
+    try:
+        items = json.loads(path.read_text()).get("items", [])
+    except (json.JSONDecodeError, AttributeError):
+        raise ValueError(f"{path} is not a calibration manifest (invalid JSON object)") from None
+    return [{"id": str(it["id"]), "key": str(it["key"])} for it in items]
+
+
+def overlapping_items(calib_dir: str | Path, items) -> list[str]:
+    """Ids of `items` (``Item``s or dicts with "id" and "key") whose content key the calibration in
+    `calib_dir` also used, in the order of `items`."""
+    keys = {it["key"] for it in calibration_items(calib_dir)}
+    pairs = [(it["id"], it["key"]) if isinstance(it, dict) else (it.id, it.key) for it in items]
+    return [item_id for item_id, key in pairs if key in keys]
 
 
 def summary_table(manifest: dict, rows: list[CalibrationRow], kl_factors=(0.25, 1.0, 4.0)) -> Table:

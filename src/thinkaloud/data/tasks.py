@@ -10,24 +10,29 @@ base model, and scores a completion in [0, 1]. `get_task(spec)` builds one from 
 - `tom`: our theory-of-mind stories (`thinkaloud.data.tom`). Score 1 iff the answer names the
   right container.
 
-Answer extraction (the default system prompts ask for exactly what the scorers look for).
-Everything from a line starting with "Question:" on (after some text) is dropped first: that is
-a base model starting a new example, not its answer.
+Answers (`thinkaloud.data.answers` has the exact rules). Strict by default: only an explicit
+final-answer marker counts (a `#### <number>` line for gsm8k, `\\boxed{}`, "The answer is" /
+"Answer:", `<answer>` tags); a completion without one has no answer and scores 0. This is a
+departure from our earlier scorer, which fell back to any number in the text: the paper rewards an
+exact final answer, and a truncated "... 12 = 17 and then" is not one. `lenient=True` (on every
+task and `get_task`) restores that fallback: the last number (gsm8k) or the last non-empty line
+(rg, tom). The default system prompts ask for exactly the marker the strict extractor reads.
+A plain-text prompt (tokenizer without a chat template) ends with "Answer:", which is not part of
+the completion: a base model that answers at once, with no marker of its own, needs `lenient`.
 
-- gsm8k, the first rule that yields a number wins: the first number after the last "####";
-  else the last number inside the last `\\boxed{...}`; else the first number after the last
-  "answer is" / "answer:"; else the last number in the text. Numbers are normalised (commas,
-  `$`, trailing zeros after the decimal point, trailing period removed), as is the reference.
-- rg and tom: the content of the last `<answer>...</answer>` if any; else whichever marker comes
-  last in the text: "Answer:" (the text after it up to the next empty line, so that multi-line
-  answers such as grids survive), "answer is" (rest of its line) or `\\boxed{...}`; else the last
-  non-empty line. The result is stripped of markdown emphasis, a surrounding `$...$` and
-  `\\boxed{}` / `\\text{}` wrappers. A trailing period is optional: rg scores the answer with and
-  without it and keeps the better; tom ignores punctuation.
+`Task.answer_cue` is the text appended after a (truncated) reasoning to make the model answer at
+once ("The answer is" for gsm8k, "Answer:" for rg and tom); the strict extractor reads the answer
+that follows it. `Task.split_answer(completion)` gives (reasoning, answer): the text before the
+final answer's statement, and the answer.
 
-Splits. gsm8k reads `<split>.jsonl` when given a directory; a single file is used for every split
-(with a warning when its name is not `<split>.jsonl`). reasoning-gym and tom items are procedural:
-the split and seed select disjoint seed ranges (see `ReasoningGymTask`).
+Splits (`thinkaloud.data.splits`): disjoint by construction. An item's split is fixed by a hash of
+its question (80% train / 10% validation / 10% test); `Item.key` is that hash, for leakage checks
+by content. A single GSM8K file is a pool: `split` selects its rows whose question hashes to that
+split. A directory with `<split>.jsonl` files (and the hub's train / test) are used as given: that
+is the user's split. reasoning-gym and tom generate candidates deterministically (split and seed
+select separate candidate streams) and keep those in the requested split, skipping repeated
+questions, until `n` are collected. The same (n, seed, split) always gives the same items, and
+`items(k)` is a prefix of `items(n)` for k < n.
 """
 
 from __future__ import annotations
@@ -35,24 +40,24 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import socket
-import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Mapping
 
 from thinkaloud.data import tom
+from thinkaloud.data.answers import (clean_answer, extract_final_answer, extract_number, find_final_answer,  # noqa: F401
+                                     find_number, normalize_number, parse_number)
+from thinkaloud.data.splits import (SPLITS, candidate_limit, check_split, collect_split, question_key,  # noqa: F401
+                                    split_of, split_of_key)
 
 DEFAULT_TASK = "rg:chain_sum"
 KNOWN_TASKS = ["gsm8k", "gsm8k:<path.jsonl>", "rg:<reasoning-gym dataset name>", "tom"]
-SPLITS = ("train", "validation", "test")
 GSM8K_ENV = "THINKALOUD_GSM8K"
 
 GSM8K_SYSTEM_PROMPT = ("Solve the math problem step by step. "
-                       "On the last line, write the final numeric answer as '#### <number>'.")
+                       "On the last line, write the final numeric answer as '#### <number>' (the number only).")
 RG_SYSTEM_PROMPT = ("Solve the problem step by step. "
                     "End your response with a final line of the form 'Answer: <answer>'.")
 TOM_SYSTEM_PROMPT = ("Read the story and answer the question about where an object is. Think step by step "
@@ -70,6 +75,11 @@ class Item:
     question: str  # the user-facing problem text
     answer: str  # reference answer (normalised string)
     meta: dict = field(default_factory=dict)  # free-form: source row, reasoning-gym entry, story structure
+    key: str = ""  # content key: hash of the question (`splits.question_key`); filled in when empty
+
+    def __post_init__(self):
+        if not self.key:
+            object.__setattr__(self, "key", question_key(self.question))
 
 
 class Task(ABC):
@@ -77,18 +87,31 @@ class Task(ABC):
 
     name: str
     system_prompt: str | None  # None or "" means no system prompt
+    lenient: bool = False  # fall back to the last number / line when no answer marker yields an answer
+    answer_cue: str = "Answer:"  # appended after truncated reasoning to make the model answer at once
 
     @abstractmethod
     def items(self, n: int, seed: int = 0, split: str = "train") -> list[Item]:
         """`n` items, the same for the same (n, seed, split); raises ValueError if fewer exist."""
 
     @abstractmethod
-    def extract_answer(self, completion: str) -> str | None:
-        """The model's final answer in `completion`, normalised, or None if there is none."""
+    def locate_answer(self, completion: str) -> tuple[int, str] | None:
+        """(index in `completion` where the final answer's statement begins, normalised answer), or None."""
 
     @abstractmethod
     def score(self, item: Item, completion: str) -> float:
         """Reward in [0, 1] for `completion` as an answer to `item`."""
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The model's final answer in `completion`, normalised, or None if there is none."""
+        found = self.locate_answer(completion)
+        return None if found is None else found[1]
+
+    def split_answer(self, completion: str) -> tuple[str, str] | None:
+        """(reasoning, answer): the text before the final answer's marker (trailing whitespace
+        stripped) and the extracted answer; None when no answer can be extracted."""
+        found = self.locate_answer(completion)
+        return None if found is None else (completion[: found[0]].rstrip(), found[1])
 
     def prompt(self, item: Item, tokenizer: Any) -> str:
         return render_prompt(item.question, tokenizer, self.system_prompt)
@@ -114,115 +137,6 @@ def render_prompt(question: str, tokenizer: Any, system_prompt: str | None = Non
         return tokenizer.apply_chat_template([merged], tokenize=False, add_generation_prompt=True)
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-
-
-# ---------------------------------------------------------------- answer extraction
-
-_NEW_QUESTION = re.compile(r"^\s*Question:", re.M)
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
-_ANSWER_COLON = re.compile(r"\banswer\s*:", re.I)
-_ANSWER_IS = re.compile(r"\banswer\s+is\b\s*:?", re.I)
-_BOXED = "\\boxed{"
-
-
-def _drop_continuation(completion: str) -> str:
-    """Cut at the first "Question:" line that follows some text (a base model's next example)."""
-    for match in _NEW_QUESTION.finditer(completion):
-        if completion[: match.start()].strip():
-            return completion[: match.start()]
-    return completion
-
-
-def _boxed_spans(text: str) -> list[tuple[int, str]]:
-    """(start, content) of every balanced `\\boxed{...}` in `text`."""
-    spans = []
-    start = text.find(_BOXED)
-    while start != -1:
-        depth, i = 1, start + len(_BOXED)
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            spans.append((start, text[start + len(_BOXED): i - 1]))
-        start = text.find(_BOXED, start + 1)
-    return spans
-
-
-def normalize_number(text: str) -> str:
-    """"$1,000.00" -> "1000", "72." -> "72", "-3.50" -> "-3.5"; non-numbers are returned stripped."""
-    s = text.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".").lstrip("+")
-    try:
-        value = Decimal(s)
-    except InvalidOperation:
-        return s
-    return "0" if value == 0 else format(value.normalize(), "f")
-
-
-def extract_number(completion: str) -> str | None:
-    """The final number of a math solution (rules in the module docstring), normalised."""
-    text = _drop_continuation(completion)
-    candidates: list[str | None] = []
-    if "####" in text:
-        candidates.append(_first(_NUMBER.findall(text.rsplit("####", 1)[1])))
-    boxed = _boxed_spans(text)
-    if boxed:
-        candidates.append(_last(_NUMBER.findall(boxed[-1][1])))
-    markers = list(_ANSWER_IS.finditer(text)) + list(_ANSWER_COLON.finditer(text))
-    if markers:
-        last = max(markers, key=lambda m: m.start())
-        candidates.append(_first(_NUMBER.findall(text[last.end():])))
-    candidates.append(_last(_NUMBER.findall(text)))
-    found = next((c for c in candidates if c is not None), None)
-    return None if found is None else normalize_number(found)
-
-
-def _first(xs: list[str]) -> str | None:
-    return xs[0] if xs else None
-
-
-def _last(xs: list[str]) -> str | None:
-    return xs[-1] if xs else None
-
-
-def _clean_answer(text: str) -> str:
-    text = text.strip()
-    for _ in range(3):  # peel nested wrappers such as **$\boxed{5}$**
-        before = text
-        text = text.strip().strip("*`").strip()
-        if len(text) >= 2 and text[0] == text[-1] == "$":
-            text = text[1:-1].strip()
-        for wrapper in ("\\boxed{", "\\text{"):
-            if text.startswith(wrapper) and text.endswith("}"):
-                text = text[len(wrapper): -1]
-        if text == before:
-            break
-    return text.strip()
-
-
-def extract_final_answer(completion: str) -> str | None:
-    """The model's final answer as free text (rules in the module docstring), or None if empty."""
-    text = _drop_continuation(completion)
-    tags = _ANSWER_TAG.findall(text)
-    if tags:
-        return _clean_answer(tags[-1]) or None
-    # (position, answer text) for every marker; the last one in the text wins
-    found: list[tuple[int, str]] = [(start, content) for start, content in _boxed_spans(text)]
-    for match in _ANSWER_COLON.finditer(text):  # the block after it: multi-line answers are grids
-        found.append((match.start(), text[match.end():].lstrip(" \t\n").split("\n\n", 1)[0]))
-    for match in _ANSWER_IS.finditer(text):
-        found.append((match.start(), text[match.end():].split("\n", 1)[0]))
-    if found:
-        answer = _clean_answer(max(found, key=lambda f: f[0])[1])
-    else:
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        answer = _clean_answer(lines[-1]) if lines else ""
-    return answer or None
-
-
 # ---------------------------------------------------------------- gsm8k
 
 
@@ -233,24 +147,29 @@ def read_gsm8k_jsonl(path: str | Path) -> list[dict]:
     Raises ValueError naming the file and 1-based line of a malformed line.
     """
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("question", "answer")):
-                raise ValueError(f"{where}: expected an object with 'question' and 'answer' keys (strings)")
-            if "####" not in record["answer"]:
-                raise ValueError(f"{where}: answer has no '#### <number>' final line")
-            final = record["answer"].rsplit("####", 1)[1].strip()
-            if not final:
-                raise ValueError(f"{where}: nothing after '####' in the answer")
-            rows.append({"question": record["question"], "answer": normalize_number(final),
-                         "solution": record["answer"]})
+    try:
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected GSM8K JSONL") from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("question", "answer")):
+            raise ValueError(f"{where}: expected an object with 'question' and 'answer' keys (strings)")
+        if "####" not in record["answer"]:
+            raise ValueError(f"{where}: answer has no '#### <number>' final line")
+        final = record["answer"].rsplit("####", 1)[1].strip()
+        if not final:
+            raise ValueError(f"{where}: nothing after '####' in the answer")
+        if parse_number(final) != normalize_number(final):
+            raise ValueError(f"{where}: the answer after '####' is not a number: {final!r}")
+        rows.append({"question": record["question"], "answer": normalize_number(final),
+                     "solution": record["answer"]})
     return rows
 
 
@@ -272,56 +191,74 @@ def _hub_gsm8k(split: str) -> list[dict] | None:
 
 
 class Gsm8kTask(Task):
-    """GSM8K from a local JSONL file or directory, else $THINKALOUD_GSM8K, else the hub (if online)."""
+    """GSM8K from a local JSONL file or directory, else $THINKALOUD_GSM8K, else the hub (if online).
 
-    def __init__(self, path: str | Path | None = None, system_prompt: str | None = GSM8K_SYSTEM_PROMPT):
+    A single file is split by question hash; a directory's `<split>.jsonl` and the hub's splits are
+    used as they are (module docstring).
+    """
+
+    answer_cue = "The answer is"
+
+    def __init__(self, path: str | Path | None = None, system_prompt: str | None = GSM8K_SYSTEM_PROMPT,
+                 lenient: bool = False):
         self.name = "gsm8k"
         self.system_prompt = system_prompt
+        self.lenient = lenient
         self.path = Path(path) if path else None
-        self._rows: dict[str, tuple[str, list[dict]]] = {}  # split -> (source, rows)
+        self._files: dict[Path, list[dict]] = {}
+        self._rows: dict[str, tuple[str, list[tuple[int, dict]]]] = {}  # split -> (source, [(row index, row)])
 
-    def _file_for(self, path: Path, split: str) -> Path:
+    def _read(self, file: Path) -> list[dict]:
+        if file not in self._files:
+            self._files[file] = read_gsm8k_jsonl(file)
+        return self._files[file]
+
+    def _from_path(self, path: Path, split: str) -> tuple[str, list[tuple[int, dict]]]:
         if path.is_dir():
             file = path / f"{split}.jsonl"
             if not file.is_file():
                 raise FileNotFoundError(f"GSM8K directory {path} has no {split}.jsonl")
-            return file
+            return str(file), list(enumerate(self._read(file)))
         if not path.is_file():
             raise FileNotFoundError(f"GSM8K file {path} does not exist")
-        if path.stem != split:
-            warnings.warn(f"GSM8K split {split!r} is read from {path}, whose name is not {split}.jsonl", stacklevel=3)
-        return path
+        rows, seen = [], set()
+        for i, row in enumerate(self._read(path)):
+            key = question_key(row["question"])
+            if key not in seen and split_of_key(key) == split:
+                seen.add(key)
+                rows.append((i, row))
+        return f"the {split} part of {path} (split by question hash)", rows
 
-    def _load(self, split: str) -> tuple[str, list[dict]]:
+    def _load(self, split: str) -> tuple[str, list[tuple[int, dict]]]:
         if split not in self._rows:
             path = self.path or (Path(os.environ[GSM8K_ENV]) if os.environ.get(GSM8K_ENV) else None)
             if path is not None:
-                file = self._file_for(path, split)
-                self._rows[split] = (str(file), read_gsm8k_jsonl(file))
+                self._rows[split] = self._from_path(path, split)
             elif (rows := _hub_gsm8k(split)) is not None:
-                self._rows[split] = ("hf:openai/gsm8k", rows)
+                self._rows[split] = ("hf:openai/gsm8k", list(enumerate(rows)))
             else:
                 raise FileNotFoundError(
-                    "No GSM8K data: pass a JSONL file or a directory with <split>.jsonl, e.g. "
+                    f"No GSM8K data for split {split!r}: pass a JSONL file (split into train/validation/test "
+                    "by question hash) or a directory with <split>.jsonl files, e.g. "
                     "`--task gsm8k:/path/to/train.jsonl` (get_task('gsm8k', path=...)), or set "
-                    f"{GSM8K_ENV}=/path/to/train.jsonl. In this project's environment the file "
-                    "../shared/data/gsm8k/train.jsonl (relative to the repository) exists. "
-                    "Downloading needs the `datasets` package and network access.")
+                    f"{GSM8K_ENV}=/path/to/train.jsonl; downloading from the Hugging Face hub needs the "
+                    "`datasets` package and network access.")
         return self._rows[split]
 
     def items(self, n: int, seed: int = 0, split: str = "train") -> list[Item]:
-        _check_split(split)
+        check_split(split)
         source, rows = self._load(split)
         if not 0 < n <= len(rows):
             raise ValueError(f"asked for {n} GSM8K items but {source} has {len(rows)}")
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
-        return [Item(id=f"gsm8k/{split}/{i}", question=rows[i]["question"], answer=rows[i]["answer"],
-                     meta={"source": source, "index": i, "solution": rows[i]["solution"]})
-                for i in order[:n]]
+        picked = [rows[j] for j in order[:n]]
+        return [Item(id=f"gsm8k/{split}/{i}", question=row["question"], answer=row["answer"],
+                     meta={"source": source, "index": i, "solution": row["solution"]})
+                for i, row in picked]
 
-    def extract_answer(self, completion: str) -> str | None:
-        return extract_number(completion)
+    def locate_answer(self, completion: str) -> tuple[int, str] | None:
+        return find_number(completion, lenient=self.lenient)
 
     def score(self, item: Item, completion: str) -> float:
         return float(self.extract_answer(completion) == normalize_number(item.answer))
@@ -329,7 +266,7 @@ class Gsm8kTask(Task):
 
 # ---------------------------------------------------------------- reasoning-gym
 
-RG_SEED_STRIDE = 100_000  # items per (seed, split); seeds are spaced this far apart
+RG_SEED_STRIDE = 100_000  # candidates per (seed, split); seeds are spaced this far apart
 RG_MAX_SEED = 10_000
 RG_SPLIT_OFFSET = {"train": 0, "validation": 1_000_000_000, "test": 2_000_000_000}
 
@@ -338,10 +275,11 @@ def rg_seed(seed: int, split: str) -> int:
     """The reasoning-gym seed for our (seed, split).
 
     reasoning-gym draws item i of a dataset with seed s from `Random(s + i)`, so seeds s and s+1
-    share all but one item. Spacing seeds by `RG_SEED_STRIDE` and splits by 1e9 keeps every
-    (seed, split) disjoint for n <= RG_SEED_STRIDE, and stays below 2**32 for numpy seeding.
+    share all but one item. Spacing seeds by `RG_SEED_STRIDE` and splits by 1e9 keeps the candidate
+    streams of every (seed, split) apart for up to RG_SEED_STRIDE candidates, and stays below 2**32
+    for numpy seeding. Split membership itself comes from the question hash (`items`).
     """
-    _check_split(split)
+    check_split(split)
     if not 0 <= seed < RG_MAX_SEED:
         raise ValueError(f"reasoning-gym task seeds must be in [0, {RG_MAX_SEED}), got {seed}")
     return RG_SPLIT_OFFSET[split] + seed * RG_SEED_STRIDE
@@ -351,7 +289,7 @@ class ReasoningGymTask(Task):
     """One reasoning-gym dataset; `rg_kwargs` are fields of its config (e.g. ChainSumConfig)."""
 
     def __init__(self, dataset: str, rg_kwargs: Mapping[str, Any] | None = None,
-                 system_prompt: str | None = RG_SYSTEM_PROMPT):
+                 system_prompt: str | None = RG_SYSTEM_PROMPT, lenient: bool = False):
         from reasoning_gym.factory import DATASETS
 
         if dataset not in DATASETS:
@@ -371,6 +309,7 @@ class ReasoningGymTask(Task):
         self.dataset = dataset
         self.rg_kwargs = kwargs
         self.system_prompt = system_prompt
+        self.lenient = lenient
         self._scorer = self._create(size=1, seed=0)  # validates the settings now
 
     def _create(self, size: int, seed: int):
@@ -383,22 +322,27 @@ class ReasoningGymTask(Task):
                              f"{self.dataset!r}: {e}") from e
 
     def items(self, n: int, seed: int = 0, split: str = "train") -> list[Item]:
+        """Candidates i = 0, 1, ... of the (seed, split) stream whose question is in `split` (module docstring)."""
         if not 0 < n <= RG_SEED_STRIDE:
             raise ValueError(f"n must be in [1, {RG_SEED_STRIDE}] for reasoning-gym tasks, got {n}")
         base = rg_seed(seed, split)
-        data = self._create(size=n, seed=base)
-        items = []
-        for i in range(n):
+        data = self._create(size=RG_SEED_STRIDE, seed=base)  # entries are generated on access
+
+        def candidate(i: int) -> tuple[dict, str]:
             entry = data[i]
+            return entry, entry["question"]
+
+        items = []
+        for i, entry, key in collect_split(n, split, candidate, min(RG_SEED_STRIDE, candidate_limit(n)), self.name):
             answer = entry.get("answer")
             items.append(Item(id=f"{self.name}/{split}/seed{seed}/{i}", question=entry["question"],
-                              answer="" if answer is None else str(answer),
-                              meta={"dataset": self.dataset, "entry": entry, "rg_seed": base,
+                              answer="" if answer is None else str(answer), key=key,
+                              meta={"dataset": self.dataset, "entry": entry, "rg_seed": base, "rg_index": i,
                                     "rg_kwargs": dict(self.rg_kwargs)}))
         return items
 
-    def extract_answer(self, completion: str) -> str | None:
-        return extract_final_answer(completion)
+    def locate_answer(self, completion: str) -> tuple[int, str] | None:
+        return find_final_answer(completion, lenient=self.lenient)
 
     def score(self, item: Item, completion: str) -> float:
         if item.meta.get("dataset") != self.dataset:
@@ -423,26 +367,32 @@ class ReasoningGymTask(Task):
 class TomTask(Task):
     """Generated theory-of-mind stories (`thinkaloud.data.tom`); the answer is a container name."""
 
-    def __init__(self, config: tom.TomConfig | None = None, system_prompt: str | None = TOM_SYSTEM_PROMPT):
+    def __init__(self, config: tom.TomConfig | None = None, system_prompt: str | None = TOM_SYSTEM_PROMPT,
+                 lenient: bool = False):
         self.name = "tom"
         self.config = config or tom.TomConfig()
         self.system_prompt = system_prompt
+        self.lenient = lenient
 
     def items(self, n: int, seed: int = 0, split: str = "train") -> list[Item]:
-        _check_split(split)
+        """Candidate stories i = 0, 1, ... of the (seed, split) stream whose question is in `split`."""
+        check_split(split)
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}")
-        items = []
-        for i in range(n):
+
+        def candidate(i: int) -> tuple[tom.TomStory, str]:
             # a string seed is hashed with sha512 by `random`: stable across runs and platforms
             story = tom.generate_story(self.config, random.Random(f"tom/{split}/{seed}/{i}"))
-            items.append(Item(id=f"tom/{split}/seed{seed}/{i}", question=story.text(), answer=story.answer,
-                              meta=story.to_meta()))
-        return items
+            return story, story.text()
 
-    def extract_answer(self, completion: str) -> str | None:
-        answer = extract_final_answer(completion)
-        return None if answer is None else tom.normalize_container(answer) or None
+        return [Item(id=f"tom/{split}/seed{seed}/{i}", question=story.text(), answer=story.answer,
+                     meta=story.to_meta(), key=key)
+                for i, story, key in collect_split(n, split, candidate, candidate_limit(n), "tom")]
+
+    def locate_answer(self, completion: str) -> tuple[int, str] | None:
+        found = find_final_answer(completion, lenient=self.lenient)
+        answer = None if found is None else tom.normalize_container(found[1])
+        return (found[0], answer) if answer else None
 
     def score(self, item: Item, completion: str) -> float:
         answer = self.extract_answer(completion)
@@ -455,13 +405,15 @@ class TomTask(Task):
 
 
 def get_task(spec: str, *, system_prompt: str | None = None, path: str | None = None,
-             rg_kwargs: Mapping[str, Any] | None = None, tom_config: tom.TomConfig | None = None) -> Task:
+             rg_kwargs: Mapping[str, Any] | None = None, tom_config: tom.TomConfig | None = None,
+             lenient: bool = False) -> Task:
     """Build a task from a spec in KNOWN_TASKS.
 
     system_prompt: None keeps the task's default; "" means no system prompt.
     path: GSM8K JSONL file or directory (same as `gsm8k:<path>`).
     rg_kwargs: reasoning-gym config fields for `rg:<name>`, on top of RG_DEFAULT_KWARGS.
     tom_config: generator settings for `tom`.
+    lenient: accept answers without a final-answer marker (the last number / line); see the module docstring.
     """
     spec = spec.strip()
     kind, _, arg = spec.partition(":")
@@ -470,14 +422,16 @@ def get_task(spec: str, *, system_prompt: str | None = None, path: str | None = 
     misplaced = [k for k, v in extra.items() if v is not None and k != allowed]
     if allowed and misplaced:
         raise ValueError(f"{misplaced} do not apply to task {spec!r}")
-    prompt_kw = {} if system_prompt is None else {"system_prompt": system_prompt}
+    kw: dict[str, Any] = {"lenient": bool(lenient)}
+    if system_prompt is not None:
+        kw["system_prompt"] = system_prompt
 
     if kind == "gsm8k":
         if arg and path and Path(arg) != Path(path):
             raise ValueError(f"task {spec!r} names a file and path={path!r} another; give one")
-        return Gsm8kTask(path=arg or path, **prompt_kw)
+        return Gsm8kTask(path=arg or path, **kw)
     if kind == "rg" and arg:
-        return ReasoningGymTask(arg, rg_kwargs=rg_kwargs, **prompt_kw)
+        return ReasoningGymTask(arg, rg_kwargs=rg_kwargs, **kw)
     if kind == "tom" and not arg:
-        return TomTask(config=tom_config, **prompt_kw)
+        return TomTask(config=tom_config, **kw)
     raise ValueError(f"unknown task {spec!r}; expected one of {KNOWN_TASKS}")
