@@ -17,6 +17,7 @@ from thinkaloud.eval.judge import (
     coherence_summary,
     judge_many,
     judge_messages,
+    make_judge,
     parse_judgement,
 )
 
@@ -61,7 +62,23 @@ def test_prompt_covers_the_rubric():
     for key in CRITERIA:
         assert key in system["content"]
     assert "<think>" in system["content"] and "NOT" in system["content"]  # wrappers are not penalised
+    assert "do not grade whether the final answer is correct" in " ".join(system["content"].split())
     assert "What is 2+2?" in user["content"] and "<think>2+2=4</think> 4" in user["content"]
+
+
+def test_paper_rubric_restates_the_write_ups_criteria():
+    system, user = judge_messages("What is 2+2?", "<think>2+2=4</think> 4", rubric="paper")
+    text = " ".join(system["content"].split())
+    for key in CRITERIA:
+        assert key in text
+    for criterion in ("correct and explicit chain of thought", "mid-range score (4-7)", "factual mistakes",
+                      "heavy repetition", "even if it is unfinished", "1 = major breakdown", "7 = generally solid",
+                      "10 = excellent, complete and polished", "<|Assistant|>", "must not lower"):
+        assert criterion in text, criterion
+    assert "do not grade whether" not in text
+    assert "What is 2+2?" in user["content"] and "<think>2+2=4</think> 4" in user["content"]
+    with pytest.raises(ValueError, match="rubric must be one of"):
+        judge_messages("q", "r", rubric="gpt5")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -133,6 +150,18 @@ def test_well_formed_reply_is_parsed(monkeypatch):
     assert req["body"]["model"] == "judge-model" and req["body"]["temperature"] == 0
     assert req["auth"] == "Bearer sk-test"
     assert "a response" in req["body"]["messages"][-1]["content"]
+
+
+def test_the_request_carries_the_chosen_rubric():
+    with ScriptedServer([(200, json.dumps(GOOD))]) as server:
+        judge_many(judge_for(server), [("q", "r")])
+        judge_many(judge_for(server, rubric="paper"), [("q", "r")])
+        [result] = judge_many(make_judge(f"openai:{server.base_url}#judge-model", rubric="paper"), [("q", "r")])
+    assert result.judgement == Judgement(**GOOD)
+    ours, paper, made = (req["body"]["messages"] for req in server.requests)
+    assert ours == judge_messages("q", "r") and paper == judge_messages("q", "r", rubric="paper") == made
+    assert "correct and explicit chain of thought" in paper[0]["content"]
+    assert "correct and explicit chain of thought" not in ours[0]["content"]
 
 
 def test_no_key_no_authorization_header(monkeypatch):

@@ -53,7 +53,9 @@ def write_eval_dir(path: Path, label: str, exit_share: float, seed: int = 0, jud
         "exit_hist": hist, "target_hist": None if label == "base" else target,
         "tv_distance": None if label == "base" else 0.5 * sum(abs(hist[k] - target[k]) for k in hist),
         "coherence": {"mean": sum(overall) / len(overall), "n_judged": len(overall), "n_missing": n - len(overall),
-                      "hist": {str(s): overall.count(s) for s in range(1, 11)}} if judged else None,
+                      "hist": {str(s): overall.count(s) for s in range(1, 11)}, "rubric": "paper"} if judged else None,
+        "target": None if label == "base" else {"kl_factor": 1.0, "source": f"sft run runs/{label}"},
+        "decode_ms_per_token": 12.5, "speedup_vs_base": None if label == "base" else 1.25,
     }
     (path / "summary.json").write_text(json.dumps(summary))
     (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -213,6 +215,31 @@ def test_build_report(report_dirs, tmp_path):
     assert "&lt;/think&gt;" in doc
     assert not re.search(r"""(src|href)=["'](?!data:)""", doc)  # self-contained
     assert "—" in doc  # the un-judged rl dir shows a dash for coherence
+
+
+def test_report_states_target_rubric_and_measured_speed(report_dirs, tmp_path):
+    md, _ = build_report(report_dirs[:2], tmp_path / "report")
+    text = md.read_text()
+    assert "| decode ms/token | speedup vs base |" in text
+    assert re.search(r"^\| sft \|.*\| 12.50 \| 1.25 \|", text, re.M)
+    assert "sft: target F=1 (sft run runs/sft)" in text and "sft: coherence judged with the paper rubric" in text
+
+
+def test_report_command_takes_folders_as_arguments(tmp_path, monkeypatch):
+    from thinkaloud.cli import main
+    from thinkaloud.eval.report_job import ReportConfig, default_out
+
+    write_eval_dir(tmp_path / "runs" / "a", "sft", 0.4)
+    write_eval_dir(tmp_path / "runs" / "b", "rl", 0.6, seed=1)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "runs/a", "runs/b"]) == 0
+    assert (tmp_path / "runs" / "report" / "report.md").is_file()  # --out defaults to report/ in the common parent
+    assert main(["report", "--dirs", "runs/a", "--out", "elsewhere"]) == 0
+    assert (tmp_path / "elsewhere" / "report.html").is_file()
+    assert ReportConfig(dirs=["runs/a"]).out == str(Path("runs") / "report")
+    assert default_out([str(tmp_path / "runs" / "a"), "/"]) == Path("report")  # only the root in common: here
+    with pytest.raises(ValueError, match="at least one"):
+        ReportConfig(dirs=[])
 
 
 def test_build_report_rejects_unknown_dir(tmp_path):

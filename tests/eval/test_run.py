@@ -17,9 +17,10 @@ from thinkaloud.cli import main
 from thinkaloud.eval.run import EvalConfig, ReportConfig, evaluate, parse_judge_spec, report, token_strings
 from tests.tiny import MAX_TINY_PARAMS
 
-SUMMARY_KEYS = {"model", "label", "task", "n", "num_layers", "exit_layers", "offset", "kl_factor", "accuracy",
-                "early_exit_rate", "als", "mean_length", "tokens_per_s", "flop_savings", "exit_hist", "target_hist",
-                "tv_distance", "coherence"}
+SUMMARY_KEYS = {"model", "label", "stage", "task", "split", "n", "num_layers", "exit_layers", "offset", "kl_factor",
+                "target", "accuracy", "early_exit_rate", "als", "mean_length", "tokens_per_s", "prefill_s",
+                "decode_ms_per_token", "speed_baseline", "speedup_vs_base", "flop_savings", "exit_hist",
+                "target_hist", "tv_distance", "coherence"}
 RECORD_KEYS = {"id", "prompt", "completion", "tokens", "exit_layers", "score", "judge", "judge_missing"}
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -61,10 +62,14 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 
 class _StubJudge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint on localhost that gives every response the same scores."""
+    """An OpenAI-compatible endpoint on localhost that gives every response the same scores; it keeps the
+    system prompts it was sent in ``systems``."""
+
+    systems: list[str] = []
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
-        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.systems.append(body["messages"][0]["content"])
         scores = {"coherence": 7, "completeness": 6, "clarity": 7, "no_repetition": 9, "overall": 7}
         body = json.dumps({"choices": [{"message": {"content": json.dumps(scores)}}]}).encode()
         self.send_response(200)
@@ -112,7 +117,9 @@ def _check_eval_dir(d: Path, n: int, tokenizer) -> tuple[dict, list[dict]]:
         all_layers += r["exit_layers"]
     assert summary["mean_length"] == pytest.approx(len(all_layers) / n)
     assert summary["early_exit_rate"] == pytest.approx(sum(x < L for x in all_layers) / len(all_layers))
-    assert summary["tokens_per_s"] > 0
+    assert summary["tokens_per_s"] > 0 and summary["prefill_s"] > 0
+    if summary["mean_length"] > 1:
+        assert summary["decode_ms_per_token"] > 0
     return summary, records
 
 
@@ -123,8 +130,12 @@ def test_eval_base_and_trained_then_report(tiny_dir, tmp_path, judge_url):
     main(["eval", "--model", str(tiny_dir), "--out", str(base_dir), "--task", "rg:chain_sum", "--n", "4",
           "--max-new-tokens", "10", "--batch-size", "3", "--offset", "2", "--show", "1"])
     base, base_records = _check_eval_dir(base_dir, 4, tokenizer)
-    assert base["label"] == "base" and base["offset"] is None
+    assert base["label"] == "base" and base["stage"] == "base" and base["offset"] is None
     assert base["num_layers"] == 6 and base["exit_layers"] == [5]
+    assert base["target"] == {"kl_factor": 1.0,
+                              "source": f"default (no KL factor in the lineage: base model {tiny_dir})"}
+    assert base["speed_baseline"] == {"skipped": "the evaluated model is the base model"}
+    assert base["speedup_vs_base"] is None
     assert base["early_exit_rate"] == 0.0 and base["als"] == 0.0 and base["flop_savings"] == pytest.approx(0.0)
     assert base["exit_hist"]["6"] == 1.0
     assert base["coherence"] is None and all(r["judge"] is None for r in base_records)
@@ -132,9 +143,10 @@ def test_eval_base_and_trained_then_report(tiny_dir, tmp_path, judge_url):
     # A trained-style run folder (fresh heads + LoRA saved as a checkpoint), offset 6: q = σ(0) per layer.
     run = tmp_path / "run"
     EarlyExitModel.from_base(str(tiny_dir), ExitConfig(exit_layers=[2, 4])).save_pretrained(run / "model")
+    _StubJudge.systems.clear()
     trained = evaluate(EvalConfig(model=str(run / "model"), out=str(tmp_path / "exits"), task="rg:chain_sum", n=4,
                                   max_new_tokens=10, offset=6.0, seed=1, judge=f"openai:{judge_url}#stub",
-                                  show=0))
+                                  rubric="paper", show=0))
     summary, records = _check_eval_dir(tmp_path / "exits", 4, tokenizer)
     assert summary == json.loads(json.dumps(trained))
     assert summary["label"] == "run" and summary["offset"] == 6.0 and summary["exit_layers"] == [2, 4]
@@ -142,7 +154,18 @@ def test_eval_base_and_trained_then_report(tiny_dir, tmp_path, judge_url):
     assert 0.0 < summary["als"] < summary["early_exit_rate"]
     assert 0.0 < summary["flop_savings"] < 1.0
     assert summary["coherence"]["mean"] == 7 and summary["coherence"]["n_judged"] == 4
+    assert summary["coherence"]["rubric"] == "paper"
+    assert len(_StubJudge.systems) == 4
+    assert all("correct and explicit chain of thought" in p for p in _StubJudge.systems)
     assert all(r["judge"]["overall"] == 7 and r["judge_missing"] is None for r in records)
+    # A saved model outside a run: unknown lineage, target at the default F = 1, said so.
+    assert summary["stage"] == "unknown" and summary["target"]["kl_factor"] == 1.0
+    assert summary["target"]["source"].startswith("default")
+    # The base model timed on the same prompts: the speedup is the ratio of the two decode times per token.
+    speed = summary["speed_baseline"]
+    assert speed["decode_tokens"] > 0 and speed["decode_ms_per_token"] > 0
+    assert speed["decode_ms_per_token"] == pytest.approx(1000 * speed["decode_s"] / speed["decode_tokens"])
+    assert summary["speedup_vs_base"] == pytest.approx(speed["decode_ms_per_token"] / summary["decode_ms_per_token"])
 
     md, page = report(ReportConfig(dirs=[str(base_dir), str(tmp_path / "exits")], out=str(tmp_path / "report")))
     assert md.is_file() and page.is_file()
@@ -153,17 +176,32 @@ def test_eval_base_and_trained_then_report(tiny_dir, tmp_path, judge_url):
 
 
 def test_cli_yaml_without_target_and_no_exits(tiny_dir, tmp_path):
-    """A trained model at --offset=-inf never exits; kl_factor: null in the YAML skips the target."""
+    """A trained model at --offset=-inf never exits; target: false in the YAML skips the target."""
     EarlyExitModel.from_base(str(tiny_dir), ExitConfig(exit_layers=[3])).save_pretrained(tmp_path / "run" / "model")
-    (tmp_path / "eval.yaml").write_text("kl_factor: null\nn: 2\nmax_new_tokens: 4\nshow: 0\n")
+    (tmp_path / "eval.yaml").write_text("target: false\nn: 2\nmax_new_tokens: 4\nshow: 0\n")
     main(["eval", "--config", str(tmp_path / "eval.yaml"), "--model", str(tmp_path / "run"), "--out",
-          str(tmp_path / "out"), "--offset=-inf"])
+          str(tmp_path / "out"), "--offset=-inf", "--no-speed-baseline"])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["n"] == 2 and summary["label"] == "run" and summary["offset"] is None
     assert summary["early_exit_rate"] == 0.0 and summary["exit_hist"] == {"3": 0.0, "6": 1.0}
     assert summary["target_hist"] is None and summary["tv_distance"] is None and summary["kl_factor"] is None
+    assert summary["target"] is None
+    assert summary["speed_baseline"] == {"skipped": "speed_baseline is off"} and summary["speedup_vs_base"] is None
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["offset"] is None and config["n"] == 2
+
+
+def test_lenient_answers_reach_the_task(tiny_dir, tmp_path, monkeypatch):
+    """Strict answer extraction unless asked: the flag is passed to the real task (spied, not replaced)."""
+    import thinkaloud.eval.run as run_module
+
+    real, built = run_module.get_task, []
+    monkeypatch.setattr(run_module, "get_task", lambda spec, **kw: built.append(real(spec, **kw)) or built[-1])
+    for lenient in (True, False):
+        evaluate(EvalConfig(model=str(tiny_dir), out=str(tmp_path / str(lenient)), task="rg:chain_sum", n=1,
+                            max_new_tokens=2, target=False, lenient_answers=lenient, show=0))
+        assert json.loads((tmp_path / str(lenient) / "config.json").read_text())["lenient_answers"] is lenient
+    assert [task.lenient for task in built] == [True, False]
 
 
 def test_token_strings_add_up_to_the_decoded_text():
@@ -187,18 +225,24 @@ def test_judge_spec_and_config_validation(tmp_path):
             parse_judge_spec(bad)
     ok = dict(model="m", out=str(tmp_path))
     for bad in ({"n": 0}, {"split": "dev"}, {"temperature": 0.0}, {"top_p": 1.5}, {"kl_factor": -1.0},
-                {"offset": float("inf")}, {"judge": "gpt-4"}):
+                {"offset": float("inf")}, {"judge": "gpt-4"}, {"rubric": "gpt"}):
         with pytest.raises(ValueError):
             EvalConfig(**ok, **bad)
+    with pytest.raises(ValueError, match="kl_factor must be > 0"):
+        EvalConfig(**ok, kl_factor=0.0)  # F = 0 was accepted and gave a target of 1 everywhere
     with pytest.raises(ValueError, match="not a directory"):
         ReportConfig(dirs=[str(tmp_path / "missing")], out=str(tmp_path))
 
 
-def test_cli_help_lists_the_fields(capsys):
-    for verb, flags in (("eval", ["--model", "--kl-factor", "--judge", "--do-sample", "--show"]),
+def test_cli_help_lists_the_fields_and_the_paper_settings(capsys):
+    for verb, flags in (("eval", ["--model", "--kl-factor", "--target", "--no-target", "--judge", "--rubric",
+                                  "--do-sample", "--show", "--speed-baseline", "--lenient-answers",
+                                  "paper: up to 400", "paper: 50 GSM8K", "paper: GPT-5"]),
+                        ("sweep", ["--rubric", "--lenient-answers", "paper: up to 400", "paper: 50 GSM8K",
+                                   "paper: GPT-5"]),
                         ("report", ["--dirs", "--out"])):
         with pytest.raises(SystemExit) as exit_info:
             main([verb, "--help"])
         assert exit_info.value.code == 0
-        text = capsys.readouterr().out
+        text = " ".join(capsys.readouterr().out.split())
         assert all(flag in text for flag in flags), text

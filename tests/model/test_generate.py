@@ -128,3 +128,17 @@ def test_bad_generation_input():
         model.generate(long_ids, max_new_tokens=20)
     with pytest.raises(ValueError, match="left-padded"):
         model.generate(ids.flip(1), mask.flip(1), max_new_tokens=2)
+
+
+@pytest.mark.parametrize("lengths", [[1], [6, 3]])
+def test_prefill_and_decode_times_are_recorded(lengths):
+    import time
+
+    model = wrap("llama")
+    ids, mask = left_padded_batch(lengths, seed=4)
+    t0 = time.perf_counter()
+    out = model.generate(ids, mask, max_new_tokens=6, do_sample=False, stop_token_ids=[])
+    total = time.perf_counter() - t0
+    assert out.prefill_seconds > 0 and out.decode_seconds > 0
+    assert out.prefill_seconds + out.decode_seconds <= total
+    assert out.decode_tokens == len(lengths) * 5  # every row's tokens after its first

@@ -22,6 +22,9 @@ def test_eval_base_and_exits_then_report(tmp_path):
     EarlyExitModel.from_base("smollm2-135m", ExitConfig()).save_pretrained(run / "model")
     exits = evaluate(EvalConfig(model=str(run), out=str(tmp_path / "exits"), offset=4.0, **common))
     assert exits["label"] == "fresh" and exits["offset"] == 4.0
+    assert base["speed_baseline"] == {"skipped": "the evaluated model is the base model"}
+    assert exits["speed_baseline"]["decode_ms_per_token"] > 0 and exits["speedup_vs_base"] > 0
+    assert exits["prefill_s"] > 0 and exits["decode_ms_per_token"] > 0
     assert 0.2 < exits["early_exit_rate"] < 0.8 and 0.0 < exits["flop_savings"] < exits["als"]
     assert sum(exits["exit_hist"].values()) == pytest.approx(1.0)
 

@@ -1,9 +1,19 @@
-"""Coherence judge (METHOD.md §4): an LLM scores each response 1–10 on four criteria plus overall.
+"""Coherence judge: an LLM scores each response 1–10 on four criteria plus overall.
 
 Criteria: coherence, completeness, clarity, absence of repetition (``no_repetition``), and an overall
-score. Role tags, chat-template markers and ``<think>…</think>`` wrappers are part of the expected
-format and the rubric tells the judge not to penalise them. The judge must answer with one JSON
-object holding exactly the five integer keys; ``parse_judgement`` is strict about it.
+score. Two rubrics (prompts in ``thinkaloud.eval.rubrics``), chosen per judge with ``rubric=``:
+
+- ``"ours"`` (default): writing quality only — the judge is told not to grade correctness;
+- ``"paper"``: the write-up's scorer prompt restated — it asks for a correct and explicit chain of
+  thought, penalises factual mistakes about the prompt, and puts partial or cut-off answers at 4–7.
+  Use it to compare the coherence column with the write-up's table.
+
+In both, role tags, chat-template markers and ``<think>…</think>`` wrappers are part of the expected
+format and the judge is told not to penalise them. The judge must answer with one JSON object
+holding exactly the five integer keys; ``parse_judgement`` is strict about it.
+
+``--judge`` specs (``parse_judge_spec`` / ``make_judge``): ``openai:<base_url>#<model>`` or
+``hf:<model path or alias>``.
 
 Backends (both expose ``complete(messages) -> str`` and ``concurrency``):
 - ``OpenAIJudge``: POSTs to ``{base_url}/chat/completions`` with urllib, temperature 0. Works with
@@ -40,50 +50,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from thinkaloud.eval.rubrics import RUBRICS, check_rubric, judge_messages
+
+__all__ = ["CRITERIA", "RUBRICS", "Judge", "Judgement", "JudgeParseError", "JudgeResult", "JudgeUnavailable",
+           "HFJudge", "OpenAIJudge", "coherence_summary", "judge_many", "judge_messages", "judge_one",
+           "make_judge", "parse_judge_spec", "parse_judgement"]
+
 CRITERIA = ("coherence", "completeness", "clarity", "no_repetition", "overall")
-
-SYSTEM_PROMPT = """You are a strict, careful grader of the writing quality of AI-generated responses.
-
-You will see a QUESTION and a RESPONSE. Judge the RESPONSE only as text: do not grade whether the final
-answer is correct, only whether the text is well formed. Score each criterion with an integer from 1
-(worst) to 10 (best):
-
-- coherence: the text makes sense, sentences are grammatical, and each step follows from the previous
-  one; no gibberish, broken words, or random switches of language or topic.
-- completeness: the response reaches an end (a conclusion or final answer) instead of stopping
-  mid-thought, and it addresses the question.
-- clarity: a reader can follow the reasoning easily; wording is precise and well organised.
-- no_repetition: absence of repetition; 10 = no needless repetition, 1 = the text loops or repeats
-  the same words, phrases or sentences over and over.
-- overall: your overall judgement of the text's quality, considering all of the above.
-
-Formatting is expected and must NOT lower any score: role tags (such as "assistant" or "<|im_start|>"),
-special tokens, and reasoning wrappers such as <think> ... </think> are part of the format. Judge the
-text inside them. A long chain of thought is fine as long as it is coherent and not repetitive.
-
-Reply with exactly one JSON object and nothing else, with exactly these five integer keys:
-{"coherence": <1-10>, "completeness": <1-10>, "clarity": <1-10>, "no_repetition": <1-10>, "overall": <1-10>}"""
-
-USER_TEMPLATE = """QUESTION:
-<<<
-{question}
->>>
-
-RESPONSE:
-<<<
-{response}
->>>
-
-Reply with the JSON object only."""
-
-
-def judge_messages(question: str, response: str) -> list[dict[str, str]]:
-    """The chat messages that ask the judge to score one response."""
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": USER_TEMPLATE.format(question=question, response=response)},
-    ]
-
 
 # ---------------------------------------------------------------------------------------------------
 # Parsing
@@ -161,6 +134,7 @@ def _clip(text: str, n: int = 80) -> str:
 
 class Judge(Protocol):
     concurrency: int
+    rubric: str  # one of RUBRICS
 
     def complete(self, messages: list[dict[str, str]]) -> str:
         """The judge's raw reply, or ``JudgeUnavailable(reason)``."""
@@ -178,6 +152,7 @@ class OpenAIJudge:
       connection errors, sleeping ``backoff · 2**i`` seconds (or the server's Retry-After, if longer,
       capped at ``max_backoff``). concurrency: parallel requests in ``judge_many``.
     max_tokens: reply budget, or None to leave it to the server (reasoning judges need a large one).
+    rubric: "ours" or "paper" (see the module docstring).
     """
 
     def __init__(
@@ -191,9 +166,11 @@ class OpenAIJudge:
         concurrency: int = 4,
         max_tokens: int | None = None,
         max_backoff: float = 60.0,
+        rubric: str = "ours",
     ):
         if max_retries < 0 or concurrency < 1 or timeout <= 0 or backoff < 0:
             raise ValueError("need max_retries >= 0, concurrency >= 1, timeout > 0, backoff >= 0")
+        self.rubric = check_rubric(rubric)
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
@@ -262,14 +239,16 @@ class HFJudge:
 
     model / tokenizer: as loaded by ``AutoModelForCausalLM`` / ``AutoTokenizer``; the tokenizer needs a
     chat template. chat_template_kwargs: extra template arguments (e.g. ``{"enable_thinking": False}``
-    for Qwen3). Runs one item at a time (``concurrency = 1``).
+    for Qwen3). rubric: "ours" or "paper". Runs one item at a time (``concurrency = 1``).
     """
 
     concurrency = 1
 
-    def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int = 256, chat_template_kwargs: dict | None = None):
+    def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int = 256, chat_template_kwargs: dict | None = None,
+                 rubric: str = "ours"):
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("the judge's tokenizer has no chat template; use an instruction-tuned model")
+        self.rubric = check_rubric(rubric)
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -303,7 +282,7 @@ class JudgeResult:
 def judge_one(judge: Judge, question: str, response: str) -> JudgeResult:
     """Score one response; failures become ``missing`` reasons, never exceptions."""
     try:
-        reply = judge.complete(judge_messages(question, response))
+        reply = judge.complete(judge_messages(question, response, getattr(judge, "rubric", "ours")))
     except JudgeUnavailable as e:
         return JudgeResult(None, e.reason)
     except Exception as e:  # a backend bug or an OOM must not lose the whole batch
@@ -344,3 +323,31 @@ def coherence_summary(results: Sequence[JudgeResult]) -> dict[str, Any]:
         "criteria": {k: mean(k) for k in CRITERIA},
         "missing_reasons": dict(missing.most_common()),
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# --judge specs
+
+
+def parse_judge_spec(spec: str) -> tuple[str, str, str | None]:
+    """'openai:<base_url>#<model>' → ("openai", base_url, model); 'hf:<model>' → ("hf", model, None)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "openai":
+        url, _, model = rest.partition("#")
+        if url.startswith(("http://", "https://")) and model:
+            return "openai", url, model
+    elif kind == "hf" and rest:
+        return "hf", rest, None
+    raise ValueError(f"judge must be 'openai:<base_url>#<model>' (e.g. openai:http://localhost:8000/v1#qwen) "
+                     f"or 'hf:<model path or alias>', got {spec!r}")
+
+
+def make_judge(spec: str, concurrency: int = 4, device: str | None = None, rubric: str = "ours") -> Judge:
+    """The judge a ``--judge`` spec names, asking with ``rubric``."""
+    kind, where, model = parse_judge_spec(spec)
+    if kind == "openai":
+        return OpenAIJudge(where, model, concurrency=concurrency, rubric=rubric)
+    from thinkaloud.hub import load_causal_lm, load_tokenizer
+
+    lm, _ = load_causal_lm(where, device=device)
+    return HFJudge(lm, load_tokenizer(where), rubric=rubric)

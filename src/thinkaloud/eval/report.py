@@ -3,17 +3,21 @@
 The eval runner writes these directories (the contract this module reads):
 
 eval directory
-  ``summary.json``: {"model", "label" ("base" | "sft" | "rl" | …), "task", "n", "num_layers": L,
-    "exit_layers": E, "offset", "kl_factor" (or null), "accuracy", "early_exit_rate", "als",
-    "mean_length", "tokens_per_s", "flop_savings", "exit_hist": {"5": share, …, "L": share},
-    "target_hist": {…} or null, "tv_distance" or null,
-    "coherence": {"mean", "n_judged", "n_missing", "hist": {"1": count, …}} or null}
+  ``summary.json``: {"model", "label" ("base" | the run folder's name | …), "stage" ("base" | "sft" |
+    "rl" | "unknown"), "task", "split", "n", "num_layers": L, "exit_layers": E, "offset",
+    "kl_factor" (of the target, or null), "target": {"kl_factor", "source"} or null, "accuracy",
+    "early_exit_rate", "als", "mean_length", "tokens_per_s" (prefill included), "prefill_s",
+    "decode_ms_per_token", "speed_baseline": {"prefill_s", "decode_s", "decode_tokens",
+    "decode_ms_per_token", "n_tokens"} or {"skipped": reason}, "speedup_vs_base" or null,
+    "flop_savings", "exit_hist": {"5": share, …, "L": share}, "target_hist": {…} or null,
+    "tv_distance" or null, "coherence": {"mean", "n_judged", "n_missing", "hist": {"1": count, …},
+    "criteria", "missing_reasons", "rubric"} or null}; measures may add fields (each optional here)
   ``records.jsonl``: one line per item: {"id", "prompt", "completion", "tokens": [str per generated
     token], "exit_layers": [int per token], "score", "judge": {"coherence", "completeness", "clarity",
     "no_repetition", "overall"} or null, "judge_missing": reason or null}
 sweep directory
   ``sweep.json``: {"rows": [{"label": "kl=0.25", "kl_factor": 0.25, "coherence", "early_exit_rate",
-    "als", "accuracy"}, …, {"label": "base", "kl_factor": null, …}]}
+    "als", "accuracy", "speedup_vs_base"}, …, {"label": "base", "kl_factor": null, …}]}
 RL directory
   ``log.jsonl``: one line per step and run: {"run", "step", "reward", "accuracy", "depth_frac", "als",
     "early_exit_rate", "kl", "length", "coherence" (or null)}; optional ``base.json``:
@@ -104,14 +108,23 @@ class _Builder:
 def _eval_section(b: _Builder, dirs: Sequence[Path], n_examples: int, max_tokens: int) -> None:
     loaded = [(d, json.loads((d / "summary.json").read_text()), _records(d)) for d in dirs]
     sec = Section("Evaluations")
-    headers = ["label", "model", "task", "n", "offset", "KL factor", "accuracy", "early-exit rate", "ALS",
-               "mean length", "tokens/s", "FLOP savings", "TV distance", "coherence"]
+    headers = ["label", "model", "task", "n", "offset", "target F", "accuracy", "early-exit rate", "ALS",
+               "mean length", "tokens/s", "decode ms/token", "speedup vs base", "FLOP savings", "TV distance",
+               "coherence"]
     rows = [[str(s.get("label", d.name)), str(s.get("model", "")), str(s.get("task", "")), str(s.get("n", "")),
              _num(s.get("offset"), "g"), _num(s.get("kl_factor"), "g"), _pct(s.get("accuracy")),
              _pct(s.get("early_exit_rate")), _pct(s.get("als")), _num(s.get("mean_length"), ".1f"),
-             _num(s.get("tokens_per_s"), ".1f"), _pct(s.get("flop_savings")), _num(s.get("tv_distance"), ".3f"),
+             _num(s.get("tokens_per_s"), ".1f"), _num(s.get("decode_ms_per_token"), ".2f"),
+             _num(s.get("speedup_vs_base"), ".2f"), _pct(s.get("flop_savings")), _num(s.get("tv_distance"), ".3f"),
              _coherence_cell(s.get("coherence"))] for d, s, _ in loaded]
     sec.blocks.append(("table", (headers, rows)))
+    notes = [f"{s.get('label', d.name)}: target F={s['target']['kl_factor']:g} ({s['target']['source']})"
+             for d, s, _ in loaded if s.get("target")]
+    notes += [f"{s.get('label', d.name)}: coherence judged with the {s['coherence']['rubric']} rubric"
+              for d, s, _ in loaded if (s.get("coherence") or {}).get("rubric")]
+    if notes:
+        sec.blocks.append(("text", "; ".join(notes) + ". tokens/s includes prefill; decode ms/token and the "
+                           "speedup (base decode time per token ÷ the model's, same prompts) do not."))
     scores: dict[str, list[int]] = {}
     for i, (d, s, records) in enumerate(loaded):
         label = str(s.get("label", d.name))
@@ -160,8 +173,10 @@ def _sweep_section(b: _Builder, d: Path, index: int) -> None:
     rows = json.loads((d / "sweep.json").read_text())["rows"]
     sec = Section(f"KL-factor sweep: {d.name}")
     table = [[str(r.get("label", "")), _num(r.get("kl_factor"), "g"), _num(r.get("coherence")),
-              _pct(r.get("early_exit_rate")), _pct(r.get("als")), _pct(r.get("accuracy"))] for r in rows]
-    sec.blocks.append(("table", (["label", "KL factor", "coherence", "early-exit rate", "ALS", "accuracy"], table)))
+              _pct(r.get("early_exit_rate")), _pct(r.get("als")), _pct(r.get("accuracy")),
+              _num(r.get("speedup_vs_base"), ".2f")] for r in rows]
+    sec.blocks.append(("table", (["label", "KL factor", "coherence", "early-exit rate", "ALS", "accuracy",
+                                  "decode speedup"], table)))
     caption = ("Coherence against average layer savings across KL factors"
                if any(r.get("coherence") is not None for r in rows)
                else "No coherence scores in this sweep: early-exit rate and accuracy against average layer savings")

@@ -16,6 +16,10 @@ Recorded ``token_logprobs`` are under the model's own next-token distribution (t
 top-p truncation), the distribution that training recomputes; with ``temperature=1, top_p=1`` (the
 RL default) they are also exactly the sampling distribution.
 
+Timing: ``prefill_seconds`` runs from the start to the first new token (the P-1 prompt positions
+plus the step of the last prompt position, which predicts token 1) and ``decode_seconds`` from there to
+the end, two timestamps per call (with a device synchronisation on CUDA so that queued kernels count).
+
 The cache is preallocated per layer, (B, H_kv, S, D). The wrapped HF decoder layers are called
 unchanged on the live rows with a small cache view whose ``update`` writes those rows' K/V in place
 and returns their keys and values so far. Rows that finish are compacted out of the batch.
@@ -24,6 +28,7 @@ and returns their keys and values so far. Rows that finish are compacted out of 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -51,6 +56,15 @@ class GenerationOutput:
     lengths: torch.Tensor
     """(B,) number of new tokens per row, the stop token included."""
     num_layers: int
+    prefill_seconds: float = 0.0
+    """Wall time from the start to the first new token of every row (the prompt's forward pass)."""
+    decode_seconds: float = 0.0
+    """Wall time after the first new token until the last (the remaining N-1 decode steps)."""
+
+    @property
+    def decode_tokens(self) -> int:
+        """Tokens produced during ``decode_seconds``: every row's new tokens after its first."""
+        return int((self.lengths - 1).clamp(min=0).sum())
 
     @property
     def new_tokens(self) -> torch.Tensor:
@@ -214,6 +228,7 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
     B, P = input_ids.shape
     L = model.num_layers
     device = input_ids.device
+    t_start = _clock(device)
     cfg = model.hf_config
     layers = arch.decoder_layers(model.peft)
     rope, norm, lm_head = arch.rotary(model.peft), arch.final_norm(model.peft), arch.unembed(model.peft)
@@ -304,6 +319,8 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
         token_lp[rows, n] = F.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1)
         exit_lp[rows, n] = lp_exit
         lengths[rows] = n + 1
+        if n == 0:
+            t_first = _clock(device)
         if stop.numel():
             finished = torch.isin(nxt, stop)
             n_finished = int(finished.sum())  # one sync per token, as HF's stopping criteria
@@ -315,6 +332,7 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
                 rows, nxt, pos, key_bias = rows[keep], nxt[keep], pos[keep], key_bias[keep]
         token, pos = nxt, pos + 1
 
+    t_end = _clock(device)
     N = int(lengths.max())
     new_tokens, exit_layers, token_lp, exit_lp = (x[:, :N] for x in (new_tokens, exit_layers, token_lp, exit_lp))
     new_mask = torch.arange(N, device=device)[None, :] < lengths[:, None]  # (B, N)
@@ -322,5 +340,12 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
         sequences=torch.cat([input_ids, new_tokens], dim=1),
         attention_mask=torch.cat([attention_mask, new_mask.long()], dim=1),
         prompt_length=P, exit_layers=exit_layers, token_logprobs=token_lp, exit_logprobs=exit_lp,
-        lengths=lengths, num_layers=L,
+        lengths=lengths, num_layers=L, prefill_seconds=t_first - t_start, decode_seconds=t_end - t_first,
     )
+
+
+def _clock(device: torch.device) -> float:
+    """Seconds on a monotonic clock, once the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

@@ -3,7 +3,13 @@ last row — the paper's table (coherence when a judge is configured, early-exit
 
 One calibration serves every factor (targets are derived from the stored KLs). Finished stages are
 reused: a factor whose ``kl-<F>/model`` exists is not trained again, an eval with a ``summary.json``
-is not run again.
+is not run again. Each factor's eval compares with the target at that factor; the base row has no
+target. Before any training, the eval items are checked against the calibration: items the models
+would have been trained on stop the sweep (``thinkaloud.eval.lineage.check_no_leakage``).
+
+Defaults that differ from the write-up: it evaluated 50 GSM8K prompts (here 50 prompts of the
+calibration's task), generated up to 400 new tokens (``eval_max_new_tokens`` is 128 here), and judged
+with GPT-5 and its own rubric (``--rubric paper`` restates it; ours is the default).
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from thinkaloud.data.calibrate import load_calibration
+from thinkaloud.data.tasks import get_task
+from thinkaloud.eval.lineage import check_no_leakage
+from thinkaloud.eval.rubrics import RUBRICS, check_rubric
 from thinkaloud.eval.run import EvalConfig, evaluate
 from thinkaloud.io import atomic_write_json
 from thinkaloud.train.sft import SFTConfig, train_sft
@@ -29,10 +38,18 @@ class SweepConfig:
                                     metadata={"help": "comma-separated KL factors"})
     model: str | None = field(default=None, metadata={"help": "base model (default: the calibration's)"})
     eval_task: str | None = field(default=None, metadata={"help": "task of the eval (default: the calibration's)"})
-    n: int = field(default=50, metadata={"help": "eval prompts per model"})
-    eval_max_new_tokens: int = field(default=128, metadata={"help": "eval generation budget"})
+    n: int = field(default=50, metadata={"help": "eval prompts per model (paper: 50 GSM8K prompts)"})
+    eval_max_new_tokens: int = field(default=128, metadata={"help": "eval generation budget (paper: up to 400)"})
     eval_split: str = field(default="test", metadata={"help": "eval split (held out from the calibration's)"})
-    judge: str | None = field(default=None, metadata={"help": "coherence judge: openai:<base_url>#<model> | hf:<model>"})
+    judge: str | None = field(default=None, metadata={"help": "coherence judge: openai:<base_url>#<model> | hf:<model> "
+                                                              "(paper: GPT-5)"})
+    rubric: str = field(default="ours", metadata={
+        "help": f"judge rubric, one of {', '.join(RUBRICS)}: 'ours' grades the writing only; 'paper' is the "
+                "write-up's (also asks for a correct, explicit chain of thought and penalises factual mistakes)"})
+    speed_baseline: bool = field(default=True, metadata={"help": "time the base model on the same prompts in each "
+                                                                 "factor's eval (measured decode speedup)"})
+    lenient_answers: bool = field(default=False, metadata={"help": "lenient answer extraction in the evals "
+                                                                   "(default: strict)"})
     steps: int = field(default=200, metadata={"help": "SFT steps per KL factor"})
     batch_size: int = field(default=4, metadata={"help": "SFT rollouts per step"})
     exit_loss: str = field(default="sample", metadata={"help": "sample | expected"})
@@ -44,6 +61,10 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if not self.kl_factors:
             raise ValueError("kl_factors is empty")
+        bad = [f for f in self.kl_factors if not f > 0]
+        if bad:
+            raise ValueError(f"KL factors must be > 0 (the target q* = 2σ(−F·D) is 1 everywhere at F = 0), got {bad}")
+        check_rubric(self.rubric)
 
 
 def sweep(config: SweepConfig, console: Console | None = None) -> list[dict]:
@@ -52,6 +73,10 @@ def sweep(config: SweepConfig, console: Console | None = None) -> list[dict]:
     manifest, _ = load_calibration(config.calib)
     model = config.model or manifest["config"]["model"]
     task = config.eval_task or manifest["config"]["task"]
+    items = get_task(task, lenient=config.lenient_answers).items(config.n, seed=config.seed, split=config.eval_split)
+    unchecked = check_no_leakage(config.calib, items, what="the sweep trains on")
+    if unchecked:
+        console.print(f"[yellow]{unchecked}")
     rows = []
     evals = [(f"kl={f:g}", f, out / f"kl-{f:g}") for f in config.kl_factors] + [("base", None, out / "base")]
     for label, factor, run in evals:
@@ -66,26 +91,31 @@ def sweep(config: SweepConfig, console: Console | None = None) -> list[dict]:
             console.rule(f"eval: {label}")
             evaluate(EvalConfig(model=str(run) if factor is not None else model, out=str(eval_dir), task=task,
                                 n=config.n, seed=config.seed, split=config.eval_split,
-                                max_new_tokens=config.eval_max_new_tokens, kl_factor=factor or 1.0,
-                                judge=config.judge, label=label, device=config.device, show=0))
+                                max_new_tokens=config.eval_max_new_tokens, kl_factor=factor,
+                                target=factor is not None, judge=config.judge, rubric=config.rubric,
+                                speed_baseline=config.speed_baseline, lenient_answers=config.lenient_answers,
+                                label=label, device=config.device, show=0))
         summary = json.loads((eval_dir / "summary.json").read_text())
         coherence = (summary.get("coherence") or {}).get("mean")
         rows.append({"label": label, "kl_factor": factor, "coherence": coherence,
                      "early_exit_rate": summary["early_exit_rate"], "als": summary["als"],
                      "accuracy": summary["accuracy"], "tv_distance": summary.get("tv_distance"),
-                     "eval_dir": str(eval_dir)})
-    atomic_write_json(out / "sweep.json", {"model": model, "task": task, "calib": config.calib, "rows": rows})
+                     "speedup_vs_base": summary.get("speedup_vs_base"), "eval_dir": str(eval_dir)})
+    atomic_write_json(out / "sweep.json", {"model": model, "task": task, "calib": config.calib,
+                                           "rubric": config.rubric if config.judge else None, "rows": rows})
     console.print(sweep_table(rows))
     return rows
 
 
 def sweep_table(rows: list[dict]) -> Table:
     table = Table(title="KL-factor sweep (paper-style)")
-    for col in ("KL factor", "coherence", "early-exit rate", "ALS", "accuracy", "TV to target"):
+    for col in ("KL factor", "coherence", "early-exit rate", "ALS", "accuracy", "TV to target", "decode speedup"):
         table.add_column(col, justify="right")
     for r in rows:
+        speedup = r.get("speedup_vs_base")
         table.add_row(r["label"] if r["kl_factor"] is None else f"{r['kl_factor']:g}",
                       "—" if r["coherence"] is None else f"{r['coherence']:.1f}",
                       f"{r['early_exit_rate']:.1%}", f"{r['als']:.1%}", f"{r['accuracy']:.3f}",
-                      "—" if r["tv_distance"] is None else f"{r['tv_distance']:.3f}")
+                      "—" if r["tv_distance"] is None else f"{r['tv_distance']:.3f}",
+                      "—" if speedup is None else f"{speedup:.2f}×")
     return table
