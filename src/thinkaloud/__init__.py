@@ -1,7 +1,9 @@
 """thinkaloud: post-train language models to think out loud.
 
 Each forward pass is made only as deep as the next token needs (early exit = freeze of the residual
-stream), so reasoning moves into the visible chain of thought. See ``../shared/METHOD.md``.
+stream), so reasoning moves into the visible chain of thought. ``docs/method.md`` in the repository
+describes the method with its formulas and where thinkaloud departs from the paper; ``thinkaloud
+--help`` (or ``python -m thinkaloud --help``) lists the command's verbs.
 """
 
 __version__ = "0.1.0"

@@ -2,7 +2,29 @@
 
 Each job module defines a config dataclass (fields with ``metadata={"help": ...}``) and a function
 ``run(config)``. The parser for a verb is built from its dataclass, so ``--help`` is the config's
-documentation, and ``--config file.yaml`` fills the same fields (command-line flags win).
+documentation, and ``--config file.yaml`` fills the same fields (command-line flags win). A field
+without a default must be given, as a flag or in the YAML file. A list field with
+``metadata={"positional": True}`` can also be given as positional arguments (``thinkaloud report
+runs/a runs/b``); both forms fill the same field, give one of them. ``python -m thinkaloud`` is the
+same command.
+
+Errors. A command runs in four steps, and which exceptions are the user's to fix depends on the step:
+
+1. parse the command line: every parser error (unknown flag, bad value such as ``--n abc``,
+   missing argument);
+2. build the config (read ``--config``, apply the flags, the dataclass's own validation): every
+   ``ValueError``, ``TypeError``, ``OSError`` or YAML error, since this step only reads user input;
+3. check the inputs the config names, before any model is loaded (``check_inputs``): task specs and
+   their data (fields ``task``, ``eval_task``), models (``model``), calibration folders (``calib``),
+   result folders (``dirs``): every ``ValueError`` or ``OSError``;
+4. run the job: a ``thinkaloud.errors.UserError`` (e.g. an unsupported model), or an ``OSError``
+   about a path (missing, already there, of the wrong kind, not writable: ``errors.PATH_ERRORS``).
+
+A user error prints one line on stderr, ``thinkaloud <verb>: error: <message>``, and exits with
+status 2. Anything else is a bug and keeps its traceback: a ``ValueError`` from inside a running job
+is not the user's, since step 3 has checked the inputs. ``--debug`` (before or after the verb) also
+prints the traceback of user errors. Ctrl-C prints ``thinkaloud <verb>: interrupted`` and exits with
+status 130.
 """
 
 from __future__ import annotations
@@ -11,10 +33,16 @@ import argparse
 import dataclasses
 import importlib
 import sys
+import traceback
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from thinkaloud.errors import PATH_ERRORS, UsageError, UserError, as_user_errors, one_line
 
 # verb → (module, config class, job function, one-line description)
 VERBS: dict[str, tuple[str, str, str, str]] = {
@@ -28,6 +56,21 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("thinkaloud.demo", "DemoConfig", "demo", "The whole pipeline on the embedded model, on a CPU"),
 }
 
+POSITIONAL = "positional"  # metadata key: the list field is also filled by positional arguments
+_POSITIONAL_DEST = "{}__positional"
+DEBUG_HELP = "on an error, print the full traceback"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises its errors, for ``main`` to print them as one line."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(message)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parser from a dataclass
+
 
 def _strip_optional(tp):
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -38,87 +81,202 @@ def _strip_optional(tp):
 
 
 def _converter(tp):
+    """str → value of type ``tp``; its ``__name__`` appears in argparse's "invalid <name> value" errors."""
     tp = _strip_optional(tp)
-    origin = typing.get_origin(tp)
-    if origin is list:
+    if typing.get_origin(tp) is list:
         (inner,) = typing.get_args(tp) or (str,)
-        conv = _converter(inner)
-        return lambda s: [conv(x) for x in s.split(",") if x.strip()]
+        item = _converter(inner)
+
+        def convert_list(s: str) -> list:
+            return [item(x.strip()) for x in s.split(",") if x.strip()]
+
+        convert_list.__name__ = f"comma-separated {item.__name__}"
+        return convert_list
     if tp is bool:
-        return lambda s: s.lower() in ("1", "true", "yes", "on")
+        def convert_bool(s: str) -> bool:
+            return s.lower() in ("1", "true", "yes", "on")
+
+        convert_bool.__name__ = "bool"
+        return convert_bool
     if tp in (int, float, str):
         return tp
     return str
 
 
+def _flag(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def _required(f: dataclasses.Field) -> bool:
+    no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    return no_default and f.metadata.get("cli_required", True)
+
+
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One ``--flag`` per init field of ``cls`` (dest = field name); positional fields get a positional too.
+
+    No flag is marked required for argparse: a required field may come from ``--config`` instead, so
+    ``build_config`` checks for it once flags and file are merged.
+    """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        if _required(f):
+            help_text += " (required)"
+        elif "(default" not in help_text:  # a help text may say what its default means
+            help_text += f" (default: {default})"
         tp = _strip_optional(hints[f.name])
         if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{help_text} (default: {default})")
+            parser.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
         else:
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            parser.add_argument(flag, dest=f.name, type=_converter(hints[f.name]), default=None,
-                                required=required and f.metadata.get("cli_required", True),
-                                help=f"{help_text} (default: {default})" if not required else help_text)
+            parser.add_argument(_flag(f), dest=f.name, type=_converter(tp), default=None, help=help_text)
+        if f.metadata.get(POSITIONAL):
+            if typing.get_origin(tp) is not list:
+                raise TypeError(f"{cls.__name__}.{f.name}: only a list field can be positional, not {tp}")
+            parser.add_argument(_POSITIONAL_DEST.format(f.name), metavar=f.name.upper(), nargs="*",
+                                type=_converter(tp), help=f"the same as {_flag(f)}")
+
+
+def _has_positional(cls) -> bool:
+    return any(f.metadata.get(POSITIONAL) for f in dataclasses.fields(cls))
+
+
+def _read_config_file(path: str, cls) -> dict[str, Any]:
+    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: expected a mapping of field: value, got {type(loaded).__name__}")
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(loaded) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown fields {unknown}; known: {sorted(known)}")
+    return loaded
 
 
 def build_config(cls, args: argparse.Namespace):
+    """The config from ``--config`` (if given) overridden by the flags and positional arguments."""
     values: dict[str, Any] = {}
-    config_file = getattr(args, "config", None)
-    if config_file:
-        import yaml
-
-        loaded = yaml.safe_load(Path(config_file).read_text()) or {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise SystemExit(f"{config_file}: unknown fields {unknown}; known: {sorted(known)}")
-        values.update(loaded)
+    if getattr(args, "config", None):
+        values.update(_read_config_file(args.config, cls))
     for f in dataclasses.fields(cls):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
+        value = getattr(args, f.name, None)
+        positional = getattr(args, _POSITIONAL_DEST.format(f.name), None)
+        if positional:
+            if value is not None:
+                raise UsageError(f"give {f.name} as arguments or with {_flag(f)}, not both")
+            value = [x for part in positional for x in part]
+        if value is not None:
+            values[f.name] = value
+    missing = [f for f in dataclasses.fields(cls) if f.init and _required(f) and f.name not in values]
+    if missing:
+        names = [f"{_flag(f)} (or {f.name.upper()} arguments)" if f.metadata.get(POSITIONAL) else _flag(f)
+                 for f in missing]
+        raise UsageError(f"the following arguments are required: {', '.join(names)}")
     return cls(**values)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="thinkaloud", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb, (module, cls_name, _, description) in VERBS.items():
-        p = sub.add_parser(verb, help=description, description=description)
-        p.add_argument("--config", default=None, help="YAML file with the same fields (flags override it)")
-        cls = getattr(importlib.import_module(module), cls_name)
-        add_dataclass_arguments(p, cls)
+# ---------------------------------------------------------------------------------------------------
+# Step 3: the inputs a config names
+
+
+def check_inputs(config) -> None:
+    """Check every input ``config`` names, by field name, fast and without loading a model.
+
+    ``task`` / ``eval_task``: the spec is known and ``n`` items of its split can be drawn (a GSM8K
+    file is read and validated whole); ``model``: ``check_model_spec``; ``calib``: a complete
+    calibration folder; ``dirs``: eval, sweep or RL result folders. Raises what those checks raise.
+    """
+    for field_name, split_field in (("task", "split"), ("eval_task", "eval_split")):
+        spec = getattr(config, field_name, None)
+        if isinstance(spec, str):
+            from thinkaloud.data.tasks import get_task
+
+            with warnings.catch_warnings():  # the job warns again, once
+                warnings.simplefilter("ignore")
+                get_task(spec).items(getattr(config, "n", 1), seed=getattr(config, "seed", 0),
+                                     split=getattr(config, split_field, "train"))
+    model = getattr(config, "model", None)
+    if isinstance(model, str):
+        from thinkaloud.model.loading import check_model_spec
+
+        check_model_spec(model)
+    calib = getattr(config, "calib", None)
+    if isinstance(calib, str):
+        from thinkaloud.data.calibrate import load_calibration
+
+        load_calibration(calib)
+    dirs = getattr(config, "dirs", None)
+    if isinstance(dirs, list):
+        from thinkaloud.eval.report import detect_kind
+
+        for d in dirs:
+            detect_kind(Path(d))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command
+
+
+def _add_verb_arguments(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParser:
+    parser.add_argument("--config", default=None, help="YAML file with the same fields (flags override it)")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    add_dataclass_arguments(parser, cls)
     return parser
 
 
+def _parser() -> argparse.ArgumentParser:
+    """The parser of the whole command (for ``--help`` and errors that name no verb)."""
+    parser = _Parser(prog="thinkaloud", description="Post-train a language model to think out loud: early exits "
+                     "(exit = freeze), calibration, SFT, RL, evaluation.",
+                     epilog="`thinkaloud VERB --help` lists a verb's options.")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, (module, cls_name, _, description) in VERBS.items():
+        _add_verb_arguments(sub.add_parser(verb, help=description, description=description),
+                            getattr(importlib.import_module(module), cls_name))
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    if not argv or argv[0] not in VERBS:
+        _parser().parse_args(argv)  # prints help and exits, or raises a UsageError
+        return 0
+    module, cls_name, fn_name, description = VERBS[argv[0]]
+    mod = importlib.import_module(module)  # only the chosen verb's module
+    cls = getattr(mod, cls_name)
+    parser = _add_verb_arguments(_Parser(prog=f"thinkaloud {argv[0]}", description=description), cls)
+    args = parser.parse_intermixed_args(argv[1:]) if _has_positional(cls) else parser.parse_args(argv[1:])
+    with as_user_errors(ValueError, TypeError, OSError, yaml.YAMLError):
+        config = build_config(cls, args)
+    with as_user_errors(ValueError, OSError):
+        check_inputs(config)
+    result = getattr(mod, fn_name)(config)
+    return 0 if result is None or not isinstance(result, int) else result
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    # Import only the chosen verb's module unless help for everything is asked for.
-    if argv and argv[0] in VERBS:
-        module, cls_name, fn_name, description = VERBS[argv[0]]
-        mod = importlib.import_module(module)
-        p = argparse.ArgumentParser(prog=f"thinkaloud {argv[0]}", description=description)
-        p.add_argument("--config", default=None, help="YAML file with the same fields (flags override it)")
-        add_dataclass_arguments(p, getattr(mod, cls_name))
-        args = p.parse_args(argv[1:])
-        try:
-            config = build_config(getattr(mod, cls_name), args)
-        except (ValueError, TypeError) as e:
-            p.error(str(e))
-        result = getattr(mod, fn_name)(config)
-        return 0 if result is None or not isinstance(result, int) else result
-    _parser().parse_args(argv)
-    return 0
+    """Run the command; returns the exit status (0, 2 for a user error, 130 when interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    while argv[:1] == ["--debug"]:
+        argv.pop(0)
+    prog = f"thinkaloud {argv[0]}" if argv and argv[0] in VERBS else "thinkaloud"
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, *PATH_ERRORS) as e:
+        if debug:
+            traceback.print_exception(e)
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

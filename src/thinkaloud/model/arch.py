@@ -19,11 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from thinkaloud.errors import UserError
+
 SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
 
 
-class UnsupportedModelError(ValueError):
-    pass
+class UnsupportedModelError(UserError, ValueError):
+    """A model whose family thinkaloud does not know (the message lists the supported ones)."""
 
 
 def check_supported(config) -> str:
@@ -31,7 +33,7 @@ def check_supported(config) -> str:
     if model_type not in SUPPORTED_FAMILIES:
         raise UnsupportedModelError(
             f"model_type {model_type!r} is not supported; supported families: {', '.join(SUPPORTED_FAMILIES)} "
-            "(decoder-only causal LMs loaded with AutoModelForCausalLM)"
+            "(decoder-only causal LMs; CONTRIBUTING.md says how to add a family)"
         )
     return model_type
 
