@@ -1,4 +1,4 @@
-"""Stage-1 calibration data (METHOD.md §2, steps 1–3): teacher rollouts and per-layer divergences.
+"""Stage-1 calibration data (docs/method.md §2, steps 1–3): teacher rollouts and per-layer divergences.
 
 1. Teacher rollouts: the base model (adapter disabled, no exits) completes the task's prompts through
    the generation engine, in batches; greedy by default, sampling as an option.

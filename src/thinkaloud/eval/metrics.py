@@ -9,7 +9,7 @@ list, or a ragged list of lists (one list per completion). ``mask`` (same struct
 token) drops padding. Every metric returns a python ``float`` or ``dict``; an empty selection raises
 ``ValueError`` rather than returning NaN.
 
-Metrics (METHOD.md §4):
+Metrics (docs/method.md §4):
 - early-exit rate: share of tokens with ℓ < L;
 - ALS (average layer savings): mean of (L − ℓ)/L;
 - mean depth fraction: mean of ℓ/L (= 1 − ALS; the RL compute penalty's average);
@@ -185,7 +185,7 @@ def flop_per_token(
     - a layer at or below the exit (ℓ ≤ exit): two RMSNorms, Q/K/V/O projections, attention over the
       context (scores and weighted values) and the SwiGLU MLP;
     - a layer above the exit: only its input norm and K/V projections of the frozen state (later
-      tokens attend to this position), METHOD.md §1;
+      tokens attend to this position), docs/method.md §1;
     - always: final norm and unembedding (hidden × vocab); the embedding lookup counts as 0.
 
     Ignored as small: softmax, rotary, biases, residual adds, Q/K norms, the exit heads' readouts

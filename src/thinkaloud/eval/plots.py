@@ -1,4 +1,4 @@
-"""Figures of the evaluation (METHOD.md §4), built with matplotlib's object API (no pyplot state).
+"""Figures of the evaluation (docs/method.md §4), built with matplotlib's object API (no pyplot state).
 
 Each ``plot_*`` returns a ``matplotlib.figure.Figure`` (constrained layout, axes labelled, legends
 present); ``save_figure`` writes it as PNG and SVG, atomically. Inputs are the plain dicts and rows of

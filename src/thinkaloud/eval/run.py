@@ -10,7 +10,7 @@
 2. load the model (``thinkaloud.model.loading.load_model``). A base model has fresh heads that never
    fire; it is evaluated with offset = −∞ (no exits) and labelled "base";
 3. render the prompts, generate in batches (KV cache, real layer skipping). Exits are always sampled
-   (Bernoulli at each exit layer, METHOD.md §1); ``do_sample`` only chooses between greedy and sampled
+   (Bernoulli at each exit layer, docs/method.md §1); ``do_sample`` only chooses between greedy and sampled
    *tokens*. The wall time of generation gives ``tokens_per_s`` (prefill included); the engine's
    prefill/decode split gives the speed fields (``thinkaloud.eval.speed``);
 4. decode each generated token to the exact text it adds, score the completion with the task

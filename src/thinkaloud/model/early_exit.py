@@ -1,6 +1,6 @@
 """The early-exit model: a Hugging Face causal LM + LoRA (peft) + one scalar exit head per exit layer.
 
-Exit = freeze (METHOD.md §1). A token that exits at layer ℓ stops writing its residual stream: every
+Exit = freeze (docs/method.md §1). A token that exits at layer ℓ stops writing its residual stream: every
 layer above ℓ passes h_ℓ through, and the model's own final norm and unembedding read it out. Layers
 above ℓ still produce K/V for this position — from the frozen state, since the layer's input *is* the
 frozen state — so later tokens attend to it as in generation.

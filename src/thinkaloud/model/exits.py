@@ -1,4 +1,4 @@
-"""The maths of exits, as pure tensor functions (METHOD.md §1 and §2.3).
+"""The maths of exits, as pure tensor functions (docs/method.md §1 and §2.3).
 
 m exit layers e_1 < … < e_m and the catch-all "no exit" (layer L) give m+1 outcomes. With per-layer
 exit probabilities q_i, stick-breaking gives

@@ -1,4 +1,4 @@
-"""The logit lens KL: how far each exit layer's readout is from the final layer's (METHOD.md §2.2).
+"""The logit lens KL: how far each exit layer's readout is from the final layer's (docs/method.md §2.2).
 
 For a position with final-layer distribution p_L and exit-layer readout p_ℓ = softmax(W_U norm(h_ℓ))
 (the model's own final norm and unembedding), D_ℓ = KL(p_L ‖ p_ℓ). Computed as

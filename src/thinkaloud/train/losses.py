@@ -1,4 +1,4 @@
-"""Stage-1 losses as pure tensor functions (METHOD.md §2.4). Shapes: N selected completion tokens,
+"""Stage-1 losses as pure tensor functions (docs/method.md §2.4). Shapes: N selected completion tokens,
 V vocabulary, m exit layers (m+1 outcomes with "no exit")."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stage 2: RL for earlier exits with a leave-one-out baseline (modified RLOO, METHOD.md §3).
+"""Stage 2: RL for earlier exits with a leave-one-out baseline (modified RLOO, docs/method.md §3).
 
 Each step, for a batch of prompts, K completions each are sampled from the early-exit policy (exits
 sampled layer by layer at the configured ``offset``, tokens at temperature 1). A completion's reward is

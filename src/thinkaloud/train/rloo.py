@@ -1,4 +1,4 @@
-"""Stage 2 maths (METHOD.md §3): rewards, leave-one-out advantages, KL estimate and the policy loss.
+"""Stage 2 maths (docs/method.md §3): rewards, leave-one-out advantages, KL estimate and the policy loss.
 
 Pure tensor functions, no model: the RL loop in ``thinkaloud.train.rl`` feeds them. Shapes: ``P``
 prompts, ``K`` completions per prompt, ``B = P·K`` completions (rows grouped prompt-major: rows

@@ -1,4 +1,4 @@
-"""Stage 1: calibration SFT of the LoRA adapter and the exit heads (METHOD.md §2.4), base frozen.
+"""Stage 1: calibration SFT of the LoRA adapter and the exit heads (docs/method.md §2.4), base frozen.
 
 Per completion token of the teacher rollouts (from ``thinkaloud calibrate``):
 - targets: ``exit_targets(D, F)`` from the stored per-layer KLs D and the KL factor F;
