@@ -3,13 +3,19 @@
     python benchmarks/decode.py                      # SmolLM2-135M-Instruct on this machine's CPU
     python benchmarks/decode.py --device cuda        # same on a GPU (bf16)
     python benchmarks/decode.py --device cuda --random-config deepseek-r1-distill-qwen-1.5b
+    python benchmarks/decode.py --random-config gemma2-small --batch 1 4 --new-tokens 32   # one per family
 
 Every row generates exactly ``--new-tokens`` tokens per sequence (stop tokens ignored) from the same
 chat prompts, greedy tokens. Exits are forced through the heads' biases (weights zero): for a target
 ALS between two exit layers' savings a and b, the lower layer exits with probability p and the
 upper one always, so E[ALS] = p·a + (1−p)·b. The ideal speedup is the analytic FLOP ratio
 (``thinkaloud.eval.metrics.flop_per_token``): skipped layers cost only their K/V projections,
-embedding and unembedding always run. realised/ideal = measured speedup / ideal speedup.
+embedding and unembedding always run; a mixture-of-experts MLP counts as a dense MLP of its active
+experts (``num_experts_per_tok`` × expert width). realised/ideal = measured speedup / ideal speedup.
+
+The ``*-small`` random configs are one per family thinkaloud supports beyond Llama/Qwen2: small enough
+for a CPU (12 layers, width 512, vocabulary 32k) but with each family's features switched on (sliding
+windows shorter than prompt + generation, soft-capping, sinks, experts, NoPE layers, fused projections).
 """
 
 from __future__ import annotations
@@ -43,6 +49,30 @@ RANDOM_CONFIGS = {
                                           num_key_value_heads=2, max_position_embeddings=131072,
                                           rope_theta=10000.0, tie_word_embeddings=False),
 }
+SMALL = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=12, num_attention_heads=8,
+             num_key_value_heads=2, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+RANDOM_CONFIGS |= {
+    "phi3-small": dict(SMALL, model_type="phi3", tie_word_embeddings=True,  # Phi-4-mini: partial rotary, tied
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75}),
+    "gemma2-small": dict(SMALL, model_type="gemma2", head_dim=64, query_pre_attn_scalar=64, sliding_window=32),
+    "gemma3-small": dict(SMALL, model_type="gemma3_text", head_dim=64, query_pre_attn_scalar=64, sliding_window=32),
+    "olmo2-small": dict(SMALL, model_type="olmo2"),
+    "olmo3-small": dict(SMALL, model_type="olmo3", sliding_window=32),
+    "qwen3-moe-small": dict(SMALL, model_type="qwen3_moe", head_dim=64, num_experts=16, num_experts_per_tok=4,
+                            moe_intermediate_size=256),
+    "smollm3-small": dict(SMALL, model_type="smollm3"),  # every 4th layer without rotary
+    "gpt-oss-small": dict(SMALL, model_type="gpt_oss", head_dim=64, intermediate_size=512, num_local_experts=8,
+                          num_experts_per_tok=2, sliding_window=32, max_position_embeddings=131072),
+}
+
+
+def active_dims(config) -> dict[str, int]:
+    """``model_dims`` with a mixture-of-experts MLP counted as its active experts."""
+    dims = model_dims(config)
+    top_k = getattr(config, "num_experts_per_tok", None)
+    if top_k:
+        dims["intermediate"] = top_k * (getattr(config, "moe_intermediate_size", None) or config.intermediate_size)
+    return dims
 
 
 def load(args):
@@ -104,22 +134,26 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeats: int):
-    fn()  # warm-up
-    times, result = [], None
+def timed(fns, device, repeats: int) -> list[tuple[float, object]]:
+    """(median wall time, last result) of each function. The repeats interleave the functions, so that
+    a machine shared with other jobs slows them alike."""
+    for fn in fns:
+        fn()  # warm-up
+    times, results = [[] for _ in fns], [None] * len(fns)
     for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        result = fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+        for k, fn in enumerate(fns):
+            sync(device)
+            t0 = time.perf_counter()
+            results[k] = fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return [(statistics.median(t), r) for t, r in zip(times, results)]
 
 
 def run(args, console: Console) -> None:
     model, tokenizer = load(args)
     cfg = model.hf_config
-    dims = model_dims(cfg)
+    dims = active_dims(cfg)
     L, N = model.num_layers, args.new_tokens
     for batch in args.batch:
         ids, mask = prompts(tokenizer, batch, cfg.vocab_size, args.device)
@@ -142,12 +176,11 @@ def run(args, console: Console) -> None:
         table = Table(title=f"decode, batch {batch}, {N} new tokens, {args.label} on {args.device} ({args.dtype})")
         for col in ("row", "tokens/s", "ALS", "speedup", "ideal", "realised/ideal"):
             table.add_column(col, justify="right" if col != "row" else "left")
-        t_hf, _ = timed(hf, args.device, args.repeats)
-        t_base, _ = timed(ours(None), args.device, args.repeats)
+        (t_hf, _), (t_base, _), *with_exits = timed([hf, ours(None)] + [ours(a) for a in args.als], args.device,
+                                                    args.repeats)
         table.add_row("HF generate (no exits)", f"{batch * N / t_hf:.1f}", "0.000", f"{t_base / t_hf:.2f}", "1.00", "")
         table.add_row("ours, exits off", f"{batch * N / t_base:.1f}", "0.000", "1.00", "1.00", "1.00")
-        for target in args.als:
-            t, out = timed(ours(target), args.device, args.repeats)
+        for target, (t, out) in zip(args.als, with_exits):
             exits = out.exit_layers[out.completion_mask]
             als = average_layer_savings(exits, L)
             ideal = flops(L) / statistics.fmean(flops(int(e)) for e in exits.tolist())

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.tiny import build_tiny, left_padded_batch
+from tests.tiny import build_tiny, build_tiny_gemma3_multimodal, left_padded_batch, tolerance
 from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.model import arch
 from thinkaloud.model.arch import UnsupportedModelError
@@ -49,9 +49,9 @@ def test_no_exit_logits_match_hf(family, padding):
     with torch.no_grad():
         after_lora = base(input_ids=ids, attention_mask=mask).logits  # HF's own forward, LoRA attached
         ours = model(ids, mask, exit_layers=None, offset=-math.inf)
-    valid = mask.bool()
-    torch.testing.assert_close(ours.logits[valid], reference[valid], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(after_lora[valid], reference[valid], atol=1e-5, rtol=1e-5)
+    valid, tol = mask.bool(), tolerance(family)
+    torch.testing.assert_close(ours.logits[valid], reference[valid], atol=tol, rtol=tol)
+    torch.testing.assert_close(after_lora[valid], reference[valid], atol=tol, rtol=tol)
     assert (ours.exit_layers == model.num_layers).all()
     assert torch.equal(ours.exit_logprobs, torch.zeros_like(ours.exit_logprobs))
 
@@ -65,60 +65,101 @@ def test_parity_with_trained_lora_follows_hf(family):
         reference = model.peft(input_ids=ids, attention_mask=mask).logits
         ours = model(ids, mask, offset=-math.inf).logits
         base_only = build_tiny(family)(input_ids=ids, attention_mask=mask).logits
-    torch.testing.assert_close(ours[mask.bool()], reference[mask.bool()], atol=1e-5, rtol=1e-5)
+    tol = tolerance(family)
+    torch.testing.assert_close(ours[mask.bool()], reference[mask.bool()], atol=tol, rtol=tol)
     assert not torch.allclose(ours[mask.bool()], base_only[mask.bool()], atol=1e-3)
     with torch.no_grad(), model.disable_adapter():
         disabled = model(ids, mask, offset=-math.inf).logits
-    torch.testing.assert_close(disabled[mask.bool()], base_only[mask.bool()], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(disabled[mask.bool()], base_only[mask.bool()], atol=tol, rtol=tol)
 
 
 # ------------------------------------------------------------------------- freeze semantics
 def reference_forward(model: EarlyExitModel, ids: list[int], exits: list[int]) -> torch.Tensor:
-    """Slow, independent freeze semantics: one token at a time, one layer at a time, explicit K/V.
+    """Slow, independent freeze semantics: one token at a time, one layer at a time, explicit K/V and
+    attention, each family's variant spelled out here (norms, fused projections, key norms, rotary
+    bases and styles, NoPE layers, windows, score scaling and soft-capping, sinks, sandwich norms).
 
     ids: one unpadded row; exits[t]: exit layer of position t (L = none) → logits (T, V).
     """
     hf = model.base
     cfg = hf.config
-    L = cfg.num_hidden_layers
+    family, L = cfg.model_type, cfg.num_hidden_layers
     layers = arch.decoder_layers(hf)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    n_rep = cfg.num_attention_heads // cfg.num_key_value_heads
-    rope = arch.rotary(hf)
+    D = layers[0].self_attn.head_dim
+    n_q, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    rope = hf.model.rotary_emb
+    layer_types = getattr(cfg, "layer_types", None) or ["full_attention"] * L
+    every_layer_window = family in ("mistral", "phi3", "qwen3_moe")
+    window = [cfg.sliding_window if every_layer_window or kind == "sliding_attention" else None for kind in layer_types]
     keys = [[] for _ in range(L)]
     values = [[] for _ in range(L)]
 
-    def rotate(x, cos, sin):  # x (H, D)
-        x1, x2 = x[..., : head_dim // 2], x[..., head_dim // 2:]
-        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    def rotate(x, cos, sin):  # x (H, D); cos/sin (R,): the first R dims of each head rotate (R < D: Phi-3)
+        if family == "gpt_oss":  # one frequency per pair (d, d + D/2)
+            cos, sin = torch.cat([cos, cos]), torch.cat([sin, sin])
+        R = cos.shape[-1]
+        rot, rest = x[..., :R], x[..., R:]
+        half = torch.cat([-rot[..., R // 2:], rot[..., :R // 2]], dim=-1)
+        return torch.cat([rot * cos + half * sin, rest], dim=-1)
+
+    def rotary_at(t, i):  # layer i's (cos, sin) at position t
+        args = (layer_types[i],) if family in ("gemma3_text", "olmo3") else ()  # a base per layer type
+        cos, sin = rope(torch.zeros(1, 1, cfg.hidden_size), torch.tensor([[t]]), *args)
+        return cos[0, 0], sin[0, 0]
+
+    def qkv(attn, x):  # x (C,) → q (H, D), k, v (H_kv, D) before rotary
+        if family == "phi3":
+            q, k, v = attn.qkv_proj(x).split([n_q * D, n_kv * D, n_kv * D])
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        if family in ("olmo2", "olmo3"):  # norm over the whole projection
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k, v = q.view(n_q, D), k.view(n_kv, D), v.view(n_kv, D)
+        if family in ("qwen3", "qwen3_moe", "gemma3_text"):  # norm per head
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        return q, k, v
 
     out = []
     for t, token in enumerate(ids):
-        h = arch.embed(hf)(torch.tensor([token]))[0]  # (C,)
-        cos, sin = rope(h[None, None], torch.tensor([[t]]))
-        cos, sin = cos[0, 0], sin[0, 0]  # (D,)
+        h = hf.model.embed_tokens(torch.tensor([token]))[0]  # (C,), scaled by the module where the family scales
         for j, layer in enumerate(layers, start=1):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            k = attn.k_proj(x).view(-1, head_dim)
-            v = attn.v_proj(x).view(-1, head_dim)
-            if hasattr(attn, "k_norm"):
-                k = attn.k_norm(k)
-            keys[j - 1].append(rotate(k, cos, sin))
-            values[j - 1].append(v)
+            i, attn = j - 1, layer.self_attn
+            x = layer.input_layernorm(h) if hasattr(layer, "input_layernorm") else h  # OLMo: no input norm
+            q, k, v = qkv(attn, x)
+            cos, sin = rotary_at(t, i)
+            rotates = not (family == "smollm3" and not cfg.no_rope_layers[i])  # SmolLM3's NoPE layers
+            keys[i].append(rotate(k, cos, sin) if rotates else k)
+            values[i].append(v)
             if exits[t] < j:  # frozen: K/V from the frozen state only, no attention, no MLP
                 continue
-            q = attn.q_proj(x).view(-1, head_dim)
-            if hasattr(attn, "q_norm"):
-                q = attn.q_norm(q)
-            q = rotate(q, cos, sin)  # (H, D)
-            K = torch.stack(keys[j - 1]).repeat_interleave(n_rep, dim=1)  # (t+1, H, D)
-            V = torch.stack(values[j - 1]).repeat_interleave(n_rep, dim=1)
-            scores = torch.einsum("hd,thd->ht", q, K) / math.sqrt(head_dim)
-            a = torch.einsum("ht,thd->hd", scores.softmax(-1), V).reshape(-1)
-            h = h + attn.o_proj(a)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        out.append(arch.unembed(hf)(arch.final_norm(hf)(h)))
+            if rotates:
+                q = rotate(q, cos, sin)  # (H, D)
+            first = 0 if window[i] is None else max(0, t + 1 - window[i])
+            K = torch.stack(keys[i][first:]).repeat_interleave(n_q // n_kv, dim=1)  # (t', H, D)
+            V = torch.stack(values[i][first:]).repeat_interleave(n_q // n_kv, dim=1)
+            scale = getattr(cfg, "query_pre_attn_scalar", None) or D
+            scores = torch.einsum("hd,thd->ht", q, K) / math.sqrt(scale)  # (H, t')
+            cap = getattr(cfg, "attn_logit_softcapping", None)
+            if cap is not None:
+                scores = torch.tanh(scores / cap) * cap
+            if family == "gpt_oss":  # a sink logit per head joins the softmax, then is dropped
+                probs = torch.cat([scores, attn.sinks[:, None]], dim=-1).softmax(-1)[:, :-1]
+            else:
+                probs = scores.softmax(-1)
+            a = attn.o_proj(torch.einsum("ht,thd->hd", probs, V).reshape(-1))  # (C,)
+            mlp = lambda y: (lambda o: o[0] if isinstance(o, tuple) else o)(layer.mlp(y[None, None]))[0, 0]
+            if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: norms before and after each block
+                h = h + layer.post_attention_layernorm(a)
+                h = h + layer.post_feedforward_layernorm(mlp(layer.pre_feedforward_layernorm(h)))
+            elif not hasattr(layer, "input_layernorm"):  # OLMo: norms after each block
+                h = h + layer.post_attention_layernorm(a)
+                h = h + layer.post_feedforward_layernorm(mlp(h))
+            else:
+                h = h + a
+                h = h + mlp(layer.post_attention_layernorm(h))
+        logits = hf.lm_head(hf.model.norm(h))
+        cap = getattr(cfg, "final_logit_softcapping", None)
+        out.append(logits if cap is None else torch.tanh(logits / cap) * cap)
     return torch.stack(out)
 
 
@@ -163,9 +204,9 @@ def test_exit_logprobs_are_stick_breaking_of_heads(family):
 
 def test_sampled_exits_are_reproduced_when_prescribed(family):
     model = wrap(family)
-    randomise_heads(model)
+    randomise_heads(model, scale=0.1)  # small weights whatever the family's stream scale: q ≈ 1/2
     with torch.no_grad():
-        model.heads.bias.fill_(0.0)  # q ≈ 1/2: many exits at every layer
+        model.heads.bias.fill_(0.0)  # many exits at every layer
     ids, mask = left_padded_batch([8, 5, 6], seed=5)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -289,8 +330,46 @@ def test_unsupported_family_names_supported_ones():
     from transformers import AutoModelForCausalLM, GPT2Config
 
     gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(UnsupportedModelError, match="llama, qwen2, qwen3, mistral"):
+    with pytest.raises(UnsupportedModelError, match="llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text, olmo2, "
+                                                    "olmo3, qwen3_moe, smollm3, gpt_oss .and gemma3 through its text"):
         EarlyExitModel.from_base(gpt2)
+
+
+def test_multimodal_gemma3_is_used_through_its_text_model():
+    """A Gemma 3 checkpoint with a vision tower: wrapped through its text model (the same modules), with
+    the multimodal model's own logits (its head does not soft-cap) and its own greedy generation."""
+    multimodal = build_tiny_gemma3_multimodal()
+    assert arch.check_supported(multimodal.config) == "gemma3_text"
+    ids, mask = left_padded_batch([9, 5, 7])
+    with torch.no_grad():
+        reference = multimodal(input_ids=ids, attention_mask=mask).logits
+    model = EarlyExitModel.from_base(multimodal, ExitConfig(exit_every=2)).eval()
+    assert model.base.model is multimodal.model.language_model and model.base.lm_head is multimodal.lm_head
+    with torch.no_grad():
+        ours = model(ids, mask, offset=-math.inf).logits
+    torch.testing.assert_close(ours[mask.bool()], reference[mask.bool()], atol=1e-5, rtol=1e-5)
+    out = model.generate(ids, mask, max_new_tokens=8, do_sample=False, offset=-math.inf)
+    hf = multimodal.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0,
+                             eos_token_id=2)
+    assert torch.equal(out.sequences, hf)
+
+
+def test_bidirectional_gemma3_is_refused():
+    from tests.tiny import tiny_config
+
+    config = tiny_config("gemma3_text")
+    config.use_bidirectional_attention = True
+    with pytest.raises(UnsupportedModelError, match="bidirectional"):
+        arch.check_supported(config)
+
+
+def test_lora_targets_follow_the_family():
+    """Phi-3's fused qkv_proj stands in for q/k/v_proj; other families keep the names."""
+    for family, expected in (("phi3", {"qkv_proj", "o_proj"}), ("gemma2", {"q_proj", "k_proj", "v_proj", "o_proj"})):
+        model = wrap(family)
+        names = [name for name, _ in model.peft.named_parameters() if ".lora_A." in name]
+        wrapped = {name.split(".lora_A.")[0].split(".")[-1] for name in names}
+        assert wrapped == expected, (family, wrapped)
 
 
 def test_default_exit_layers():
@@ -300,20 +379,31 @@ def test_default_exit_layers():
 
 
 # --------------------------------------------------------------------------------- layer KL
-def test_layer_kl_matches_direct_computation():
-    model = wrap("qwen2")
+def test_layer_kl_matches_direct_computation(family):
+    """p_L is HF's own output distribution and the lens reads out as the model does (final norm,
+    unembedding, logit soft-capping): the KL of the last layer's state is 0."""
+    model = wrap(family)
     ids, mask = left_padded_batch([6, 4], seed=6)
+    valid = mask.bool()
     with torch.no_grad():
         kl = model.layer_kl(ids, mask, chunk_size=3)  # chunks smaller than the number of positions
         out = model.base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        _, last = model.exit_states(ids, mask)  # the last layer's state, before the final norm
     p_final = F.log_softmax(out.logits, -1)
-    norm, head = arch.final_norm(model.base), arch.unembed(model.base)
-    assert torch.isnan(kl[~mask.bool()]).all()
+    cap = getattr(model.hf_config, "final_logit_softcapping", None)
+
+    def lens(h):  # written out: final norm, unembedding, soft-capping
+        z = model.base.lm_head(model.base.model.norm(h))
+        return F.log_softmax(z if cap is None else torch.tanh(z / cap) * cap, -1)
+
+    def kl_from(logp):
+        return (p_final.exp() * (p_final - logp)).sum(-1)
+
+    assert torch.isnan(kl[~valid]).all()
+    assert kl_from(lens(last))[valid].abs().max() < 1e-6  # layer L
     for k, e in enumerate(model.layers):
-        logp = F.log_softmax(head(norm(out.hidden_states[e])), -1)
-        expected = (p_final.exp() * (p_final - logp)).sum(-1)
-        torch.testing.assert_close(kl[..., k][mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-4)
-    assert (kl[mask.bool()] >= -1e-6).all()
+        torch.testing.assert_close(kl[..., k][valid], kl_from(lens(out.hidden_states[e]))[valid], atol=1e-5, rtol=1e-4)
+    assert (kl[valid] >= -1e-6).all()
 
 
 # ------------------------------------------------------------------------------ save / load

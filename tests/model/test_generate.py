@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.tiny import build_tiny, left_padded_batch
+from tests.tiny import MOE_FAMILIES, build_tiny, left_padded_batch
 from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.model import arch
 
@@ -92,26 +92,42 @@ def test_seed_makes_generation_reproducible():
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.exit_layers, b.exit_layers)
 
 
-def test_exited_tokens_skip_attention_and_mlp_above_the_exit():
-    model = wrap("llama")
-    calls = {}
-    hooks = []
-    for j, layer in enumerate(arch.decoder_layers(model.peft), start=1):
-        for part in ("mlp", "self_attn"):
-            calls[(j, part)] = 0
+def counted_parts(layer) -> dict[str, torch.nn.Module]:
+    """Attention, MLP and, in mixture-of-experts layers, the router and the experts."""
+    parts = {"attention": layer.self_attn, "mlp": layer.mlp}
+    for name in ("gate", "router", "experts"):
+        if isinstance(getattr(layer.mlp, name, None), torch.nn.Module):
+            parts[name] = getattr(layer.mlp, name)
+    return parts
 
-            def count(module, args, output, key=(j, part)):
-                calls[key] += 1
-            hooks.append(getattr(layer, part).register_forward_hook(count))
-    ids, mask = left_padded_batch([4], seed=1)
-    steps = 5
-    out = model.generate(ids, mask, max_new_tokens=steps, offset=math.inf, stop_token_ids=[])  # always exit at 2
+
+def test_exited_rows_run_nothing_above_their_exit(family):
+    """Every token that each attention, MLP, router and expert module processes is counted: above a row's
+    exit layer none of that row's tokens reaches them."""
+    model = wrap(family)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # heads that exit often, at both exit layers
+        model.heads.weight.copy_(torch.randn(model.heads.weight.shape, generator=g) * 0.1)
+        model.heads.bias.copy_(torch.tensor([-0.5, 0.5]))
+    tokens, hooks = {}, []
+    for j, layer in enumerate(arch.decoder_layers(model.peft), start=1):
+        for part, module in counted_parts(layer).items():
+            tokens[j, part] = 0
+
+            def count(module, args, kwargs, key=(j, part)):
+                x = args[0] if args else kwargs["hidden_states"]
+                tokens[key] += x.numel() // x.shape[-1]
+            hooks.append(module.register_forward_pre_hook(count, with_kwargs=True))
+    ids, mask = left_padded_batch([5, 3, 4], seed=1)
+    out = model.generate(ids, mask, max_new_tokens=6, seed=2, stop_token_ids=[])
     for h in hooks:
         h.remove()
-    assert (out.exit_layers == 2).all()
-    # The prefill runs every layer once; each decode step runs layers 1..2 only.
-    for (j, part), n in calls.items():
-        assert n == (1 + steps if j <= 2 else 1), (j, part, n)
+    assert {2, 4, model.num_layers} <= set(out.exit_layers.flatten().tolist()), "mixed exits expected"
+    if family in MOE_FAMILIES:
+        assert any(part == "experts" for _, part in tokens)
+    prefill = ids.shape[0] * (ids.shape[1] - 1)  # every prompt position but the last runs every layer
+    for (j, part), n in tokens.items():  # decode: a row's token reaches layer j iff it exits at j or above
+        assert n == prefill + int((out.exit_layers >= j).sum()), (j, part, n)
 
 
 def test_bad_generation_input():

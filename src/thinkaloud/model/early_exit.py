@@ -1,21 +1,28 @@
 """The early-exit model: a Hugging Face causal LM + LoRA (peft) + one scalar exit head per exit layer.
 
 Exit = freeze (docs/method.md §1). A token that exits at layer ℓ stops writing its residual stream: every
-layer above ℓ passes h_ℓ through, and the model's own final norm and unembedding read it out. Layers
-above ℓ still produce K/V for this position — from the frozen state, since the layer's input *is* the
-frozen state — so later tokens attend to it as in generation.
+layer above ℓ passes h_ℓ through, and the model's own readout (final norm, unembedding, any logit
+soft-capping: ``arch.readout``) reads it out. Layers above ℓ still produce K/V for this position —
+from the frozen state, since the layer's input *is* the frozen state — so later tokens attend to it as
+in generation.
 
 Teacher-forced, all positions are computed in parallel by the wrapped model's own forward; forward
 hooks on the decoder layers apply ``h_{j} = where(exited, h_{j-1}, layer_j(h_{j-1}))`` and read the
 exit heads. The HF forward itself (masks, rotary scaling, GQA, caches) is never copied or patched.
 Generation (``thinkaloud.model.generate``) skips the work of exited tokens for real; both give the
 same probabilities.
+
+The recorded offset (``thinkaloud.model.recorded``): ``thinkaloud risk --save`` records an offset chosen
+with a risk guarantee in ``thinkaloud.json``. :meth:`EarlyExitModel.from_pretrained` reads it into
+``model.risk_control`` (while it matches the weights), :meth:`EarlyExitModel.generate` uses it when no
+``offset`` is given, and :meth:`save_pretrained` keeps it when it writes the weights it was chosen for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -30,12 +37,14 @@ from thinkaloud import __version__
 from thinkaloud.config import ExitConfig
 from thinkaloud.io import atomic_save_safetensors, atomic_write_json
 from thinkaloud.model import arch
+from thinkaloud.model.card import write_card
 from thinkaloud.model.exits import exit_index, exit_log_distribution
 from thinkaloud.model.lens import lens_kl
+from thinkaloud.model.recorded import (ADAPTER_DIR, HEADS_FILE, META_FILE, RISK_KEY, describe_record,  # noqa: F401
+                                       read_meta, record_offset, recorded_offset, recorded_value,
+                                       weights_fingerprint)
 
-META_FILE = "thinkaloud.json"
-HEADS_FILE = "exit_heads.safetensors"
-ADAPTER_DIR = "adapter"
+logger = logging.getLogger(__name__)
 
 
 class ExitHeads(nn.Module):
@@ -74,7 +83,7 @@ class AllExitsOutput:
     """(B, T, m+1) log-distribution over exit layers (context without exits)."""
     states: list[torch.Tensor]
     """m+1 tensors (B, T, C): the final-normed residual stream at each exit layer and at L; the
-    logits of exiting at outcome k are ``unembed(states[k])``."""
+    logits of exiting at outcome k are ``arch.readout(model.peft, states[k])``."""
 
 
 ExitSpec = torch.Tensor | Literal["sample"] | None
@@ -144,6 +153,7 @@ class EarlyExitModel(nn.Module):
         self.heads = heads
         self.config = config
         self.source = source
+        self.risk_control: dict | None = None  # the offset recorded by `thinkaloud risk` (see the docstring)
         self.layers: list[int] = list(heads.layers)
         self.layer_to_head = {layer: k for k, layer in enumerate(self.layers)}
         self._run: _ExitRun | None = None
@@ -164,7 +174,8 @@ class EarlyExitModel(nn.Module):
         arch.check_supported(base.config)
         layers = config.resolve_layers(base.config.num_hidden_layers)
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=list(config.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+                          target_modules=arch.lora_target_modules(base.config, config.lora_target_modules),
+                          bias="none", task_type="CAUSAL_LM")
         peft_model = get_peft_model(base, lora)
         heads = ExitHeads(base.config.hidden_size, layers, config.head_init_bias)
         return cls(peft_model, heads, config, source).to(base.device)
@@ -255,7 +266,7 @@ class EarlyExitModel(nn.Module):
         run = _ExitRun(self, attention_mask, exit_layers, offset, generator, capture=False, exits_from=start)
         with self._running(run):
             hidden = self._hidden(input_ids, attention_mask)  # (B, T, C)
-        logits = arch.unembed(self.peft)(hidden)  # (B, T, V)
+        logits = arch.readout(self.peft, hidden)  # (B, T, V)
         return ExitForwardOutput(logits=logits, exit_layers=run.exit_layers, exit_logprobs=run.logp)
 
     def _capture(self, input_ids, attention_mask) -> tuple[_ExitRun, torch.Tensor]:
@@ -270,7 +281,7 @@ class EarlyExitModel(nn.Module):
                     exit_layers: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Teacher-forced pass with prescribed exits (a (B, T) tensor, or None for none) → the residual
         stream at every exit layer (m tensors (B, T, C)) and the last hidden state *before* the final
-        norm (B, T, C), the state that the final norm + unembedding read. Under freeze, a position that
+        norm (B, T, C), the state that the final norm + readout read. Under freeze, a position that
         exited at e has its layer-e state at every deeper exit layer and as its last hidden state."""
         input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
         if exit_layers is not None and exit_layers.shape != input_ids.shape:
@@ -306,7 +317,7 @@ class EarlyExitModel(nn.Module):
     @torch.no_grad()
     def layer_kl(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  positions: torch.Tensor | None = None, chunk_size: int | None = None) -> torch.Tensor:
-        """KL(p_L ‖ p_ℓ) per position and exit layer with the logit lens (final norm + unembedding).
+        """KL(p_L ‖ p_ℓ) per position and exit layer with the logit lens (the model's final norm + readout).
 
         Returns (B, T, m) float32; positions not selected (``positions`` mask, default the attention
         mask) are NaN. Logits are materialised ``chunk_size`` positions at a time (see
@@ -316,18 +327,25 @@ class EarlyExitModel(nn.Module):
         run, final = self._capture(input_ids, attention_mask)  # final: (B, T, C)
         select = attention_mask.bool() if positions is None else positions.bool() & attention_mask.bool()
         return lens_kl([run.captured[e] for e in self.layers], final, select, arch.final_norm(self.peft),
-                       arch.unembed(self.peft), chunk_size)
+                       lambda normed: arch.readout(self.peft, normed), self.hf_config.vocab_size, chunk_size)
 
     # ------------------------------------------------------------------------------- generation
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        """Batched, KV-cached sampling with exits; see :func:`thinkaloud.model.generate.generate`."""
+        """Batched, KV-cached sampling with exits; see :func:`thinkaloud.model.generate.generate`.
+
+        Without ``offset``: the offset recorded by ``thinkaloud risk`` (``self.risk_control``) if any
+        (logged at INFO level), else 0."""
         from thinkaloud.model.generate import generate
 
+        if "offset" not in kwargs and self.risk_control is not None:
+            kwargs["offset"] = recorded_value(self.risk_control)
+            logger.info("generating with the recorded offset %s (%s)", kwargs["offset"], describe_record(self.risk_control))
         return generate(self, input_ids, attention_mask, **kwargs)
 
     # ---------------------------------------------------------------------------- save and load
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Heads (safetensors) + adapter (peft) + ``thinkaloud.json``, replaced atomically as a folder."""
+        """Heads (safetensors) + adapter (peft) + ``thinkaloud.json`` + a model card ``README.md``, replaced
+        atomically as a folder."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = directory.parent / f".{directory.name}.tmp"
@@ -335,7 +353,7 @@ class EarlyExitModel(nn.Module):
         tmp.mkdir()
         self.peft.save_pretrained(str(tmp / ADAPTER_DIR))
         atomic_save_safetensors(tmp / HEADS_FILE, {"weight": self.heads.weight, "bias": self.heads.bias})
-        atomic_write_json(tmp / META_FILE, {
+        meta = {
             "thinkaloud_version": __version__,
             "base_model": self.source,
             "model_type": self.hf_config.model_type,
@@ -344,7 +362,14 @@ class EarlyExitModel(nn.Module):
             "hidden_size": self.hf_config.hidden_size,
             "exit_layers": self.layers,
             "exit_config": self.config.to_dict(),
-        })
+        }
+        fingerprint = weights_fingerprint(tmp)
+        for record in (self.risk_control, read_meta(directory).get(RISK_KEY)):
+            if isinstance(record, dict) and record.get("weights") == fingerprint:  # same weights: still valid
+                meta[RISK_KEY] = record
+                break
+        atomic_write_json(tmp / META_FILE, meta)
+        write_card(tmp, meta, home=directory)  # README.md: the model card (thinkaloud.model.card)
         old = directory.parent / f".{directory.name}.old"
         if directory.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -380,7 +405,9 @@ class EarlyExitModel(nn.Module):
         heads = ExitHeads(base_model.config.hidden_size, meta["exit_layers"], config.head_init_bias)
         state = load_file(str(directory / HEADS_FILE))
         heads.load_state_dict(state)
-        return cls(peft_model, heads, config, meta["base_model"]).to(base_model.device)
+        model = cls(peft_model, heads, config, meta["base_model"]).to(base_model.device)
+        model.risk_control = recorded_offset(directory)
+        return model
 
 
 def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -406,12 +433,14 @@ def _check_exits_from(exits_from: int | torch.Tensor | None, input_ids: torch.Te
 
 
 def _load_base(model_or_path, *, dtype=None, device=None) -> tuple[nn.Module, str]:
-    """A loaded model is used as is; a string is an alias, a local path or a hub id."""
+    """A loaded model is used as is (a multimodal Gemma 3 through its text model); a string is an alias, a
+    local path or a hub id."""
     if isinstance(model_or_path, nn.Module):
         source = getattr(model_or_path.config, "_name_or_path", "") or model_or_path.config.model_type
         if device is not None:
             model_or_path = model_or_path.to(device)
-        return model_or_path, source
+        return arch.text_causal_lm(model_or_path), source
     from thinkaloud.hub import load_causal_lm
 
-    return load_causal_lm(str(model_or_path), dtype=dtype, device=device)
+    model, source = load_causal_lm(str(model_or_path), dtype=dtype, device=device)
+    return arch.text_causal_lm(model), source  # a multimodal Gemma 3 → its text model

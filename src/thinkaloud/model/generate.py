@@ -4,7 +4,9 @@ Per step, every active row processes its newest token layer by layer. At each ex
 exits with probability q = σ(z + offset) (Bernoulli, first success wins — no thresholds). From then
 on that row runs neither attention nor MLP: the layers above only compute the K/V later tokens need,
 from the frozen state (``arch.frozen_kv``). Rows that continue deeper are computed for their rows only.
-The final norm and unembedding read out every row's state.
+The final norm and the model's readout (``arch.readout``: unembedding, any logit soft-capping) read out
+every row's state. Each layer gets its own rotary (cos, sin) (``arch.position_embeddings``: Gemma 3
+and OLMo 3 have one base per layer type) and its own sliding window (``arch.sliding_windows``).
 
 Alignment with teacher forcing: the exit of position t decides the distribution of token t+1. So the
 last prompt position takes part in the exits (it predicts the first new token), and the exit recorded
@@ -23,6 +25,13 @@ the end, two timestamps per call (with a device synchronisation on CUDA so that 
 The cache is preallocated per layer, (B, H_kv, S, D). The wrapped HF decoder layers are called
 unchanged on the live rows with a small cache view whose ``update`` writes those rows' K/V in place
 and returns their keys and values so far. Rows that finish are compacted out of the batch.
+
+Streaming: ``on_token(rows, tokens, exit_layers, token_logprobs)``, if given, is called once per step
+with the original batch indices of the rows still generating (b,) and their new token, its exit layer
+and its log-probability (b,) each. A row that finished is no longer reported (rows finish
+independently). The callback only reads: the output is the same with or without it. Its time counts in
+``decode_seconds`` (and its first call in ``prefill_seconds``); an exception it raises (e.g. a
+``KeyboardInterrupt``) ends the generation.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -180,11 +189,13 @@ def _stop_ids(model, stop_token_ids) -> list[int]:
 def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
              max_new_tokens: int = 128, do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0,
              offset: float = 0.0, stop_token_ids: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             generator: torch.Generator | None = None, seed: int | None = None) -> GenerationOutput:
+             generator: torch.Generator | None = None, seed: int | None = None,
+             on_token: Callable[..., None] | None = None) -> GenerationOutput:
     """Sample up to ``max_new_tokens`` per row with exits; ``offset=-inf`` is plain (LoRA) generation.
 
     input_ids/attention_mask: (B, P), left-padded. ``stop_token_ids`` default to the model's EOS.
-    ``generator`` or ``seed`` make sampling (tokens and exits) reproducible.
+    ``generator`` or ``seed`` make sampling (tokens and exits) reproducible. ``on_token``: the per-step
+    streaming callback of the module docstring.
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -195,7 +206,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     model.eval()
     try:
         return _generate(model, input_ids, attention_mask.to(input_ids.device).long(), max_new_tokens, do_sample,
-                         temperature, top_p, float(offset), _stop_ids(model, stop_token_ids), pad_token_id, generator)
+                         temperature, top_p, float(offset), _stop_ids(model, stop_token_ids), pad_token_id, generator,
+                         on_token)
     finally:
         model.train(was_training)
 
@@ -224,14 +236,15 @@ def _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top
 
 
 def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p, offset,
-              stop_ids, pad_token_id, generator) -> GenerationOutput:
+              stop_ids, pad_token_id, generator, on_token=None) -> GenerationOutput:
     B, P = input_ids.shape
     L = model.num_layers
     device = input_ids.device
     t_start = _clock(device)
     cfg = model.hf_config
     layers = arch.decoder_layers(model.peft)
-    rope, norm, lm_head = arch.rotary(model.peft), arch.final_norm(model.peft), arch.unembed(model.peft)
+    norm = arch.final_norm(model.peft)
+    cache_kw = arch.cache_keyword(layers[0])  # `cache` in recent transformers, `past_key_values` before
     embed_tokens = arch.embed(model.peft)
     windows = arch.sliding_windows(cfg)
     spec = arch.kv_spec(cfg)
@@ -248,12 +261,12 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
     # Prefill: every prompt position but the last runs all layers (prompt positions do not exit).
     if P > 1:
         h = embed_tokens(input_ids[:, :-1])  # (B, P-1, C)
-        cos_sin = rope(h, positions[:, :-1])
+        pe = arch.position_embeddings(model.peft, h, positions[:, :-1])  # per layer (cos, sin)
         masks = _masks(key_valid, 0, P - 1, windows, dtype)
         view = cache.view(None, 0)
         for i, layer in enumerate(layers):
             h = arch.call_layer(layer, h, attention_mask=masks[windows[i]], position_ids=positions[:, :-1],
-                                past_key_values=view, position_embeddings=cos_sin)
+                                position_embeddings=pe[i], **{cache_kw: view})
 
     new_tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
     exit_layers = torch.full((B, max_new_tokens), L, dtype=torch.long, device=device)
@@ -277,7 +290,7 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
         col = P - 1 + n
         b = rows.numel()
         h = embed_tokens(token)[:, None]  # (b, 1, C)
-        cos, sin = rope(h, pos[:, None])  # (b, 1, D) each
+        pe = arch.position_embeddings(model.peft, h, pos[:, None])  # per layer (cos, sin), (b, 1, D) each
         masks = {None: None if unmasked else key_bias[:, None, None, :col + 1]}  # (b, 1, 1, col+1)
         if windowed:
             masks = _masks(key_valid[rows], col, 1, windows, dtype)
@@ -286,10 +299,10 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
         lp_exit = torch.zeros(b, device=device)
         still = done = None  # row indices; None while every row is live
         for i, layer in enumerate(layers):
-            j = i + 1
+            j, (cos, sin) = i + 1, pe[i]
             if done is None:
                 h = arch.call_layer(layer, h, attention_mask=masks[windows[i]], position_ids=pos[:, None],
-                                    past_key_values=cache.view(None, col), position_embeddings=(cos, sin))
+                                    position_embeddings=(cos, sin), **{cache_kw: cache.view(None, col)})
             elif not still.numel():  # every row has exited: K/V from the frozen states only
                 k, v = arch.frozen_kv(layer, h, cos, sin)  # (b, H_kv, 1, D)
                 cache.write(i, None, col, k, v)
@@ -299,7 +312,7 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
                 if still.numel():
                     mask = masks[windows[i]]
                     h_live = arch.call_layer(layer, h[still], attention_mask=None if mask is None else mask[still],
-                                             position_ids=pos[still, None], past_key_values=cache.view(still, col),
+                                             position_ids=pos[still, None], **{cache_kw: cache.view(still, col)},
                                              position_embeddings=(cos[still], sin[still]))
                     h = h.index_copy(0, still, h_live)
             if use_exits and j in model.layer_to_head and (still is None or still.numel()):
@@ -312,13 +325,15 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
                 live = live & ~exits
                 if bool(exits.any()):  # the one sync of this exit layer
                     still, done = live.nonzero().squeeze(-1), (~live).nonzero().squeeze(-1)
-        logits = lm_head(norm(h[:, 0])).float()  # (b, V)
+        logits = arch.readout(model.peft, norm(h[:, 0])).float()  # (b, V)
         nxt = _sample(logits, do_sample, temperature, top_p, generator)  # (b,)
         new_tokens[rows, n] = nxt
         exit_layers[rows, n] = exit_at
         token_lp[rows, n] = F.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1)
         exit_lp[rows, n] = lp_exit
         lengths[rows] = n + 1
+        if on_token is not None:
+            on_token(rows, nxt, exit_at, token_lp[rows, n])  # (b,) each
         if n == 0:
             t_first = _clock(device)
         if stop.numel():

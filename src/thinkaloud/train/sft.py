@@ -130,7 +130,6 @@ def sft_loss(model, teacher_logp: torch.Tensor, batch: Batch, config: SFTConfig,
     core = getattr(model, "module", model)
     L, layers = core.num_layers, core.layers
     log_t = exit_targets(batch.kl, config.kl_factor)  # (N, m+1)
-    lm_head = arch.unembed(core.peft)
     outcome_layers = torch.tensor(layers + [L], device=batch.kl.device)
     if config.exit_loss == "sample":
         draws = losses.sample_exit_index(log_t.cpu(), config.exit_samples, generator).to(batch.kl.device)  # (S, N)
@@ -144,7 +143,8 @@ def sft_loss(model, teacher_logp: torch.Tensor, batch: Batch, config: SFTConfig,
         distill, ce = distill / config.exit_samples, ce / config.exit_samples
     else:
         out = model(batch.input_ids, batch.attention_mask, all_exits=True)
-        per_outcome = torch.stack([losses.distill_kl(teacher_logp, lm_head(h[batch.select]), config.distill_kl)
+        per_outcome = torch.stack([losses.distill_kl(teacher_logp, arch.readout(core.peft, h[batch.select]),
+                                                     config.distill_kl)
                                    for h in out.states], dim=-1)  # (N, m+1)
         d, c = losses.expected_exit_loss(log_t, out.exit_logprobs[batch.select], per_outcome)
         distill, ce = d.mean(), c.mean()
@@ -157,7 +157,7 @@ def teacher_logprobs(core, batch: Batch) -> torch.Tensor:
     """Exact teacher next-token log-probabilities at the selected positions, (N, V)."""
     with core.disable_adapter():  # no exits: the hooks stay idle outside a run
         hidden = core._hidden(batch.input_ids, batch.attention_mask)  # (B, T, C)
-    logits = arch.unembed(core.peft)(hidden[batch.select])  # (N, V): only the completion positions
+    logits = arch.readout(core.peft, hidden[batch.select])  # (N, V): only the completion positions
     return torch.log_softmax(logits.float(), dim=-1)
 
 
