@@ -5,8 +5,9 @@ Each job module defines a config dataclass (fields with ``metadata={"help": ...}
 documentation, and ``--config file.yaml`` fills the same fields (command-line flags win). A field
 without a default must be given, as a flag or in the YAML file. A list field with
 ``metadata={"positional": True}`` can also be given as positional arguments (``thinkaloud report
-runs/a runs/b``); both forms fill the same field, give one of them. ``python -m thinkaloud`` is the
-same command.
+runs/a runs/b``); both forms fill the same field, give one of them. A list flag takes comma-separated
+values, except with ``metadata={"whole": True}``, where each argument is one item (prompts hold commas)
+and the flag may be repeated. ``python -m thinkaloud`` is the same command.
 
 Errors. A command runs in four steps, and which exceptions are the user's to fix depends on the step:
 
@@ -53,6 +54,12 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "rl": ("thinkaloud.train.rl", "RLConfig", "train_rl", "Stage 2: RL for earlier exits (leave-one-out REINFORCE)"),
     "eval": ("thinkaloud.eval.run", "EvalConfig", "evaluate", "Generate with exits, score, summarise"),
     "report": ("thinkaloud.eval.run", "ReportConfig", "report", "report.md + report.html from result folders"),
+    "risk": ("thinkaloud.eval.risk", "RiskConfig", "choose_offset",
+             "Choose the exit offset with a risk guarantee (Learn-then-Test)"),
+    "generate": ("thinkaloud.chat", "GenerateConfig", "generate_answers",
+                 "Answer prompts with exits: streamed, coloured by exit layer (or --json records)"),
+    "chat": ("thinkaloud.chat", "ChatConfig", "chat", "Talk to a model in the terminal, tokens coloured by exit layer"),
+    "card": ("thinkaloud.model.card", "CardConfig", "card", "Write a saved model's card (README.md), with eval metrics"),
     "demo": ("thinkaloud.demo", "DemoConfig", "demo", "The whole pipeline on the embedded model, on a CPU"),
 }
 
@@ -80,12 +87,19 @@ def _strip_optional(tp):
     return tp
 
 
-def _converter(tp):
-    """str → value of type ``tp``; its ``__name__`` appears in argparse's "invalid <name> value" errors."""
+def _converter(tp, whole: bool = False):
+    """str → value of type ``tp``; its ``__name__`` appears in argparse's "invalid <name> value" errors.
+    ``whole``: a list item per argument (no comma splitting)."""
     tp = _strip_optional(tp)
     if typing.get_origin(tp) is list:
         (inner,) = typing.get_args(tp) or (str,)
         item = _converter(inner)
+        if whole:
+            def convert_one(s: str) -> list:
+                return [item(s)]
+
+            convert_one.__name__ = item.__name__
+            return convert_one
 
         def convert_list(s: str) -> list:
             return [item(x.strip()) for x in s.split(",") if x.strip()]
@@ -130,16 +144,18 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
         elif "(default" not in help_text:  # a help text may say what its default means
             help_text += f" (default: {default})"
         tp = _strip_optional(hints[f.name])
+        whole = bool(f.metadata.get("whole"))
         if tp is bool:
             parser.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         else:
-            parser.add_argument(_flag(f), dest=f.name, type=_converter(tp), default=None, help=help_text)
+            parser.add_argument(_flag(f), dest=f.name, type=_converter(tp, whole), default=None, help=help_text,
+                                **({"action": "extend"} if whole else {}))
         if f.metadata.get(POSITIONAL):
             if typing.get_origin(tp) is not list:
                 raise TypeError(f"{cls.__name__}.{f.name}: only a list field can be positional, not {tp}")
             parser.add_argument(_POSITIONAL_DEST.format(f.name), metavar=f.name.upper(), nargs="*",
-                                type=_converter(tp), help=f"the same as {_flag(f)}")
+                                type=_converter(tp, whole), help=f"the same as {_flag(f)}")
 
 
 def _has_positional(cls) -> bool:
