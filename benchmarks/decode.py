@@ -31,7 +31,6 @@ from rich.table import Table
 
 from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.eval.metrics import average_layer_savings, flop_per_token, model_dims
-from thinkaloud.model.exits import exit_log_distribution
 
 CHATS = ["What is 2 + 3?", "Name three colours of the rainbow and explain where each one comes from.",
          "Write a short poem about the sea.", "If I have 4 apples and eat one, how many are left?",
@@ -77,7 +76,7 @@ def active_dims(config) -> dict[str, int]:
 
 def load(args):
     if args.random_config:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         spec = dict(RANDOM_CONFIGS[args.random_config])
         config = AutoConfig.for_model(spec.pop("model_type"), **spec)
@@ -152,42 +151,47 @@ def timed(fns, device, repeats: int) -> list[tuple[float, object]]:
 
 def run(args, console: Console) -> None:
     model, tokenizer = load(args)
+    for batch in args.batch:
+        console.print(batch_table(model, tokenizer, batch, args))
+
+
+def batch_table(model, tokenizer, batch: int, args) -> Table:
+    """The decode table of one batch size: HF generate, ours with exits off, ours at each target ALS."""
     cfg = model.hf_config
     dims = active_dims(cfg)
     L, N = model.num_layers, args.new_tokens
-    for batch in args.batch:
-        ids, mask = prompts(tokenizer, batch, cfg.vocab_size, args.device)
-        context = float(mask.sum(-1).float().mean()) + N / 2
-        flops = lambda e: flop_per_token(**dims, context=context, exit_layer=e)
+    ids, mask = prompts(tokenizer, batch, cfg.vocab_size, args.device)
+    context = float(mask.sum(-1).float().mean()) + N / 2
+    flops = lambda e: flop_per_token(**dims, context=context, exit_layer=e)
 
-        def hf():
-            force_exits(model, None)
-            return model.base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=N, min_new_tokens=N,
-                                       do_sample=False, pad_token_id=cfg.pad_token_id or 0)
+    def hf():
+        force_exits(model, None)
+        return model.base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=N, min_new_tokens=N,
+                                   do_sample=False, pad_token_id=cfg.pad_token_id or 0)
 
-        def ours(target):
-            def go():
-                force_exits(model, target)
-                off = -math.inf if target is None else 0.0
-                return model.generate(ids, mask, max_new_tokens=N, do_sample=False, offset=off,
-                                      stop_token_ids=[], seed=0)
-            return go
+    def ours(target):
+        def go():
+            force_exits(model, target)
+            off = -math.inf if target is None else 0.0
+            return model.generate(ids, mask, max_new_tokens=N, do_sample=False, offset=off,
+                                  stop_token_ids=[], seed=0)
+        return go
 
-        table = Table(title=f"decode, batch {batch}, {N} new tokens, {args.label} on {args.device} ({args.dtype})")
-        for col in ("row", "tokens/s", "ALS", "speedup", "ideal", "realised/ideal"):
-            table.add_column(col, justify="right" if col != "row" else "left")
-        (t_hf, _), (t_base, _), *with_exits = timed([hf, ours(None)] + [ours(a) for a in args.als], args.device,
-                                                    args.repeats)
-        table.add_row("HF generate (no exits)", f"{batch * N / t_hf:.1f}", "0.000", f"{t_base / t_hf:.2f}", "1.00", "")
-        table.add_row("ours, exits off", f"{batch * N / t_base:.1f}", "0.000", "1.00", "1.00", "1.00")
-        for target, (t, out) in zip(args.als, with_exits):
-            exits = out.exit_layers[out.completion_mask]
-            als = average_layer_savings(exits, L)
-            ideal = flops(L) / statistics.fmean(flops(int(e)) for e in exits.tolist())
-            speed = t_base / t
-            table.add_row(f"ours, exits → ALS≈{target}", f"{batch * N / t:.1f}", f"{als:.3f}", f"{speed:.2f}",
-                          f"{ideal:.2f}", f"{speed / ideal:.2f}")
-        console.print(table)
+    table = Table(title=f"decode, batch {batch}, {N} new tokens, {args.label} on {args.device} ({args.dtype})")
+    for col in ("row", "tokens/s", "ALS", "speedup", "ideal", "realised/ideal"):
+        table.add_column(col, justify="right" if col != "row" else "left")
+    (t_hf, _), (t_base, _), *with_exits = timed([hf, ours(None)] + [ours(a) for a in args.als], args.device,
+                                                args.repeats)
+    table.add_row("HF generate (no exits)", f"{batch * N / t_hf:.1f}", "0.000", f"{t_base / t_hf:.2f}", "1.00", "")
+    table.add_row("ours, exits off", f"{batch * N / t_base:.1f}", "0.000", "1.00", "1.00", "1.00")
+    for target, (t, out) in zip(args.als, with_exits):
+        exits = out.exit_layers[out.completion_mask]
+        als = average_layer_savings(exits, L)
+        ideal = flops(L) / statistics.fmean(flops(int(e)) for e in exits.tolist())
+        speed = t_base / t
+        table.add_row(f"ours, exits → ALS≈{target}", f"{batch * N / t:.1f}", f"{als:.3f}", f"{speed:.2f}",
+                      f"{ideal:.2f}", f"{speed / ideal:.2f}")
+    return table
 
 
 def main() -> None:

@@ -45,6 +45,9 @@ import yaml
 
 from thinkaloud.errors import PATH_ERRORS, UsageError, UserError, as_user_errors, one_line
 
+REPORTED: tuple[type[Exception], ...] = (UserError, *PATH_ERRORS)
+"""Errors that ``main`` prints as one line (exit status 2) instead of a traceback."""
+
 # verb → (module, config class, job function, one-line description)
 VERBS: dict[str, tuple[str, str, str, str]] = {
     "calibrate": ("thinkaloud.data.calibrate", "CalibrateConfig", "calibrate",
@@ -150,7 +153,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
                                 help=help_text)
         else:
             parser.add_argument(_flag(f), dest=f.name, type=_converter(tp, whole), default=None, help=help_text,
-                                **({"action": "extend"} if whole else {}))
+                                action="extend" if whole else "store")
         if f.metadata.get(POSITIONAL):
             if typing.get_origin(tp) is not list:
                 raise TypeError(f"{cls.__name__}.{f.name}: only a list field can be positional, not {tp}")
@@ -288,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (UserError, *PATH_ERRORS) as e:
+    except REPORTED as e:
         if debug:
             traceback.print_exception(e)
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)

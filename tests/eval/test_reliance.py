@@ -131,6 +131,23 @@ def test_contexts_cut_reasoning_and_append_cue(tok):
                     f"Count the apples.\n{reasoning}\nAnswer:"]
 
 
+def test_equal_contexts_are_answered_once(tok):
+    """A two-token reasoning cut at six fractions gives three distinct contexts: each is generated once and
+    its answer serves every fraction that shares it."""
+    seen = []
+
+    def recording(contexts):
+        seen.extend(contexts)
+        return [" 7"] * len(contexts)
+
+    text = "7.\nAnswer: 7"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    response = Response(prompt_ids(tok, "Count.\n"), ids, item=Item("x", "x", "7"))
+    summary, (record,) = early_answering(ToyTask(), [response], tok, recording)
+    assert record["reasoning_tokens"] == 2 and len(seen) == len({tuple(c) for c in seen}) == 3
+    assert record["answers"] == ["7"] * 6 and summary["agreement"] == [1.0] * 6
+
+
 def test_area_and_fraction_checks(tok):
     assert area_over_curve([0, 0.5, 1], [0, 0.5, 1]) == pytest.approx(0.5)
     assert area_over_curve([0, 1], [1, 1]) == 0.0

@@ -12,16 +12,18 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
+from tests.tiny import MAX_TINY_PARAMS
 from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.cli import main
 from thinkaloud.eval.run import EvalConfig, ReportConfig, evaluate, parse_judge_spec, report, token_strings
-from tests.tiny import MAX_TINY_PARAMS
 
-SUMMARY_KEYS = {"model", "label", "stage", "task", "split", "n", "num_layers", "exit_layers", "offset", "kl_factor",
+SUMMARY_KEYS = {"model", "label", "stage", "task", "split", "n", "num_layers", "exit_layers", "offset", "offset_source",
+                "kl_factor",
                 "target", "accuracy", "early_exit_rate", "als", "mean_length", "tokens_per_s", "prefill_s",
                 "decode_ms_per_token", "speed_baseline", "speedup_vs_base", "flop_savings", "exit_hist",
-                "target_hist", "tv_distance", "coherence"}
-RECORD_KEYS = {"id", "prompt", "completion", "tokens", "exit_layers", "score", "judge", "judge_missing"}
+                "target_hist", "tv_distance", "coherence", "reliance", "lens", "fluency"}
+RECORD_KEYS = {"id", "prompt", "completion", "tokens", "exit_layers", "score", "judge", "judge_missing", "reliance",
+               "lens", "fluency"}
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 CORPUS = ["Solve the problem step by step. End your response with a final line of the form 'Answer: <answer>'.",

@@ -147,7 +147,7 @@ def reference_forward(model: EarlyExitModel, ids: list[int], exits: list[int]) -
             else:
                 probs = scores.softmax(-1)
             a = attn.o_proj(torch.einsum("ht,thd->hd", probs, V).reshape(-1))  # (C,)
-            mlp = lambda y: (lambda o: o[0] if isinstance(o, tuple) else o)(layer.mlp(y[None, None]))[0, 0]
+            mlp = lambda y, block=layer.mlp: (lambda o: o[0] if isinstance(o, tuple) else o)(block(y[None, None]))[0, 0]
             if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: norms before and after each block
                 h = h + layer.post_attention_layernorm(a)
                 h = h + layer.post_feedforward_layernorm(mlp(layer.pre_feedforward_layernorm(h)))
@@ -333,6 +333,19 @@ def test_unsupported_family_names_supported_ones():
     with pytest.raises(UnsupportedModelError, match="llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text, olmo2, "
                                                     "olmo3, qwen3_moe, smollm3, gpt_oss .and gemma3 through its text"):
         EarlyExitModel.from_base(gpt2)
+
+
+def test_a_module_that_is_not_a_transformers_model_is_refused():
+    """from_base and the arch accessors take a transformers PreTrainedModel (peft-wrapped or not) and say
+    so for anything else, instead of failing on a missing attribute."""
+    with pytest.raises(TypeError, match="PreTrainedModel.*got a Linear"):
+        EarlyExitModel.from_base(torch.nn.Linear(4, 4))
+    with pytest.raises(TypeError, match="PreTrainedModel.*got Linear"):
+        arch.decoder_layers(torch.nn.Linear(4, 4))
+    base = build_tiny("llama")
+    base.model.norm = torch.nn.Parameter(torch.ones(4))  # not a module where the family has its final norm
+    with pytest.raises(TypeError, match="LlamaModel.norm is a Parameter, not a Module"):
+        arch.final_norm(base)
 
 
 def test_multimodal_gemma3_is_used_through_its_text_model():

@@ -1,7 +1,6 @@
 """The embedded real model, SmolLM2-135M-Instruct (converted once into the user cache)."""
 
 import pytest
-import torch
 
 from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.hub import load_causal_lm, load_tokenizer

@@ -1,28 +1,55 @@
-"""The --quick demo end to end on the embedded model: every stage runs, the report is written."""
+"""The --quick demo end to end on the embedded model: every stage runs, the findings are stated (terminal,
+findings.json, report) and the report holds every table and figure."""
 
 import json
 
 import pytest
+from rich.console import Console
 
-from thinkaloud.demo import DemoConfig, demo
+from thinkaloud.demo import KL_FACTORS, RL_SEEDS, DemoConfig, demo
 
 pytestmark = pytest.mark.slow
 
+VERDICTS = {"held", "not significant", "did not hold"}
+
 
 def test_quick_demo_end_to_end(tmp_path):
-    report_dir = demo(DemoConfig(out=str(tmp_path / "demo"), quick=True))
-    assert (report_dir / "report.html").stat().st_size > 10_000
-    assert (report_dir / "report.md").exists()
-    labels = []
-    for stage in ("base", "sft", "rl"):
-        summary = json.loads((tmp_path / "demo" / "eval" / stage / "summary.json").read_text())
-        labels.append(summary["label"])
-        assert 0.0 <= summary["als"] < 1.0
-    assert labels == ["base", "sft", "rl"]
-    base = json.loads((tmp_path / "demo" / "eval" / "base" / "summary.json").read_text())
-    sft = json.loads((tmp_path / "demo" / "eval" / "sft" / "summary.json").read_text())
-    assert base["early_exit_rate"] == 0.0 and sft["early_exit_rate"] > 0.0
+    console = Console(record=True, width=140)
+    out = tmp_path / "demo"
+    report_dir = demo(DemoConfig(out=str(out), quick=True), console=console)
+    terminal = console.export_text()
+    labels = ["base"] + [f"F={f:g}" for f in KL_FACTORS] + ["RL"]
+    summaries = {label: json.loads((out / "eval" / label / "summary.json").read_text()) for label in labels}
+    assert [s["label"] for s in summaries.values()] == labels
+    assert all(s["task"] == "tom" and s["split"] == "test" and s["fluency"] is not None for s in summaries.values())
+    assert summaries["base"]["early_exit_rate"] == 0.0 and summaries["F=0.25"]["early_exit_rate"] > 0.0
+    for label in ("base", "F=1", "RL"):  # externalisation measures on the three models
+        assert summaries[label]["reliance"] is not None and summaries[label]["lens"] is not None
+    assert summaries["RL"]["stage"] == "rl" and summaries["F=1"]["stage"] == "sft"
+
+    # Stage 2: three seeds, held-out rows at step 0 (the SFT model) and later steps
+    heldout = [json.loads(line) for line in (out / "rl" / "heldout.jsonl").read_text().splitlines()]
+    assert sorted({r["run"] for r in heldout}) == list(range(RL_SEEDS)) and {r["step"] for r in heldout} >= {0}
+
+    # The findings: four claims (1 in two parts), each measured with an interval and a verdict
+    findings = json.loads((out / "findings" / "findings.json").read_text())["findings"]
+    assert [f["finding"][:4] for f in findings] == ["(1a)", "(1b)", "(2) ", "(3) ", "(4) "]
+    assert all(f["verdict"] in VERDICTS and "[" in f["measured"] for f in findings)
+    assert "Findings" in terminal and all(f["finding"] in terminal for f in findings)
+    assert "Report:" in terminal and "Wall time" in terminal
+
     html = (report_dir / "report.html").read_text()
-    assert "<img" in html or "<svg" in html
-    # A re-run reuses every finished stage.
-    demo(DemoConfig(out=str(tmp_path / "demo"), quick=True))
+    md = (report_dir / "report.md").read_text()
+    for section in ("## Evaluations", "## Externalisation", "## KL-factor sweep: stage1", "## RL: rl", "## Findings"):
+        assert section in md, section
+    figures = {p.stem for p in (report_dir / "figures").glob("*.png")}
+    assert {"agreement_curves", "fluency_proxies", "rl_heldout_00_rl"} <= figures
+    assert sum(s.startswith("future_lens_") for s in figures) == 3
+    assert sum(s.startswith("findings_00_") for s in figures) == 1 + len(KL_FACTORS)
+    assert html.count("data:image/png;base64,") == len(figures)
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["total_s"] > 0 and "calibrate" in timings["stages_s"]
+
+    # A re-run reuses every finished stage and states the same findings.
+    demo(DemoConfig(out=str(out), quick=True), console=Console(record=True))
+    assert json.loads((out / "findings" / "findings.json").read_text())["findings"] == findings

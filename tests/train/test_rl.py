@@ -257,3 +257,75 @@ def test_smollm2_short_run_is_on_policy(tmp_path):
     assert all(r["logprob_err"] < 1e-4 for r in log), [r["logprob_err"] for r in log]
     assert (out / "model" / "thinkaloud.json").exists() and (out / "base.json").exists()
     assert (out / "figures" / "rl_dynamics.png").exists()
+
+
+def test_logged_base_nll_is_minus_the_mean_reference_logprob(tmp_path, monkeypatch):
+    """The fluency proxy of a step reuses the KL term's reference log-probs: −mean over the step's tokens."""
+    from thinkaloud.eval.fluency import response_nll
+    from thinkaloud.eval.responses import from_generation
+
+    refs, rollouts = [], []
+    reference, sample = rl.reference_logprobs, rl.sample_rollouts
+    monkeypatch.setattr(rl, "reference_logprobs", lambda p, out: refs.append((p, out, reference(p, out))) or refs[-1][2])
+    monkeypatch.setattr(rl, "sample_rollouts", lambda *a, **kw: rollouts.append(sample(*a, **kw)) or rollouts[-1])
+    train_rl(config(tmp_path, steps=2, beta=0.1), env=DepthOnlyEnv(), make_model=make_tiny())
+    assert len(refs) == 2  # one reference pass per step, no extra one for the proxy
+    for row, (policy, out, ref) in zip(rows(tmp_path / "log.jsonl"), refs):  # noqa: B007 (the last policy is used below)
+        mask = out.completion_mask
+        assert row["base_nll"] == pytest.approx(-ref[mask].mean().item(), rel=1e-6)
+    # and it is the eval's fluency NLL (base model, adapter off, no exits) of the same completions
+    sums = response_nll(policy, from_generation(out))
+    assert row["base_nll"] == pytest.approx(sum(s for s, _ in sums) / sum(n for _, n in sums), rel=1e-4)
+
+
+class HeldoutEnv(DepthOnlyEnv):
+    """Fixed prompts from another part of the random stream, scored 1 when the first token is even."""
+
+    def prompts(self, start: int, n: int) -> list[Prompt]:
+        return super().prompts(1000 + start, n)
+
+    def score(self, prompts, out) -> Scored:
+        acc = (out.new_tokens[:, 0] % 2 == 0).float()
+        return Scored(reward=acc, accuracy=acc)
+
+
+def test_heldout_evaluation_at_step_0_every_n_and_last(tmp_path):
+    from thinkaloud.train.rl_heldout import evaluate_policy
+
+    train_rl(config(tmp_path, steps=5, eval_every=2, eval_n=3, head_lr=0.2), env=DepthOnlyEnv(),
+             make_model=make_tiny(), heldout_env=HeldoutEnv())
+    held = rows(tmp_path / "heldout.jsonl")
+    assert [r["step"] for r in held] == [0, 2, 4, 5] and all(r["n"] == 3 for r in held)
+    assert all(abs(r["als"] + r["depth_frac"] - 1) < 1e-9 and r["base_nll"] > 0 for r in held)
+    assert held[-1]["depth_frac"] < held[0]["depth_frac"]  # the depth penalty shows on the held-out prompts
+    # step 0 is the starting model: the same numbers as evaluating it directly
+    start = evaluate_policy(make_tiny()().eval(), HeldoutEnv(), HeldoutEnv().prompts(0, 3), max_new_tokens=12,
+                            offset=0.0, seed=0, batch_size=8)
+    for key, value in start.items():
+        assert held[0][key] == pytest.approx(value), key
+    assert len(held[0]["prompt_depth_frac"]) == len(held[0]["prompt_accuracy"]) == 3
+    assert sum(held[0]["prompt_accuracy"]) / 3 == pytest.approx(held[0]["accuracy"])
+    base = json.loads((tmp_path / "heldout_base.json").read_text())
+    assert base["depth_frac"] == 1.0 and base["early_exit_rate"] == 0.0 and base["n"] == 3
+    assert (tmp_path / "figures" / "rl_heldout.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="heldout_env"):
+        train_rl(config(tmp_path / "x", eval_every=2), env=DepthOnlyEnv(), make_model=make_tiny())
+    with pytest.raises(ValueError, match="eval_split"):
+        config(tmp_path, eval_every=1, eval_split="train")
+
+
+def test_resume_keeps_heldout_rows_up_to_the_checkpoint(tmp_path):
+    kw = dict(steps=4, beta=0.1, eval_every=1, eval_n=2)
+    train_rl(config(tmp_path / "full", **kw), env=DepthOnlyEnv(), make_model=make_tiny(), heldout_env=HeldoutEnv())
+
+    def kill(run, step, row):
+        if step == 3:  # after the step-3 held-out row, with the last checkpoint at step 2
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_rl(config(tmp_path / "killed", **kw), env=DepthOnlyEnv(), make_model=make_tiny(),
+                 heldout_env=HeldoutEnv(), on_step=kill)
+    assert [r["step"] for r in rows(tmp_path / "killed" / "heldout.jsonl")] == [0, 1, 2, 3]
+    train_rl(config(tmp_path / "killed", **kw, resume=True), env=DepthOnlyEnv(), make_model=make_tiny(),
+             heldout_env=HeldoutEnv())
+    assert rows(tmp_path / "killed" / "heldout.jsonl") == rows(tmp_path / "full" / "heldout.jsonl")

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thinkaloud.train.rloo import (completion_rewards, depth_fraction, kl_estimate, masked_mean, policy_loss,
-                                   rloo_advantages)
+from thinkaloud.train.rloo import (
+    completion_rewards,
+    depth_fraction,
+    kl_estimate,
+    masked_mean,
+    policy_loss,
+    rloo_advantages,
+)
 
 
 def test_advantages_match_hand_worked_example():

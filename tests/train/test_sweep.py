@@ -10,7 +10,7 @@ import pytest
 from tests.tiny import tiny_model_dir
 from thinkaloud.data.calibrate import CalibrateConfig, calibrate
 from thinkaloud.eval.lineage import LeakageError
-from thinkaloud.train.sweep import SweepConfig, sweep
+from thinkaloud.train.sweep import SweepConfig, sweep, sweep_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,6 +45,10 @@ def test_each_factor_is_evaluated_against_its_own_target(calib, tmp_path):
     assert rows[0]["tv_distance"] == sft["tv_distance"] is not None
     base = json.loads((tmp_path / "sweep" / "base" / "eval" / "summary.json").read_text())
     assert base["stage"] == "base" and base["target"] is None and rows[1]["tv_distance"] is None
+    # The fluency proxies sit beside coherence, in the rows and the printed table.
+    for row, summary in zip(rows, (sft, base)):
+        assert row["base_nll"] == summary["fluency"]["base_nll"] > 0 and row["rep4"] == summary["fluency"]["rep4"]
+    assert "base NLL (proxy)" in [c.header for c in sweep_table(rows).columns]
 
 
 def test_sweep_refuses_eval_items_from_the_calibration(calib, tmp_path):

@@ -49,10 +49,10 @@ final answer begins, i.e. the marker that was used or, when it directly continue
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Callable
 
 _NEW_QUESTION = re.compile(r"^\s*Question:", re.M)
 _THINK_TAG = re.compile(r"</?think>", re.I)

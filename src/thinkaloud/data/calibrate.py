@@ -24,6 +24,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -96,9 +97,10 @@ def calibrate(config: CalibrateConfig, console: Console | None = None) -> Path:
     model, tokenizer = loaded.model, loaded.tokenizer
     model_hash = arch.unembedding_hash(model.base)
 
-    manifest = {"format": FORMAT_VERSION, "config": config.identity(), "model_hash": model_hash,
-                "code_version": __version__, "num_layers": model.num_layers, "exit_layers": model.layers,
-                "items": [{"id": it.id, "key": it.key} for it in items], "shards": [], "complete": False}
+    manifest: dict[str, Any] = {"format": FORMAT_VERSION, "config": config.identity(), "model_hash": model_hash,
+                                "code_version": __version__, "num_layers": model.num_layers,
+                                "exit_layers": model.layers, "items": [{"id": it.id, "key": it.key} for it in items],
+                                "shards": [], "complete": False}
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text())
         if previous.get("config") != config.identity() or previous.get("model_hash") != model_hash:

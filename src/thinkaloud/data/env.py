@@ -14,8 +14,9 @@ answer marker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -55,7 +56,7 @@ class Env(Protocol):
     def prompts(self, start: int, n: int) -> list[Prompt]:
         """Prompts ``start … start+n-1`` of the stream (deterministic)."""
 
-    def score(self, prompts: Sequence[Prompt], out: "GenerationOutput") -> Scored:
+    def score(self, prompts: Sequence[Prompt], out: GenerationOutput) -> Scored:
         """Row b of ``out`` is a completion of ``prompts[b]``."""
 
 
@@ -70,14 +71,14 @@ class TaskEnv:
         self.task, self.tokenizer, self.format_penalty = task, tokenizer, format_penalty
         self.items: list[Item] = task.items(pool, seed=seed, split=split)
         self.pad_token_id = pad_id(tokenizer)
-        self.stop_token_ids = None
+        self.stop_token_ids: list[int] | None = None  # the model's EOS
 
     def prompts(self, start: int, n: int) -> list[Prompt]:
         items = [self.items[(start + i) % len(self.items)] for i in range(n)]
         return [Prompt(prompt_ids(self.tokenizer, self.task.prompt(it, self.tokenizer)), it.question, it)
                 for it in items]
 
-    def score(self, prompts: Sequence[Prompt], out: "GenerationOutput") -> Scored:
+    def score(self, prompts: Sequence[Prompt], out: GenerationOutput) -> Scored:
         texts = [self.tokenizer.decode(row[:n], skip_special_tokens=True)
                  for row, n in zip(out.new_tokens.tolist(), out.lengths.tolist())]
         acc = torch.tensor([self.task.score(p.item, t) for p, t in zip(prompts, texts)])

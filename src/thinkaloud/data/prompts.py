@@ -13,7 +13,8 @@ that SFT trains on and that RL and eval generate from.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -14,7 +14,8 @@ Procedural tasks (reasoning-gym, ToM) draw candidates from a deterministic strea
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 SPLITS = ("train", "validation", "test")
 SPLIT_PERCENT = {"train": (0, 80), "validation": (80, 90), "test": (90, 100)}  # [lo, hi) of key % 100

@@ -42,15 +42,30 @@ import os
 import random
 import socket
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from thinkaloud.data import tom
-from thinkaloud.data.answers import (clean_answer, extract_final_answer, extract_number, find_final_answer,  # noqa: F401
-                                     find_number, normalize_number, parse_number)
-from thinkaloud.data.splits import (SPLITS, candidate_limit, check_split, collect_split, question_key,  # noqa: F401
-                                    split_of, split_of_key)
+from thinkaloud.data.answers import (  # noqa: F401
+    clean_answer,
+    extract_final_answer,
+    extract_number,
+    find_final_answer,
+    find_number,
+    normalize_number,
+    parse_number,
+)
+from thinkaloud.data.splits import (  # noqa: F401
+    SPLITS,
+    candidate_limit,
+    check_split,
+    collect_split,
+    question_key,
+    split_of,
+    split_of_key,
+)
 
 DEFAULT_TASK = "rg:chain_sum"
 KNOWN_TASKS = ["gsm8k", "gsm8k:<path.jsonl>", "rg:<reasoning-gym dataset name>", "tom"]
@@ -391,7 +406,9 @@ class TomTask(Task):
 
     def locate_answer(self, completion: str) -> tuple[int, str] | None:
         found = find_final_answer(completion, lenient=self.lenient)
-        answer = None if found is None else tom.normalize_container(found[1])
+        if found is None:
+            return None
+        answer = tom.normalize_container(found[1])
         return (found[0], answer) if answer else None
 
     def score(self, item: Item, completion: str) -> float:

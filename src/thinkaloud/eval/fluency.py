@@ -83,7 +83,7 @@ def fluency(model, responses: Sequence[Response], *,
                         "rep4": repeated_ngrams(r.response_ids, 4), "distinct2": distinct_ngrams(r.response_ids, 2)})
     tokens = sum(n for _, n in sums)
     def mean(key: str) -> float | None:
-        values = [x[key] for x in records if x[key] is not None]
+        values = [v for x in records if (v := x[key]) is not None]
         return sum(values) / len(values) if values else None
 
     nll = sum(t for t, _ in sums) / tokens if tokens else None

@@ -144,8 +144,9 @@ class ThinkaloudLM(TemplateLM):
         return list(self.tokenizer(string, add_special_tokens=bool(add_special_tokens))["input_ids"])
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
+        text = self.tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
                                                   continue_final_message=not add_generation_prompt)
+        return text  # type: ignore[return-value]  # a str with tokenize=False; transformers types all modes as one union
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if self.accelerator is None else self.accelerator.gather(tensor)
@@ -175,7 +176,7 @@ class ThinkaloudLM(TemplateLM):
             n = min(len(cont), len(whole) - 1)  # a continuation longer than the context window is cut
             rows.append((whole[:-1], whole[-n:], n))
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
-        results: list[tuple[float, bool] | None] = [None] * len(rows)
+        results: dict[int, tuple[float, bool]] = {}  # request index → (log-likelihood, greedy)
         for s in range(0, len(order), self.batch_size):
             batch = [rows[i] for i in order[s:s + self.batch_size]]
             for i, res in zip(order[s:s + self.batch_size], self._score(batch)):
@@ -183,7 +184,7 @@ class ThinkaloudLM(TemplateLM):
                 key = requests[i][0]
                 if key is not None:
                     self.cache_hook.add_partial("loglikelihood", key, res)
-        return results  # type: ignore[return-value]
+        return [results[i] for i in range(len(rows))]
 
     def _score(self, batch: list[tuple[list[int], list[int], int]]) -> list[tuple[float, bool]]:
         """Right-padded inputs → per row the summed log-probability of its last n targets and whether each is
@@ -204,19 +205,20 @@ class ThinkaloudLM(TemplateLM):
         lp_exit = out.exit_logprobs[where]  # (N, m+1)
         tgt = targets.to(self._device)[where]  # (N,)
         outcomes = range(len(out.states)) if self.mode == "expected" else [len(out.states) - 1]
-        token_lp, greedy = [], []
+        token_lps, greedys = [], []
         for c in range(0, tgt.numel(), CHUNK):
             part = slice(c, c + CHUNK)
-            mix = None  # (n, V): log Σ_k P(k) p_k(·)
+            mix: torch.Tensor | None = None  # (n, V): log Σ_k P(k) p_k(·)
             for k in outcomes:
                 h = out.states[k][where[0][part], where[1][part]]  # (n, C)
                 logp = F.log_softmax(arch.readout(self.model.peft, h).float(), -1)  # (n, V)
                 if self.mode == "expected":
                     logp = logp + lp_exit[part, k, None]
                 mix = logp if mix is None else torch.logaddexp(mix, logp)
-            token_lp.append(mix.gather(-1, tgt[part, None]).squeeze(-1))
-            greedy.append(mix.argmax(-1) == tgt[part])
-        token_lp, greedy = torch.cat(token_lp).cpu(), torch.cat(greedy).cpu()
+            assert mix is not None  # outcomes is never empty
+            token_lps.append(mix.gather(-1, tgt[part, None]).squeeze(-1))
+            greedys.append(mix.argmax(-1) == tgt[part])
+        token_lp, greedy = torch.cat(token_lps).cpu(), torch.cat(greedys).cpu()
         res, start = [], 0
         for _, _, n in batch:  # `where` is row-major: each row's n positions in turn
             res.append((float(token_lp[start:start + n].sum()), bool(greedy[start:start + n].all())))
@@ -240,7 +242,7 @@ class ThinkaloudLM(TemplateLM):
         groups: dict[str, list[int]] = {}
         for i, (_, gen_kwargs) in enumerate(args):
             groups.setdefault(json.dumps(gen_kwargs, sort_keys=True, default=str), []).append(i)
-        results: list[str | None] = [None] * len(args)
+        results: dict[int, str] = {}  # request index → generated text
         eos = self.tokenizer.decode([self.eot_token_id])
         bar = tqdm(total=len(args), desc="thinkaloud generate_until", disable=disable_tqdm or self.rank != 0)
         for indices in groups.values():
@@ -258,7 +260,7 @@ class ThinkaloudLM(TemplateLM):
         summary = self.exit_summary()
         logger.info("thinkaloud: %d generated tokens, exit rate %.4f, ALS %.4f at offset %g", summary["tokens"],
                     summary["early_exit_rate"], summary["als"], self.offset)
-        return results  # type: ignore[return-value]
+        return [results[i] for i in range(len(args))]
 
     @torch.no_grad()
     def _generate(self, contexts: list[str], until: list[str], max_new: int, kwargs: dict) -> list[str]:

@@ -345,7 +345,7 @@ def parse_judge_spec(spec: str) -> tuple[str, str, str | None]:
 def make_judge(spec: str, concurrency: int = 4, device: str | None = None, rubric: str = "ours") -> Judge:
     """The judge a ``--judge`` spec names, asking with ``rubric``."""
     kind, where, model = parse_judge_spec(spec)
-    if kind == "openai":
+    if kind == "openai" and model is not None:  # every openai spec names a model
         return OpenAIJudge(where, model, concurrency=concurrency, rubric=rubric)
     from thinkaloud.hub import load_causal_lm, load_tokenizer
 

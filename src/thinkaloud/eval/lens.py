@@ -176,7 +176,7 @@ def future_lens(model, responses: Sequence[Response], *, distances: Sequence[int
                 seen.append(tokens.cpu())
                 for e in layers:
                     stats[part][e].add(inputs[e], targets - inputs[e].repeat(1, K))  # residual to the identity
-        for part, ids in (("fit", fit_ids), ("val", val_ids)):
+        for part in ("fit", "val"):
             if stats[part][L].n == 0:
                 raise ValueError(f"no positions in the {part} responses: responses need more than {K} tokens")
         n_fit = stats["fit"][L].n + stats["val"][L].n
@@ -210,10 +210,10 @@ def future_lens(model, responses: Sequence[Response], *, distances: Sequence[int
 
     n_test = int(counts.sum())
     table = (hits.sum(0).double() / n_test).tolist() if n_test else None  # (layers, K+1)
-    part = {i: "fit" for i in fit_ids} | {i: "validation" for i in val_ids} | {i: "test" for i in test_ids}
-    records = [{"split": part[i], "n_tokens": int(counts[i]) if part[i] == "test" else None,
+    split = {i: "fit" for i in fit_ids} | {i: "validation" for i in val_ids} | {i: "test" for i in test_ids}
+    records = [{"split": split[i], "n_tokens": int(counts[i]) if split[i] == "test" else None,
                 "accuracy": (hits[i, :, :-1].double() / int(counts[i])).tolist()
-                if part[i] == "test" and counts[i] else None} for i in range(len(responses))]
+                if split[i] == "test" and counts[i] else None} for i in range(len(responses))]
     summary = {
         "measure": "future_lens", "layers": layers, "num_layers": L, "distances": distances,
         "accuracy": None if table is None else [row[:-1] for row in table],

@@ -8,7 +8,7 @@ where several models are compared) and returns a ``Figure``; write it with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from matplotlib import colormaps
@@ -91,4 +91,29 @@ def plot_fluency(summaries: Mapping[str, Mapping[str, Any]]) -> Figure:
     right.set_title("Repetition")
     right.legend(loc="upper right", fontsize=8)
     fig.suptitle("Fluency proxies (no judge)")
+    return fig
+
+
+def plot_fluency_distributions(values: Mapping[str, Sequence[float]]) -> Figure:
+    """Distribution of the per-response base-model NLL per model (box: quartiles, whiskers 1.5 IQR; dots:
+    responses; diamond: mean), one column per label in the given order."""
+    shown = {label: [float(v) for v in vs] for label, vs in values.items() if vs}
+    fig = Figure(figsize=(1.4 * max(len(shown), 2) + 2.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    if shown:
+        labels = list(shown)
+        ax.boxplot([shown[k] for k in labels], showfliers=False, widths=0.5)
+        ax.set_xticks(range(1, len(labels) + 1), [f"{k}\n(n={len(shown[k])})" for k in labels])
+        for i, label in enumerate(labels, start=1):
+            vs = shown[label]
+            jitter = [i + 0.18 * ((j * 0.618) % 1 - 0.5) for j in range(len(vs))]  # deterministic spread
+            ax.plot(jitter, vs, "o", color="#3b528b", alpha=0.45, markersize=3)
+            ax.plot([i], [sum(vs) / len(vs)], "D", color="#fde725", markeredgecolor="black", markersize=7,
+                    label="mean" if i == 1 else None)
+        ax.legend(loc="upper left")
+    else:
+        ax.text(0.5, 0.5, "no fluency values", transform=ax.transAxes, ha="center", va="center")
+    ax.set_ylabel("base-model NLL per token of a response (nats)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title("Fluency proxy per response (no judge; higher = less natural to the base model)")
     return fig

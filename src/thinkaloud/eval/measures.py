@@ -8,7 +8,9 @@ files keep one schema. ``thinkaloud.eval.run.measures_for(config)`` lists the me
 order; a new measure is one function here (or in its own module) and one line there.
 
 Built in: the calibration target of the completions (``target_measure``), the coherence judge
-(``judge_measure``) and the speed against the base model (``thinkaloud.eval.speed.speed_measure``).
+(``judge_measure``), the speed against the base model (``thinkaloud.eval.speed.speed_measure``) and
+the externalisation measures selected by ``--measures`` (``thinkaloud.eval.externalisation``:
+reliance, future lens, fluency proxies), which read ``EvalContext.responses``.
 
 The calibration target: per-layer KL to the final layer of the same completions, under the logit
 lens with the adapter disabled (the base model), ``exit_targets`` at the target's KL factor → mean
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from thinkaloud.data.tasks import Item, Task
 from thinkaloud.eval import judge as judging
 from thinkaloud.eval import metrics
+from thinkaloud.eval.responses import Response, from_generation
 from thinkaloud.model.exits import exit_targets
 from thinkaloud.model.generate import GenerationOutput
 from thinkaloud.model.loading import Loaded
@@ -68,6 +72,12 @@ class EvalContext:
     target: dict[str, Any] | None  # {"kl_factor", "source"} of the calibration target, or None (off)
     device: str
     console: Console
+    offset: float  # the exit offset the eval generated with (−inf: no exits)
+
+    @cached_property
+    def responses(self) -> list[Response]:
+        """The generations as :class:`~thinkaloud.eval.responses.Response` rows, in record order."""
+        return [r for b in self.batches for r in from_generation(b.gen, b.items)]
 
 
 @dataclass

@@ -22,7 +22,7 @@ from thinkaloud.io import atomic_write_bytes
 
 MODEL_COLOR = "#3b528b"
 TARGET_COLOR = "#bdbdbd"
-BASE_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.2}
+BASE_STYLE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth": 1.2}
 
 
 def save_figure(fig: Figure, path_without_ext: str | Path, dpi: int = 150) -> tuple[Path, Path]:
@@ -151,13 +151,17 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
-def plot_rl_dynamics(log_rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None = None) -> Figure:
-    """Accuracy, average compute (mean depth fraction) and coherence (if logged) per RL step.
+def plot_rl_dynamics(log_rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None = None,
+                     title: str = "RL dynamics") -> Figure:
+    """Accuracy, average compute (mean depth fraction), the fluency proxy (base-model NLL per token, if
+    logged) and coherence (if logged) per RL step.
 
     Each run is a thin light line; the mean across runs at each step carries ±1 SE error bars (SE =
     sample std / √runs); the base model's level (``base``) is a dashed horizontal line.
     """
     panels = [("accuracy", "accuracy"), ("depth_frac", "average compute (mean depth ℓ/L)")]
+    if any(r.get("base_nll") is not None for r in log_rows):
+        panels.append(("base_nll", "fluency proxy (base-model NLL, nats/token)"))
     if any(r.get("coherence") is not None for r in log_rows):
         panels.append(("coherence", "coherence (mean overall score)"))
     runs: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
@@ -167,7 +171,7 @@ def plot_rl_dynamics(log_rows: Sequence[Mapping[str, Any]], base: Mapping[str, A
     for i, (key, name) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         by_step: dict[int, list[float]] = defaultdict(list)
-        for j, (run, rows) in enumerate(sorted(runs.items())):
+        for j, (_, rows) in enumerate(sorted(runs.items())):
             points = sorted((int(r["step"]), float(r[key])) for r in rows if r.get(key) is not None)
             for step, value in points:
                 by_step[step].append(value)
@@ -186,5 +190,5 @@ def plot_rl_dynamics(log_rows: Sequence[Mapping[str, Any]], base: Mapping[str, A
         ax.set_title(name.split(" (")[0].capitalize())
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
-    fig.suptitle("RL dynamics")
+    fig.suptitle(title)
     return fig

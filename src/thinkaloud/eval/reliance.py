@@ -25,9 +25,10 @@ ends with it (a base-model prompt "…Answer:").
 f = 1 replaces the response's own final-answer text with the cue, so agreement at 1 can fall short of 1.
 The short answer is sampled as in the eval (greedy tokens, exits sampled with the eval's offset;
 offset −∞ = no exits); it is capped at ``ANSWER_TOKENS`` new tokens (``model_answerer(max_new_tokens=)``),
-so answers longer than a line (grids) are out of scope. Cost: every (response, f) context is a fresh
-``model.generate`` call row (no prefix cache), i.e. |fractions| prefills of prompt + cut reasoning per
-response plus a few decode steps per batch.
+so answers longer than a line (grids) are out of scope. Cost: every distinct (response, f) context is a
+fresh ``model.generate`` call row (no prefix cache), i.e. up to |fractions| prefills of prompt + cut
+reasoning per response plus a few decode steps per batch; equal contexts (the cuts of a reasoning of
+fewer tokens than fractions coincide) are answered once.
 
 What it does not show: high agreement at f = 0 may mean the question is easy, or answered from the
 prompt, rather than that the reasoning is decorative; a large area shows that the answer *depends on*
@@ -116,7 +117,8 @@ def early_answering(task: Task, responses: Sequence[Response], tokenizer: Any, a
     """Early answering over ``responses`` → (summary, one dict per response), both JSON-serialisable.
 
     ``answer_fn`` writes the short answers (:func:`model_answerer` for a model; anything with the same
-    signature in tests). All (response, f) contexts go to it in one call.
+    signature in tests). All distinct (response, f) contexts go to it in one call (contexts that are
+    equal, as the cuts of a short reasoning can be, are answered once).
     """
     fractions = [float(f) for f in fractions]
     if len(fractions) < 2 or fractions[0] != 0.0 or fractions[-1] != 1.0 or any(b <= a for a, b in pairwise(fractions)):
@@ -148,9 +150,12 @@ def early_answering(task: Task, responses: Sequence[Response], tokenizer: Any, a
             tail = cues["\n"] if k else after_prompt
             contexts.append(list(r.prompt_ids) + list(r.response_ids[:k]) + tail)
 
-    written = answer_fn(contexts) if contexts else []
-    if len(written) != len(contexts):
-        raise ValueError(f"answer_fn returned {len(written)} answers for {len(contexts)} contexts")
+    unique = list(dict.fromkeys(map(tuple, contexts)))  # equal contexts (short reasoning: equal cuts) run once
+    answers = answer_fn([list(c) for c in unique]) if unique else []
+    if len(answers) != len(unique):
+        raise ValueError(f"answer_fn returned {len(answers)} answers for {len(unique)} contexts")
+    by_context = dict(zip(unique, answers))
+    written = [by_context[tuple(c)] for c in contexts]
     F = len(fractions)
     included = [(r, rec) for r, rec in zip(responses, records) if rec["included"]]
     for j, (r, rec) in enumerate(included):
@@ -167,12 +172,12 @@ def early_answering(task: Task, responses: Sequence[Response], tokenizer: Any, a
     acc0 = mean([rec["score_f0"] for _, rec in scored])
     acc1 = mean([rec["score_f1"] for _, rec in scored])
     full = mean([float(task.score(r.item, tokenizer.decode(r.response_ids, skip_special_tokens=True)))
-                 for r, _ in scored])
+                 for r, _ in included if r.item is not None])
     summary = {
         "measure": "early_answering", "fractions": fractions, "agreement": agreement,
-        "aoc": area_over_curve(fractions, agreement) if n else None,
+        "aoc": area_over_curve(fractions, agreement) if agreement is not None else None,
         "accuracy_f0": acc0, "accuracy_f1": acc1,
-        "accuracy_gain": None if acc0 is None else acc1 - acc0, "accuracy_full": full,
+        "accuracy_gain": None if acc0 is None or acc1 is None else acc1 - acc0, "accuracy_full": full,
         "n": n, "n_skipped": len(responses) - n, "answer_cue": cue,
     }
     return summary, records

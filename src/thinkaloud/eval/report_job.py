@@ -59,7 +59,8 @@ def report(config: ReportConfig) -> tuple[Path, Path]:
 
     console = Console()
     with console.status(f"building the report of {len(config.dirs)} directories…"):
-        md, page = build_report(config.dirs, config.out, n_examples=config.examples,
+        out = config.out if config.out is not None else default_out(config.dirs)  # set by __post_init__
+        md, page = build_report(config.dirs, out, n_examples=config.examples,
                                 max_example_tokens=config.max_example_tokens)
     console.print(f"Wrote {md}\nWrote {page}")
     return md, page

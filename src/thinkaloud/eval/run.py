@@ -8,7 +8,10 @@
    (else ``DEFAULT_TASK``); the items must not overlap the calibration the model was trained on
    (``check_no_leakage``: the job stops before loading the model and names the overlapping items);
 2. load the model (``thinkaloud.model.loading.load_model``). A base model has fresh heads that never
-   fire; it is evaluated with offset = −∞ (no exits) and labelled "base";
+   fire; it is evaluated with offset = −∞ (no exits) and labelled "base". Otherwise the offset is
+   ``--offset`` if given, else the one recorded with the model by ``thinkaloud risk --save`` (with a
+   note when the task or generation length differ from its guarantee's), else 0: ``eval_offset`` in
+   ``thinkaloud.eval.risk``; the terminal and ``summary.json`` (``offset_source``) say which;
 3. render the prompts, generate in batches (KV cache, real layer skipping). Exits are always sampled
    (Bernoulli at each exit layer, docs/method.md §1); ``do_sample`` only chooses between greedy and sampled
    *tokens*. The wall time of generation gives ``tokens_per_s`` (prefill included); the engine's
@@ -19,7 +22,9 @@
    histogram, FLOP savings (analytic, with each token's real context length);
 6. the measures, in the order of ``measures_for(config)`` (``thinkaloud.eval.measures`` says what a
    measure is): the calibration target and its TV distance, the measured speed against the base
-   model, the coherence judge;
+   model, the coherence judge, then the externalisation measures named in ``--measures``
+   (``thinkaloud.eval.externalisation``: reliance on the written reasoning, future lens, fluency
+   proxies; default fluency only, as reliance and the lens cost more than the eval on a CPU);
 7. ``records.jsonl``, ``summary.json``, ``config.json`` (this config and what was resolved from the
    lineage) and ``tokens.html`` (first record), all written atomically; a summary table and coloured
    responses in the terminal.
@@ -50,6 +55,7 @@ from thinkaloud.data.prompts import encode_prompts
 from thinkaloud.data.tasks import DEFAULT_TASK, SPLITS, Item, Task, get_task
 from thinkaloud.eval import metrics, viz
 from thinkaloud.eval.decode import token_strings
+from thinkaloud.eval.externalisation import DEFAULT_MEASURES, EXTERNALISATION_MEASURES, MEASURES, check_measures
 from thinkaloud.eval.judge import make_judge, parse_judge_spec
 from thinkaloud.eval.lineage import Lineage, check_no_leakage, lineage
 from thinkaloud.eval.measures import (
@@ -62,6 +68,7 @@ from thinkaloud.eval.measures import (
     target_measure,
 )
 from thinkaloud.eval.report_job import ReportConfig, report
+from thinkaloud.eval.risk import eval_offset
 from thinkaloud.eval.rubrics import RUBRICS, check_rubric
 from thinkaloud.eval.speed import speed_measure, warm_up
 from thinkaloud.eval.terminal import print_results
@@ -88,8 +95,9 @@ class EvalConfig:
     n: int = field(default=32, metadata={"help": "number of items (paper: 50 GSM8K prompts)"})
     seed: int = field(default=0, metadata={"help": "selects the items and seeds exit and token sampling"})
     split: str = field(default="test", metadata={"help": f"item split, one of {', '.join(SPLITS)}"})
-    offset: float = field(default=0.0, metadata={"help": "added to every exit logit: positive = earlier exits, "
-                                                         "--offset=-inf = no exits (a base model always runs without exits)"})
+    offset: float | None = field(default=None, metadata={
+        "help": "added to every exit logit: positive = earlier exits, --offset=-inf = no exits (default: the offset "
+                "recorded with the model by `thinkaloud risk --save`, else 0; a base model always runs without exits)"})
     max_new_tokens: int = field(default=128, metadata={"help": "generation budget per item (paper: up to 400)"})
     batch_size: int = field(default=16, metadata={"help": "items generated together"})
     do_sample: bool = field(default=False, metadata={"help": "sample tokens (else greedy tokens); exits are "
@@ -115,6 +123,10 @@ class EvalConfig:
     lenient_answers: bool = field(default=False, metadata={
         "help": "lenient answer extraction (fall back to e.g. the last number); default: strict, only the "
                 "format the prompt asks for"})
+    measures: list[str] = field(default_factory=lambda: list(DEFAULT_MEASURES), metadata={
+        "help": f"externalisation measures, comma-separated, of {', '.join(MEASURES)} ('' for none): reliance = "
+                "early answering on cut reasoning, lens = linear future lens, fluency = base-model NLL and "
+                "repetition (default: fluency; reliance + lens cost 1.4–2× the eval's generation on a CPU)"})
     label: str | None = field(default=None, metadata={"help": "name in reports (default: 'base' for a base "
                                                               "model, else the model folder's name)"})
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available, else cpu)"})
@@ -133,11 +145,12 @@ class EvalConfig:
         if self.kl_factor is not None and not self.kl_factor > 0:
             raise ValueError(f"kl_factor must be > 0 (the target q* = 2σ(−F·D) is 1 everywhere at F = 0), "
                              f"got {self.kl_factor}; leave it unset to use the run's")
-        if math.isnan(self.offset) or self.offset == math.inf:
+        if self.offset is not None and (math.isnan(self.offset) or self.offset == math.inf):
             raise ValueError(f"offset must be a number or -inf, got {self.offset}")
         if self.show < 0:
             raise ValueError(f"show must be >= 0, got {self.show}")
         check_rubric(self.rubric)
+        check_measures(self.measures)
         if self.judge is not None:
             parse_judge_spec(self.judge)
 
@@ -156,7 +169,7 @@ def resolve_target(config: EvalConfig, origin: Lineage) -> dict[str, Any] | None
 
 def measures_for(config: EvalConfig) -> list[Measure]:
     """The measures of an eval, in the order they run (each returns its fields, null when off)."""
-    return [target_measure, speed_measure, judge_measure]
+    return [target_measure, speed_measure, judge_measure, *EXTERNALISATION_MEASURES]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -199,7 +212,7 @@ def _records(loaded: Loaded, task: Task,
             n = int(b.gen.lengths[i])
             ids = b.gen.new_tokens[i, :n].tolist()
             layers = b.gen.exit_layers[i, :n].tolist()
-            completion = tokenizer.decode(ids, skip_special_tokens=True)
+            completion: str = tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[assignment]  # one sequence: a str
             records.append({"id": item.id, "prompt": b.prompts[i], "completion": completion,
                             "tokens": token_strings(tokenizer, ids), "exit_layers": layers,
                             "score": float(task.score(item, completion))})
@@ -239,10 +252,10 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     with console.status(f"loading {config.model}…"):
         loaded = load_model(config.model, device=device)
     model = loaded.model
-    offset = -math.inf if loaded.is_base else float(config.offset)
-    if loaded.is_base and config.offset != 0.0:
-        console.print(f"[yellow]{config.model} is a base model (no trained exit heads): offset {config.offset} "
-                      "is ignored, it runs without exits.")
+    offset, offset_source, notes = eval_offset(config.offset, loaded, task_spec, config.max_new_tokens)
+    console.print(f"offset {offset:g}: {offset_source}")
+    for note in notes:
+        console.print(f"[yellow]{note}")
     label = config.label or (BASE_LABEL if loaded.is_base else _run_name(config.model))
     L, E = model.num_layers, list(model.layers)
 
@@ -252,6 +265,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model": config.model, "label": label, "stage": origin.stage, "task": task_spec, "split": config.split,
         "n": len(records), "num_layers": L, "exit_layers": E, "offset": None if offset == -math.inf else offset,
+        "offset_source": offset_source,
         "kl_factor": None if target is None else target["kl_factor"], "target": target,
         "accuracy": sum(r["score"] for r in records) / len(records),
         "early_exit_rate": metrics.early_exit_rate(layers, L),
@@ -261,7 +275,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "flop_savings": metrics.flop_savings(layers, context=context, **metrics.model_dims(model.hf_config)),
         "exit_hist": {str(k): v for k, v in metrics.exit_histogram(layers, E, num_layers=L).items()},
     }
-    ctx = EvalContext(config, loaded, task, items, batches, records, layers, target, device, console)
+    ctx = EvalContext(config, loaded, task, items, batches, records, layers, target, device, console, offset=offset)
     for measure in measures_for(config):
         apply_measure(measure, ctx, summary)
 

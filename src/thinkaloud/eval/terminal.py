@@ -43,6 +43,27 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
                      f"{coherence['mean']:.2f} (n={coherence['n_judged']}, {coherence['n_missing']} missing)"))
     elif coherence:
         rows.append(("coherence (judge overall)", f"— ({coherence['n_missing']} missing)"))
+    return rows + measure_rows(s)
+
+
+def measure_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric, value) rows of the externalisation measures that ran."""
+    rows = []
+    flu, rel, lens = s.get("fluency"), s.get("reliance"), s.get("lens")
+    if flu:
+        rows += [("fluency proxy: base-model NLL (nats/token)", _num(flu.get("base_nll"), ".3f")),
+                 ("fluency proxy: repeated 4-grams / distinct bigrams",
+                  f"{_pct(flu.get('rep4'))} / {_pct(flu.get('distinct2'))}")]
+    if rel:
+        rows += [("reliance: area over the agreement curve", _num(rel.get("aoc"), ".3f")
+                  + f" (n={rel.get('n')}, {rel.get('n_skipped')} without an answer)"),
+                 ("reliance: accuracy at f=0 → f=1", f"{_pct(rel.get('accuracy_f0'))} → {_pct(rel.get('accuracy_f1'))}")]
+    if lens and lens.get("accuracy"):
+        rows.append(("future lens: top-1 at k=2 (first exit layer, last layer)",
+                     f"{_pct(lens['accuracy'][0][1] if len(lens['distances']) > 1 else None)}, "
+                     f"{_pct(lens['accuracy'][-1][1] if len(lens['distances']) > 1 else None)}"))
+    elif lens:
+        rows.append(("future lens", lens.get("skipped", "—")))
     return rows
 
 

@@ -25,9 +25,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +41,22 @@ from thinkaloud.model import arch
 from thinkaloud.model.card import write_card
 from thinkaloud.model.exits import exit_index, exit_log_distribution
 from thinkaloud.model.lens import lens_kl
-from thinkaloud.model.recorded import (ADAPTER_DIR, HEADS_FILE, META_FILE, RISK_KEY, describe_record,  # noqa: F401
-                                       read_meta, record_offset, recorded_offset, recorded_value,
-                                       weights_fingerprint)
+from thinkaloud.model.recorded import (  # noqa: F401
+    ADAPTER_DIR,
+    HEADS_FILE,
+    META_FILE,
+    RISK_KEY,
+    describe_record,
+    read_meta,
+    record_offset,
+    recorded_offset,
+    recorded_value,
+    weights_fingerprint,
+)
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +111,7 @@ def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 class _ExitRun:
     """State of one teacher-forced pass, advanced by the decoder-layer hooks in layer order."""
 
-    def __init__(self, model: "EarlyExitModel", mask: torch.Tensor, spec: ExitSpec, offset: float,
+    def __init__(self, model: EarlyExitModel, mask: torch.Tensor, spec: ExitSpec, offset: float,
                  generator: torch.Generator | None, capture: bool, exits_from: torch.Tensor | None = None):
         B, T = mask.shape
         L = model.num_layers
@@ -106,7 +120,7 @@ class _ExitRun:
         if exits_from is not None:
             self.can_exit = self.mask & (torch.arange(T, device=mask.device)[None, :] >= exits_from[:, None])
         self.sample = isinstance(spec, str)
-        if self.sample or spec is None:  # sampling starts from "no exit" everywhere
+        if isinstance(spec, str) or spec is None:  # sampling starts from "no exit" everywhere
             self.exit_layers = torch.full((B, T), L, dtype=torch.long, device=mask.device)
         else:
             self.exit_layers = spec.to(mask.device).long()
@@ -116,7 +130,8 @@ class _ExitRun:
                 raise ValueError("exit_layers prescribes exits before exits_from, where positions never exit")
         self.frozen = torch.zeros(B, T, dtype=torch.bool, device=mask.device)  # exited below this layer
         self.logp = torch.zeros(B, T, device=mask.device)  # (B, T) log P(exit layer) so far
-        self.captured: dict[int, torch.Tensor] = {} if capture else None
+        self.capture = capture
+        self.captured: dict[int, torch.Tensor] = {}  # exit layer → its stream, when capturing
         self.inputs: torch.Tensor | None = None
 
     def before(self, hidden: torch.Tensor) -> None:
@@ -125,10 +140,11 @@ class _ExitRun:
     def after(self, j: int, out: torch.Tensor) -> torch.Tensor:
         """Output of layer j (1-based) → the residual stream after layer j under freeze."""
         if self.frozen.any():
+            assert self.inputs is not None, "the layer's pre-hook sets its input"
             out = torch.where(self.frozen[..., None], self.inputs, out)  # (B, T, C)
         if j in self.model.layer_to_head:
             k = self.model.layer_to_head[j]
-            if self.captured is not None:
+            if self.capture:
                 self.captured[j] = out
             z = self.model.heads(out, k) + self.offset  # (B, T)
             live = ~self.frozen & self.can_exit
@@ -147,7 +163,7 @@ class _ExitRun:
 class EarlyExitModel(nn.Module):
     """A causal LM with exit heads and a LoRA adapter. Build with :meth:`from_base`."""
 
-    def __init__(self, peft_model: nn.Module, heads: ExitHeads, config: ExitConfig, source: str):
+    def __init__(self, peft_model: PeftModel, heads: ExitHeads, config: ExitConfig, source: str):
         super().__init__()
         self.peft = peft_model
         self.heads = heads
@@ -165,9 +181,9 @@ class EarlyExitModel(nn.Module):
     # ----------------------------------------------------------------------------------- building
     @classmethod
     def from_base(cls, model_or_path: nn.Module | str | os.PathLike, config: ExitConfig | None = None,
-                  *, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> "EarlyExitModel":
+                  *, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> EarlyExitModel:
         """Wrap a loaded ``PreTrainedModel`` (or load one from a local path or alias) with fresh heads + LoRA."""
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, PeftModel, get_peft_model
 
         config = config or ExitConfig()
         base, source = _load_base(model_or_path, dtype=dtype, device=device)
@@ -177,11 +193,12 @@ class EarlyExitModel(nn.Module):
                           target_modules=arch.lora_target_modules(base.config, config.lora_target_modules),
                           bias="none", task_type="CAUSAL_LM")
         peft_model = get_peft_model(base, lora)
+        assert isinstance(peft_model, PeftModel)  # not a PeftMixedModel: that takes mixed=True
         heads = ExitHeads(base.config.hidden_size, layers, config.head_init_bias)
         return cls(peft_model, heads, config, source).to(base.device)
 
     @property
-    def base(self) -> nn.Module:
+    def base(self) -> PreTrainedModel:
         """The wrapped ``*ForCausalLM`` (LoRA layers injected in place)."""
         return arch.base_causal_lm(self.peft)
 
@@ -381,7 +398,7 @@ class EarlyExitModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, base: nn.Module | str | None = None, *,
                         dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-                        is_trainable: bool = True) -> "EarlyExitModel":
+                        is_trainable: bool = True) -> EarlyExitModel:
         """Load heads + adapter saved by :meth:`save_pretrained` onto ``base`` (default: the recorded one)."""
         from peft import PeftModel
         from safetensors.torch import load_file
@@ -432,13 +449,19 @@ def _check_exits_from(exits_from: int | torch.Tensor | None, input_ids: torch.Te
     return start.long().expand(B)
 
 
-def _load_base(model_or_path, *, dtype=None, device=None) -> tuple[nn.Module, str]:
+def _load_base(model_or_path: nn.Module | str | os.PathLike, *, dtype: torch.dtype | None = None,
+               device: str | torch.device | None = None) -> tuple[PreTrainedModel, str]:
     """A loaded model is used as is (a multimodal Gemma 3 through its text model); a string is an alias, a
     local path or a hub id."""
+    from transformers import PreTrainedModel
+
     if isinstance(model_or_path, nn.Module):
+        if not isinstance(model_or_path, PreTrainedModel):
+            raise TypeError(f"expected a loaded transformers model (a PreTrainedModel), a path or an alias; got a "
+                            f"{type(model_or_path).__name__}")
         source = getattr(model_or_path.config, "_name_or_path", "") or model_or_path.config.model_type
-        if device is not None:
-            model_or_path = model_or_path.to(device)
+        if device is not None:  # in place; transformers' @wraps(nn.Module.to) is typed as unbound (self first)
+            model_or_path.to(device)  # type: ignore[arg-type]
         return arch.text_causal_lm(model_or_path), source
     from thinkaloud.hub import load_causal_lm
 

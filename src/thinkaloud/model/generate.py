@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +121,7 @@ class KVCache:
             self.k[layer][rows, :, start:end] = k
             self.v[layer][rows, :, start:end] = v
 
-    def view(self, rows: torch.Tensor | None, start: int) -> "_RowView":
+    def view(self, rows: torch.Tensor | None, start: int) -> _RowView:
         return _RowView(self, rows, start)
 
 
@@ -166,7 +166,7 @@ def _sample(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: fl
     probs = F.softmax(logits.float() / temperature, dim=-1)  # (b, V)
     if top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
+        drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest prefix reaching top_p (as HF)
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
@@ -262,7 +262,7 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
     if P > 1:
         h = embed_tokens(input_ids[:, :-1])  # (B, P-1, C)
         pe = arch.position_embeddings(model.peft, h, positions[:, :-1])  # per layer (cos, sin)
-        masks = _masks(key_valid, 0, P - 1, windows, dtype)
+        masks: Mapping[int | None, torch.Tensor | None] = _masks(key_valid, 0, P - 1, windows, dtype)  # per window
         view = cache.view(None, 0)
         for i, layer in enumerate(layers):
             h = arch.call_layer(layer, h, attention_mask=masks[windows[i]], position_ids=positions[:, :-1],
@@ -297,10 +297,11 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
         live = torch.ones(b, dtype=torch.bool, device=device)
         exit_at = torch.full((b,), L, dtype=torch.long, device=device)
         lp_exit = torch.zeros(b, device=device)
-        still = done = None  # row indices; None while every row is live
+        still: torch.Tensor | None = None  # row indices; None while every row is live
+        done: torch.Tensor | None = None
         for i, layer in enumerate(layers):
             j, (cos, sin) = i + 1, pe[i]
-            if done is None:
+            if still is None or done is None:
                 h = arch.call_layer(layer, h, attention_mask=masks[windows[i]], position_ids=pos[:, None],
                                     position_embeddings=(cos, sin), **{cache_kw: cache.view(None, col)})
             elif not still.numel():  # every row has exited: K/V from the frozen states only

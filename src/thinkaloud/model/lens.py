@@ -9,7 +9,7 @@ positions so that memory does not grow with vocab × layers × length.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

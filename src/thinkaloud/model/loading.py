@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,13 +28,16 @@ from thinkaloud.hub import ALIASES, load_tokenizer, looks_like_path
 from thinkaloud.model import arch
 from thinkaloud.model.early_exit import META_FILE, EarlyExitModel
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 RUN_MODEL_DIR = "model"
 
 
 @dataclass
 class Loaded:
     model: EarlyExitModel
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     is_base: bool
     base_name: str
 

@@ -8,7 +8,8 @@ sampled layer by layer at the configured ``offset``, tokens at temperature 1). A
 and its advantage is ``A_i = R_i − mean_{j≠i} R_j`` within its prompt's group. The loss is
 ``−A_i · Σ_t [log p(y_t|ℓ_t) + log P(ℓ_t)] / T_i`` averaged over completions, with the log-probabilities
 recomputed teacher-forced (one forward with the sampled exits prescribed); the LoRA adapter and the
-exit heads take one AdamW step. The maths lives in ``thinkaloud.train.rloo``.
+exit heads take one AdamW step. The maths lives in ``thinkaloud.train.rloo``, the rollouts and their
+log-probabilities in ``thinkaloud.train.rollouts``.
 
 Exactly on-policy. There is one update per batch, sampling uses the model's own distribution
 (temperature 1, no top-p), exits are sampled without any threshold, and the loss forward runs with
@@ -33,6 +34,11 @@ Departures and choices, all deliberate:
   so that a short CPU run moves visibly: with hidden states of large norm, Adam steps of 1e-3 move an
   exit logit by O(1) in a few steps; completions are capped at 64 new tokens (paper: up to 400).
 
+Each step also logs ``base_nll``, the fluency proxy (``thinkaloud.eval.fluency``): the base model's
+negative log-likelihood per token of the step's sampled completions, minus the mean of the reference
+log-probabilities the KL term already computed (no extra pass). With ``eval_every`` each run is also
+evaluated on a fixed set of held-out prompts at step 0 and every few steps (``thinkaloud.train.rl_heldout``).
+
 The environment (prompt stream and scorer) is ``thinkaloud.data.env``; the output folder, merged log,
 figure and step table are ``thinkaloud.train.rl_report``. With ``--resume`` a run continues from its
 latest checkpoint bit-for-bit (single process), and finished runs are skipped.
@@ -49,23 +55,40 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import yaml
 
 from thinkaloud.data.env import Env, Prompt, Scored, TaskEnv
-from thinkaloud.data.prompts import left_pad
-from thinkaloud.data.tasks import DEFAULT_TASK
+from thinkaloud.data.tasks import DEFAULT_TASK, SPLITS
 from thinkaloud.io import atomic_write_json, atomic_write_text
-from thinkaloud.model.generate import GenerationOutput
-from thinkaloud.train.common import (JsonlLog, latest_checkpoint, load_checkpoint, make_optimizer,
-                                    remove_stale_temporaries, save_checkpoint, set_seed)
-from thinkaloud.train.rl_report import (BASE_FILE, FIGURE, LOG_FILE, format_row, print_table, run_dir,
-                                        step_row, step_table, write_outputs)
+from thinkaloud.train.common import (
+    JsonlLog,
+    latest_checkpoint,
+    load_checkpoint,
+    make_optimizer,
+    remove_stale_temporaries,
+    save_checkpoint,
+    set_seed,
+)
+from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FILE, evaluate_heldout_base, log_heldout
+from thinkaloud.train.rl_report import (
+    BASE_FILE,
+    FIGURE,
+    LOG_FILE,
+    format_row,
+    print_table,
+    run_dir,
+    step_row,
+    step_table,
+    write_outputs,
+)
 from thinkaloud.train.rloo import completion_rewards, depth_fraction, kl_estimate, policy_loss, rloo_advantages
+from thinkaloud.train.rollouts import policy_logprobs, reference_logprobs, sample_rollouts
 
 __all__ = ["Env", "Prompt", "RLConfig", "Scored", "TaskEnv", "step_table", "train_rl"]
 
@@ -121,6 +144,10 @@ class RLConfig:
                                                                     "the coherence curve; unset: no coherence"})
     judge_model: str | None = field(default=None, metadata={"help": "judge model name at --judge-url"})
     judge_every: int = field(default=1, metadata={"help": "judge the completions of every N-th step"})
+    eval_every: int = field(default=0, metadata={"help": "evaluate each run on --eval-n fixed held-out prompts at "
+                                                          "step 0, every N steps and the last (0: off): heldout.jsonl"})
+    eval_n: int = field(default=16, metadata={"help": "held-out prompts of --eval-split (greedy tokens)"})
+    eval_split: str = field(default="test", metadata={"help": "split of the held-out prompts (not --split)"})
 
     def __post_init__(self) -> None:
         if self.k < 2:
@@ -128,6 +155,11 @@ class RLConfig:
         for name in ("prompts_per_step", "steps", "runs", "max_new_tokens", "save_every", "judge_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.eval_n < 1 or self.eval_split not in SPLITS:
+            raise ValueError(f"need eval_every >= 0, eval_n >= 1 and eval_split in {SPLITS}, got {self.eval_every}, "
+                             f"{self.eval_n}, {self.eval_split!r}")
+        if self.eval_every and self.eval_split == self.split:
+            raise ValueError(f"eval_split must differ from split {self.split!r}: the held-out prompts are held out")
         if self.base_prompts < 0 or (self.pool is not None and self.pool < 1):
             raise ValueError("base_prompts must be >= 0 and pool >= 1")
         if self.lam < 0 or self.beta < 0:
@@ -140,43 +172,6 @@ class RLConfig:
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         if (self.judge_url is None) != (self.judge_model is None):
             raise ValueError("set both judge_url and judge_model, or neither")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Rollouts and log-probabilities
-
-
-def sample_rollouts(policy, prompts: Sequence[Prompt], env: Env, *, max_new_tokens: int, offset: float,
-                    generator: torch.Generator | None = None) -> GenerationOutput:
-    """One completion per row of ``prompts`` from the early-exit policy (temperature 1, exits sampled)."""
-    ids, mask = left_pad([p.ids for p in prompts], env.pad_token_id, policy.device)
-    return policy.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=True, offset=offset,
-                           stop_token_ids=env.stop_token_ids, pad_token_id=env.pad_token_id, generator=generator)
-
-
-def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """logits (B, N, V), tokens (B, N) → (B, N) log-softmax at the tokens."""
-    return torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
-
-
-def policy_logprobs(model, out: GenerationOutput, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced (B, N) log p(y_t | ℓ_t) and log P(ℓ_t) of a rollout, with gradients.
-
-    ``model`` may be the DDP-wrapped one. Call it in eval mode (dropout off) for the values to equal
-    those recorded at sampling. Exits are confined to the predicting positions, as in generation.
-    """
-    full = model(out.sequences, out.attention_mask, exit_layers=out.full_exit_layers(), offset=offset,
-                 exits_from=out.prompt_length - 1)
-    pos = out.predicting_positions()
-    return _token_logprobs(full.logits[:, pos], out.new_tokens), full.exit_logprobs[:, pos]
-
-
-@torch.no_grad()
-def reference_logprobs(policy, out: GenerationOutput) -> torch.Tensor:
-    """(B, N) log p_ref(y_t) under the base model: the adapter disabled and no exits."""
-    with policy.disable_adapter():
-        full = policy(out.sequences, out.attention_mask, exit_layers=None, offset=-math.inf)
-    return _token_logprobs(full.logits[:, out.predicting_positions()], out.new_tokens)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -193,6 +188,7 @@ class _Context:
     console: Any
     judge: Any
     on_step: Callable[[int, int, dict], None] | None
+    heldout: Env | None = None  # the held-out prompts' environment (eval_every > 0)
 
 
 def rl_run(ctx: _Context, run: int) -> None:
@@ -217,6 +213,11 @@ def rl_run(ctx: _Context, run: int) -> None:
     policy = acc.unwrap_model(model)
     L = policy.num_layers
     log = JsonlLog(folder / LOG_FILE, resume_step=start if cfg.resume else None) if acc.is_main_process else None
+    # held-out rows of step s are written before checkpoint s: keep those up to the checkpoint (none without)
+    heldout_log = (JsonlLog(folder / HELDOUT_FILE, resume_step=(start or -1) if cfg.resume else None)
+                   if acc.is_main_process and ctx.heldout is not None else None)
+    if start == 0:
+        log_heldout(ctx, policy, run, 0, heldout_log)
     warned = False
 
     for step in range(start + 1, cfg.steps + 1):
@@ -229,7 +230,8 @@ def rl_run(ctx: _Context, run: int) -> None:
         # reward: task − λ·depth − β·KL̂, then leave-one-out advantages within each prompt's group
         scored = ctx.env.score(rows, out)
         depth = depth_fraction(out.exit_layers, mask, L)  # (B,)
-        kl = kl_estimate(out.token_logprobs, reference_logprobs(policy, out), mask)  # (B,)
+        ref_lp = reference_logprobs(policy, out)  # (B, N), also the fluency proxy: base NLL = −mean
+        kl = kl_estimate(out.token_logprobs, ref_lp, mask)  # (B,)
         rewards = completion_rewards(scored.reward.to(depth.device), depth, kl, cfg.lam, cfg.beta)  # (B,)
         advantages = rloo_advantages(rewards.view(P, K), cfg.normalize_advantages).flatten()  # (B,)
         # update: recompute the log-probs teacher-forced (they equal the sampled ones), one AdamW step
@@ -246,12 +248,13 @@ def rl_run(ctx: _Context, run: int) -> None:
             warnings.warn(f"step {step}: recomputed log-probs differ from the sampled ones by {err:.2e} "
                           f"(> onpolicy_tol={cfg.onpolicy_tol}); the update is slightly off-policy", stacklevel=2)
             warned = True
-        row = step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err)
+        row = step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err, ref_lp)
         row["coherence"] = _coherence(ctx, rows, scored) if step % cfg.judge_every == 0 else None
         row["seconds"] = round(time.perf_counter() - t0, 3)
-        if acc.is_main_process:
+        if log is not None:  # the main process
             log.write(row)
             ctx.console.print(format_row(row, cfg.runs, cfg.steps), highlight=False, soft_wrap=True)
+        log_heldout(ctx, policy, run, step, heldout_log)
         if step % cfg.save_every == 0 or step == cfg.steps:
             acc.wait_for_everyone()
             if acc.is_main_process:
@@ -288,7 +291,7 @@ def measure_base(ctx: _Context, model) -> dict[str, Any]:
     rows = [p for p in prompts for _ in range(cfg.k)]
     g = torch.Generator(device=model.device).manual_seed(cfg.seed)  # leaves the global RNG alone
     chunk = cfg.prompts_per_step * cfg.k
-    accuracy, lengths, coherence = [], [], []
+    accuracy, lengths, coherence, nll = [], [], [], []
     for s in range(0, len(rows), chunk):
         part = rows[s:s + chunk]
         with model.disable_adapter():
@@ -297,11 +300,13 @@ def measure_base(ctx: _Context, model) -> dict[str, Any]:
         scored = ctx.env.score(part, out)
         accuracy += scored.accuracy.tolist()
         lengths += out.lengths.tolist()
+        nll += (-out.token_logprobs[out.completion_mask]).tolist()  # the base model's own log-probs
         c = _coherence(ctx, part, scored)
         if c is not None:
             coherence.append(c)
     return {"accuracy": sum(accuracy) / len(accuracy), "depth_frac": 1.0, "als": 0.0, "early_exit_rate": 0.0,
             "length": sum(lengths) / len(lengths), "coherence": sum(coherence) / len(coherence) if coherence else None,
+            "base_nll": sum(nll) / len(nll),
             "n": len(rows), "prompts": cfg.base_prompts, "offset": "-inf", "adapter": "disabled"}
 
 
@@ -310,13 +315,14 @@ def measure_base(ctx: _Context, model) -> dict[str, Any]:
 
 
 def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[], Any] | None = None,
-             on_step: Callable[[int, int, dict], None] | None = None) -> Path:
+             on_step: Callable[[int, int, dict], None] | None = None, heldout_env: Env | None = None) -> Path:
     """Run ``config.runs`` RL runs into ``config.out``; returns the output folder.
 
     Python API: ``env`` replaces the task (prompt stream and reward: e.g. a reward on token ids with no
     tokenizer), ``make_model`` replaces loading ``config.model`` (called once per run, and once for the
     base measurement; it must return a fresh ``EarlyExitModel``), ``on_step(run, step, row)`` is
-    called after every step (after its checkpoint, if any).
+    called after every step (after its checkpoint, if any), ``heldout_env`` gives the held-out prompts
+    of ``eval_every`` (default: ``eval_n`` items of the task's ``eval_split``).
     """
     from accelerate import Accelerator
     from rich.console import Console
@@ -348,16 +354,21 @@ def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[
             task = get_task(config.task, lenient=config.lenient_answers)
             env = TaskEnv(task, load_tokenizer(base_name), seed=config.seed, pool=max(pool, config.base_prompts),
                           split=config.split, format_penalty=config.format_penalty)
+            if config.eval_every and heldout_env is None:
+                heldout_env = TaskEnv(task, env.tokenizer, seed=config.seed, pool=config.eval_n,
+                                      split=config.eval_split)
     elif env is None:
         raise ValueError("a custom make_model needs a custom env (no tokenizer to render the task with)")
 
     judge = None
-    if config.judge_url:
+    if config.judge_url and config.judge_model is not None:  # __post_init__: both or neither
         from thinkaloud.eval.judge import OpenAIJudge
 
         judge = OpenAIJudge(config.judge_url, config.judge_model)
     console = Console(stderr=True, log_path=False) if accelerator.is_main_process else Console(quiet=True)
-    ctx = _Context(config, out, env, accelerator, make_model, console, judge, on_step)
+    if config.eval_every and heldout_env is None:
+        raise ValueError("eval_every with a custom env needs a heldout_env (the held-out prompts)")
+    ctx = _Context(config, out, env, accelerator, make_model, console, judge, on_step, heldout_env)
 
     if accelerator.is_main_process:
         console.print(f"RL: {config.model} on {config.task}, λ={config.lam:g}, β={config.beta:g}, K={config.k}, "
@@ -373,6 +384,8 @@ def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[
             atomic_write_json(out / BASE_FILE, base)
             console.print(f"base model: accuracy {base['accuracy']:.3f}, mean length {base['length']:.1f} "
                           f"({base['n']} samples)")
+        if heldout_env is not None and not (out / HELDOUT_BASE_FILE).exists():
+            atomic_write_json(out / HELDOUT_BASE_FILE, evaluate_heldout_base(ctx, make_model().eval()))
     accelerator.wait_for_everyone()
 
     for run in range(config.runs):

@@ -3,24 +3,32 @@
 Layout of an RL output folder (the RL directory of ``thinkaloud.eval.report``):
 
 - ``OUT/log.jsonl``: one row per run and step (``run``, ``step``, ``reward``, ``accuracy``,
-  ``depth_frac``, ``als``, ``early_exit_rate``, ``kl``, ``length``, ``loss``, ``grad_norm``,
-  ``logprob_err``, ``coherence``, ``seconds``); with several runs it is the merge of
+  ``depth_frac``, ``als``, ``early_exit_rate``, ``kl``, ``length``, ``base_nll``, ``loss``,
+  ``grad_norm``, ``logprob_err``, ``coherence``, ``seconds``); with several runs it is the merge of
   ``OUT/run-<r>/log.jsonl``;
 - ``OUT/base.json``: the base model (adapter off, no exits) on the first prompts of the stream;
-- ``OUT/config.yaml``; ``OUT/figures/rl_dynamics.{png,svg}``: accuracy, compute and coherence per step,
-  individual runs, their mean and ±1 SE, and the base model's level;
+- ``OUT/config.yaml``; ``OUT/figures/rl_dynamics.{png,svg}``: accuracy, compute, the fluency proxy and
+  coherence (when judged) per step, individual runs, their mean and ±1 SE, and the base model's level;
+- with ``eval_every``: ``OUT/heldout.jsonl`` (merged like the log), ``OUT/heldout_base.json`` and
+  ``OUT/figures/rl_heldout.{png,svg}``, the same panels on fixed held-out prompts
+  (``thinkaloud.train.rl_heldout``);
 - the model in ``OUT/model`` (one run) or ``OUT/run-<r>/model`` (several), each run with its own
   ``checkpoints/``.
 
 The logged ``depth_frac``, ``als`` and ``early_exit_rate`` are token-weighted over a step's completions
-(the eval metrics).
+(the eval metrics), and so is ``base_nll``: the base model's negative log-likelihood per token of the
+step's completions (the fluency proxy of ``thinkaloud.eval.fluency``), read from the reference
+log-probabilities of the KL term. The completions are sampled at temperature 1, so it sits above the
+NLL of greedy eval responses; compare it across steps and with ``base.json``'s (the base model's own
+samples), not with an eval's.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -29,7 +37,7 @@ from thinkaloud.io import atomic_write_text
 LOG_FILE = "log.jsonl"
 BASE_FILE = "base.json"
 FIGURE = "figures/rl_dynamics"
-TABLE_KEYS = ("reward", "accuracy", "depth_frac", "als", "kl", "length")
+TABLE_KEYS = ("reward", "accuracy", "depth_frac", "als", "kl", "length", "base_nll")
 
 
 def run_dir(out: Path, runs: int, run: int) -> Path:
@@ -48,30 +56,37 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 def write_outputs(out: Path, runs: int, figure: bool = True) -> None:
     """Merge the runs' logs into ``OUT/log.jsonl`` (several runs) and redraw the dynamics figure."""
     from thinkaloud.eval.plots import plot_rl_dynamics, save_figure
+    from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FIGURE, HELDOUT_FILE
 
     out = Path(out)
-    if runs > 1:
-        rows = [r for run in range(runs) for r in read_rows(run_dir(out, runs, run) / LOG_FILE)]
-        atomic_write_text(out / LOG_FILE, "".join(json.dumps(r) + "\n" for r in rows))
-    rows = read_rows(out / LOG_FILE)
-    if rows and figure:
-        base = json.loads((out / BASE_FILE).read_text()) if (out / BASE_FILE).exists() else None
-        save_figure(plot_rl_dynamics(rows, base), out / FIGURE)
+    for log, base_file, figure_path, title in ((LOG_FILE, BASE_FILE, FIGURE, "RL dynamics"),
+                                               (HELDOUT_FILE, HELDOUT_BASE_FILE, HELDOUT_FIGURE,
+                                                "RL dynamics on held-out prompts")):
+        if runs > 1:
+            rows = [r for run in range(runs) for r in read_rows(run_dir(out, runs, run) / log)]
+            if rows or (out / log).exists():
+                atomic_write_text(out / log, "".join(json.dumps(r) + "\n" for r in rows))
+        rows = read_rows(out / log)
+        if rows and figure:
+            base = json.loads((out / base_file).read_text()) if (out / base_file).exists() else None
+            save_figure(plot_rl_dynamics(rows, base, title=title), out / figure_path)
 
 
-def step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err) -> dict[str, Any]:
-    """The log row of a step: completion means and token-weighted exit metrics, summed over processes."""
+def step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err, ref_lp) -> dict[str, Any]:
+    """The log row of a step: completion means and token-weighted exit metrics and base NLL (from the
+    reference log-probs ``ref_lp`` (B, N)), summed over processes."""
     layers = out.exit_layers[mask].float()  # (n_tokens,)
     sums = torch.tensor([
         rewards.numel(), rewards.sum().item(), scored.accuracy.sum().item(), kl.sum().item(),
         out.lengths.sum().item(), loss.item() * rewards.numel(),
-        layers.numel(), (layers / L).sum().item(), (layers < L).sum().item(),
+        layers.numel(), (layers / L).sum().item(), (layers < L).sum().item(), -ref_lp[mask].sum().item(),
     ], dtype=torch.float64, device=acc.device)
     s = acc.reduce(sums, reduction="sum").tolist() if acc.num_processes > 1 else sums.tolist()
     n, tokens = s[0], s[6]
     depth_frac = s[7] / tokens
     return {"run": run, "step": step, "reward": s[1] / n, "accuracy": s[2] / n, "depth_frac": depth_frac,
             "als": 1.0 - depth_frac, "early_exit_rate": s[8] / tokens, "kl": s[3] / n, "length": s[4] / n,
+            "base_nll": s[9] / tokens,
             "loss": s[5] / n, "grad_norm": None if grad_norm is None else float(grad_norm), "logprob_err": err}
 
 
@@ -112,4 +127,5 @@ def format_row(row: dict[str, Any], runs: int, steps: int) -> str:
     coh = f" coh {row['coherence']:.1f}" if row.get("coherence") is not None else ""
     return (f"{run}step {row['step']:>4}/{steps}  reward {row['reward']:+.3f}  acc {row['accuracy']:.2f}  "
             f"depth {row['depth_frac']:.3f}  ALS {100 * row['als']:5.1f}%  exit {100 * row['early_exit_rate']:5.1f}%  "
-            f"KL {row['kl']:+.4f}  len {row['length']:5.1f}{coh}  [dim]{row['seconds']:.1f}s[/dim]")
+            f"KL {row['kl']:+.4f}  len {row['length']:5.1f}  NLL {row['base_nll']:.2f}{coh}  "
+            f"[dim]{row['seconds']:.1f}s[/dim]")

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
@@ -36,15 +36,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from thinkaloud.config import ExitConfig
-from thinkaloud.model.early_exit import EarlyExitModel
 from thinkaloud.data.calibrate import CalibrationRow, load_calibration
 from thinkaloud.io import atomic_write_text
 from thinkaloud.model import arch
+from thinkaloud.model.early_exit import EarlyExitModel
 from thinkaloud.model.exits import exit_targets
 from thinkaloud.model.loading import RUN_MODEL_DIR, default_device, load_model
 from thinkaloud.train import losses
-from thinkaloud.train.common import (JsonlLog, latest_checkpoint, load_checkpoint, make_optimizer,
-                                    remove_stale_temporaries, save_checkpoint, set_seed)
+from thinkaloud.train.common import (
+    JsonlLog,
+    latest_checkpoint,
+    load_checkpoint,
+    make_optimizer,
+    remove_stale_temporaries,
+    save_checkpoint,
+    set_seed,
+)
 
 
 @dataclass
@@ -133,7 +140,7 @@ def sft_loss(model, teacher_logp: torch.Tensor, batch: Batch, config: SFTConfig,
     outcome_layers = torch.tensor(layers + [L], device=batch.kl.device)
     if config.exit_loss == "sample":
         draws = losses.sample_exit_index(log_t.cpu(), config.exit_samples, generator).to(batch.kl.device)  # (S, N)
-        distill, ce = 0.0, 0.0
+        distill, ce = torch.zeros((), device=batch.kl.device), torch.zeros((), device=batch.kl.device)
         for s in range(config.exit_samples):
             exits = torch.full_like(batch.input_ids, L)
             exits[batch.select] = outcome_layers[draws[s]]
@@ -162,7 +169,7 @@ def teacher_logprobs(core, batch: Batch) -> torch.Tensor:
 
 
 def train_sft(config: SFTConfig, console: Console | None = None,
-              on_step: Callable[[int, "EarlyExitModel"], None] | None = None) -> Path:
+              on_step: Callable[[int, EarlyExitModel], None] | None = None) -> Path:
     """Train LoRA + heads on a calibration; returns the run folder (``out/model`` holds the result)."""
     from accelerate import Accelerator
 

@@ -1,5 +1,7 @@
 """The KL-factor sweep: one Stage-1 model per KL factor, each evaluated, with the base model as the
-last row — the paper's table (coherence when a judge is configured, early-exit rate, ALS).
+last row — the paper's table (coherence when a judge is configured, early-exit rate, ALS), with the
+fluency proxies beside coherence (``thinkaloud.eval.fluency``: base-model NLL per token of the responses
+and repeated 4-grams; always measured, no judge needed).
 
 One calibration serves every factor (targets are derived from the stored KLs). Finished stages are
 reused: a factor whose ``kl-<F>/model`` exists is not trained again, an eval with a ``summary.json``
@@ -97,7 +99,10 @@ def sweep(config: SweepConfig, console: Console | None = None) -> list[dict]:
                                 label=label, device=config.device, show=0))
         summary = json.loads((eval_dir / "summary.json").read_text())
         coherence = (summary.get("coherence") or {}).get("mean")
+        fluency = summary.get("fluency") or {}
         rows.append({"label": label, "kl_factor": factor, "coherence": coherence,
+                     "base_nll": fluency.get("base_nll"), "rep4": fluency.get("rep4"),
+                     "distinct2": fluency.get("distinct2"),
                      "early_exit_rate": summary["early_exit_rate"], "als": summary["als"],
                      "accuracy": summary["accuracy"], "tv_distance": summary.get("tv_distance"),
                      "speedup_vs_base": summary.get("speedup_vs_base"), "eval_dir": str(eval_dir)})
@@ -109,12 +114,14 @@ def sweep(config: SweepConfig, console: Console | None = None) -> list[dict]:
 
 def sweep_table(rows: list[dict]) -> Table:
     table = Table(title="KL-factor sweep (paper-style)")
-    for col in ("KL factor", "coherence", "early-exit rate", "ALS", "accuracy", "TV to target", "decode speedup"):
+    for col in ("KL factor", "coherence", "base NLL (proxy)", "rep-4 (proxy)", "early-exit rate", "ALS", "accuracy",
+                "TV to target", "decode speedup"):
         table.add_column(col, justify="right")
     for r in rows:
-        speedup = r.get("speedup_vs_base")
+        speedup, nll, rep4 = r.get("speedup_vs_base"), r.get("base_nll"), r.get("rep4")
         table.add_row(r["label"] if r["kl_factor"] is None else f"{r['kl_factor']:g}",
                       "—" if r["coherence"] is None else f"{r['coherence']:.1f}",
+                      "—" if nll is None else f"{nll:.3f}", "—" if rep4 is None else f"{rep4:.1%}",
                       f"{r['early_exit_rate']:.1%}", f"{r['als']:.1%}", f"{r['accuracy']:.3f}",
                       "—" if r["tv_distance"] is None else f"{r['tv_distance']:.3f}",
                       "—" if speedup is None else f"{speedup:.2f}×")

@@ -25,13 +25,17 @@ from __future__ import annotations
 import inspect
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import nn
 
 from thinkaloud.errors import UserError
 from thinkaloud.model.arch import gemma2, gemma3, gpt_oss, llama, olmo, phi3, qwen3_moe, smollm3
-from thinkaloud.model.arch.family import Family
+from thinkaloud.model.arch.family import Family, HFModule
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 FAMILIES: dict[str, Family] = {f.model_type: f for module in (llama, phi3, gemma2, gemma3, olmo, qwen3_moe, smollm3,
                                                                gpt_oss) for f in module.FAMILIES}
@@ -63,7 +67,7 @@ def check_supported(config) -> str:
     return model_type
 
 
-def text_causal_lm(model: nn.Module) -> nn.Module:
+def text_causal_lm(model: PreTrainedModel) -> PreTrainedModel:
     """A loaded model as the causal LM thinkaloud wraps: a multimodal Gemma 3 → its text model (the same
     modules), anything else unchanged."""
     if getattr(model.config, "model_type", None) in MULTIMODAL and hasattr(model.model, "language_model"):
@@ -75,41 +79,56 @@ def family_of(config) -> Family:
     return FAMILIES[check_supported(config)]
 
 
-def base_causal_lm(model: nn.Module) -> nn.Module:
+def base_causal_lm(model: nn.Module) -> PreTrainedModel:
     """The ``*ForCausalLM`` module, also when wrapped by peft."""
     from peft import PeftModel
+    from transformers import PreTrainedModel
 
     if isinstance(model, PeftModel):
         model = model.get_base_model()
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"expected a transformers causal LM (a PreTrainedModel), got {type(model).__name__}")
     return model
 
 
-def decoder(model: nn.Module) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def _child(parent: nn.Module, name: str, kind: type[M]) -> M:
+    """``parent.<name>``, checked to be a ``kind`` (``nn.Module`` types the attributes it does not declare
+    as ``Tensor | Module``)."""
+    child = getattr(parent, name)
+    if not isinstance(child, kind):
+        raise TypeError(f"{type(parent).__name__}.{name} is a {type(child).__name__}, not a {kind.__name__}")
+    return child
+
+
+def decoder(model: nn.Module) -> PreTrainedModel:
     """The inner decoder (``LlamaModel`` etc.): embeddings, layers, final norm, rotary."""
     return base_causal_lm(model).model
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return decoder(model).layers
+    return _child(decoder(model), "layers", nn.ModuleList)
 
 
 def final_norm(model: nn.Module) -> nn.Module:
-    return decoder(model).norm
+    return _child(decoder(model), "norm", nn.Module)
 
 
-def unembed(model: nn.Module) -> nn.Module:
+def unembed(model: nn.Module) -> nn.Linear:
     """The unembedding matrix (``lm_head``). Read logits out with :func:`readout`, which applies all of the
     model's readout."""
-    return base_causal_lm(model).lm_head
+    return _child(base_causal_lm(model), "lm_head", nn.Linear)
 
 
-def embed(model: nn.Module) -> nn.Module:
+def embed(model: nn.Module) -> nn.Embedding:
     """The token embedding; Gemma's module scales by √C itself, as in the HF forward."""
-    return decoder(model).embed_tokens
+    return _child(decoder(model), "embed_tokens", nn.Embedding)
 
 
 def rotary(model: nn.Module) -> nn.Module:
-    return decoder(model).rotary_emb
+    return _child(decoder(model), "rotary_emb", nn.Module)
 
 
 def num_layers(model: nn.Module) -> int:
@@ -197,7 +216,7 @@ def kv_spec(config) -> _KVSpec:
 
 
 def frozen_kv(
-    layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    layer: HFModule, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V that ``layer`` writes for tokens whose stream is frozen at ``hidden``.
 

@@ -21,36 +21,40 @@ by the family's own HF modules, which thinkaloud calls and never copies.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any
 
 import torch
-from torch import nn
 
 KV = tuple[torch.Tensor, torch.Tensor]
+HFModule = Any
+"""A decoder layer or attention module of a Hugging Face model, read by the family's attribute names
+(``self_attn.k_proj``, ``input_layernorm``, ``head_dim`` …). Any on purpose: the names differ per family,
+and ``nn.Module`` types every attribute it does not declare as ``Tensor | Module``."""
 
 
-def _always(layer: nn.Module) -> bool:
+def _always(layer: HFModule) -> bool:
     return True
 
 
 @dataclass(frozen=True)
 class Family:
     model_type: str
-    kv: Callable[[nn.Module, torch.Tensor], KV]
+    kv: Callable[[HFModule, torch.Tensor], KV]
     sliding_windows: Callable[[object], list[int | None]]
-    uses_rope: Callable[[nn.Module], bool] = _always
+    uses_rope: Callable[[HFModule], bool] = _always
     rope_by_layer_type: bool = False
     final_logit_softcapping: bool = False
     lora_names: Mapping[str, str] = field(default_factory=dict)
 
 
-def heads(x: torch.Tensor, attn: nn.Module) -> torch.Tensor:
+def heads(x: torch.Tensor, attn: HFModule) -> torch.Tensor:
     """(b, t, H·D) → (b, t, H, D) with the attention module's head size."""
     return x.view(*x.shape[:-1], -1, attn.head_dim)
 
 
-def kv_after_input_norm(layer: nn.Module, hidden: torch.Tensor) -> KV:
+def kv_after_input_norm(layer: HFModule, hidden: torch.Tensor) -> KV:
     """Llama-style: input RMSNorm, then ``k_proj`` and ``v_proj`` (with their biases, where the family has
     them). hidden (b, t, C) → k, v (b, t, H_kv, D)."""
     attn = layer.self_attn
@@ -58,7 +62,7 @@ def kv_after_input_norm(layer: nn.Module, hidden: torch.Tensor) -> KV:
     return heads(attn.k_proj(x), attn), heads(attn.v_proj(x), attn)
 
 
-def kv_with_head_key_norm(layer: nn.Module, hidden: torch.Tensor) -> KV:
+def kv_with_head_key_norm(layer: HFModule, hidden: torch.Tensor) -> KV:
     """As :func:`kv_after_input_norm`, then an RMSNorm over each key head (Qwen3, Qwen3-MoE, Gemma 3)."""
     k, v = kv_after_input_norm(layer, hidden)
     return layer.self_attn.k_norm(k), v

@@ -12,12 +12,17 @@ A multimodal Gemma 3 (``Gemma3ForConditionalGeneration``) is used through its te
 logits. The vision tower stays loaded but unused.
 """
 
+from __future__ import annotations
+
 import copy
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from thinkaloud.model.arch.family import Family, kv_with_head_key_norm, windows_by_layer_type
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 FAMILIES = [
     Family("gemma3_text", kv=kv_with_head_key_norm, sliding_windows=windows_by_layer_type, rope_by_layer_type=True,
@@ -25,7 +30,7 @@ FAMILIES = [
 ]
 
 
-def text_causal_lm(model: nn.Module) -> nn.Module:
+def text_causal_lm(model: PreTrainedModel) -> PreTrainedModel:
     """A ``Gemma3ForConditionalGeneration`` → a ``Gemma3ForCausalLM`` on the same modules (no copies)."""
     from transformers import Gemma3ForCausalLM
 

@@ -5,8 +5,14 @@ apply themselves. Qwen3 normalises each key head (``k_norm``) before the rotary 
 windows every layer; Qwen2/Qwen3 window the layers that ``layer_types`` marks.
 """
 
-from thinkaloud.model.arch.family import (Family, kv_after_input_norm, kv_with_head_key_norm, no_windows,
-                                          window_on_every_layer, windows_by_layer_type)
+from thinkaloud.model.arch.family import (
+    Family,
+    kv_after_input_norm,
+    kv_with_head_key_norm,
+    no_windows,
+    window_on_every_layer,
+    windows_by_layer_type,
+)
 
 FAMILIES = [
     Family("llama", kv=kv_after_input_norm, sliding_windows=no_windows),

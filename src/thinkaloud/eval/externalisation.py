@@ -1,0 +1,90 @@
+"""The externalisation measures as eval measures: reliance, future lens, fluency proxies.
+
+``thinkaloud eval --measures reliance,lens,fluency`` selects them (``EvalConfig.measures``); each one
+reads the eval's own generations (``EvalContext.responses``: prompt ids, generated ids and recorded
+exits per item) and writes
+
+- in ``summary.json``: ``"reliance"`` (``thinkaloud.eval.reliance.early_answering``: agreement per
+  fraction of the reasoning shown, area over the curve, accuracy at f = 0 and f = 1), ``"lens"``
+  (``thinkaloud.eval.lens.future_lens``: the layer × k table of held-out top-1 accuracies) and
+  ``"fluency"`` (``thinkaloud.eval.fluency.fluency``: base-model NLL per token, repeated 4-grams,
+  distinct bigrams — proxies, no judge), each with its wall time in ``"seconds"``;
+- in every record of ``records.jsonl``: the same three keys with the measure's per-response fields.
+
+A measure that is off writes ``null`` in both places (one schema). The future lens needs three
+responses with more than three tokens (fit, validation, held out); with fewer it writes
+``{"skipped": reason}``. The short answers of early answering are written like the eval's own tokens:
+greedy, exits sampled at the eval's offset (none for a base model), seeded with the eval's seed.
+
+Default: ``fluency`` only (``DEFAULT_MEASURES``), chosen by cost. Measured with
+``benchmarks/measures.py`` (SmolLM2-135M base on ``tom``, n = 32, up to 96 new tokens, 2 CPU cores
+shared with other jobs): eval generation 326 s; reliance 266 s (0.82×), future lens 294 s (0.90×),
+fluency 115 s (0.35×) — reliance + lens 1.72×, over the goal of ≤ 1× the eval's own time, so they are
+opt-in (``--measures reliance,lens,fluency``). Early answering re-reads prompt + cut reasoning for each
+distinct cut (``model.generate`` has no prefix cache), so it is prefill-bound on a CPU; the lens reads
+the vocabulary out (m + 1) · (K + 1) times per held-out token. On a GPU, where the eval's token-by-token
+decoding dominates, both are cheap.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from thinkaloud.eval.fluency import fluency
+from thinkaloud.eval.lens import future_lens
+from thinkaloud.eval.measures import EvalContext, MeasureResult
+from thinkaloud.eval.reliance import early_answering, model_answerer
+
+MEASURES = ("reliance", "lens", "fluency")
+DEFAULT_MEASURES = ("fluency",)
+
+
+def check_measures(names: list[str]) -> None:
+    """Raise ValueError for an unknown or repeated measure name."""
+    unknown = [n for n in names if n not in MEASURES]
+    if unknown:
+        raise ValueError(f"unknown measure(s) {unknown}; known: {', '.join(MEASURES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"measures listed twice: {names}")
+
+
+def _run(name: str, ctx: EvalContext, compute: Callable[[], tuple[dict[str, Any], Sequence[dict[str, Any] | None]]]
+         ) -> MeasureResult:
+    """Nulls when ``name`` is off, else the measure's summary (+ "seconds") and per-record fields."""
+    if name not in ctx.config.measures:
+        return MeasureResult({name: None}, [{name: None} for _ in ctx.records])
+    t0 = time.perf_counter()
+    with ctx.console.status(f"{name} on {len(ctx.records)} responses…"):
+        summary, records = compute()
+    summary = {**summary, "seconds": round(time.perf_counter() - t0, 3)}
+    return MeasureResult({name: summary}, [{name: r} for r in records])
+
+
+def reliance_measure(ctx: EvalContext) -> MeasureResult:
+    """Early answering (Lanham et al. 2023) with the eval's model, offset and seed."""
+    loaded, config = ctx.loaded, ctx.config
+    answerer = model_answerer(loaded.model, loaded.tokenizer, offset=ctx.offset, batch_size=config.batch_size,
+                              seed=config.seed)
+    return _run("reliance", ctx, lambda: early_answering(ctx.task, ctx.responses, loaded.tokenizer, answerer))
+
+
+def lens_measure(ctx: EvalContext) -> MeasureResult:
+    """The linear future lens (Pal et al. 2023) on the eval's responses with their recorded exits."""
+    def compute() -> tuple[dict[str, Any], Sequence[dict[str, Any] | None]]:
+        try:
+            return future_lens(ctx.loaded.model, ctx.responses)
+        except ValueError as e:  # too few or too short responses to fit and hold out
+            ctx.console.print(f"[yellow]future lens skipped: {e}")
+            return {"skipped": str(e)}, [None] * len(ctx.records)
+
+    return _run("lens", ctx, compute)
+
+
+def fluency_measure(ctx: EvalContext) -> MeasureResult:
+    """Base-model NLL and repetition of the eval's responses (proxies; no judge)."""
+    return _run("fluency", ctx, lambda: fluency(ctx.loaded.model, ctx.responses))
+
+
+EXTERNALISATION_MEASURES = [reliance_measure, lens_measure, fluency_measure]

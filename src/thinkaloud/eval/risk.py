@@ -1,0 +1,406 @@
+"""The ``risk`` job: choose the exit offset with a distribution-free risk guarantee (Learn-then-Test).
+
+``choose_offset(RiskConfig)`` picks the most aggressive offset whose risk is at most ε with probability
+at least 1 − δ over the draw of the calibration items (Angelopoulos et al. 2021; CALM, Schuster et al.
+2022, did this for early-exit thresholds):
+
+1. the model's lineage gives the default task; ``n`` calibration items of ``split`` and ``val_n``
+   validation items of ``val_split`` (disjoint: splits are fixed by a hash of the question). Items the
+   model was trained on are refused, as in eval;
+2. the model's own full-depth greedy rollouts of the items (adapter on, exits off: offset −∞);
+3. per offset of ``LO:HI:STEP``, ascending (the most conservative first), one loss in [0, 1] per item
+   (below) and the exits taken → mean ALS, early-exit rate and FLOP savings, as in eval;
+4. ``thinkaloud.eval.ltt.learn_then_test``: Hoeffding–Bentkus p-values of H: R(o) > ε, fixed-sequence
+   testing at δ → the last offset accepted before the first failure, or none ("exits off");
+5. validation: the same risk on the validation items at the chosen offset, its realised value;
+6. ``DIR/risk.json``, ``DIR/risk.png`` (+ ``.svg``); with ``save``, the offset and how it was chosen in
+   the model folder's ``thinkaloud.json`` (``thinkaloud.model.recorded``), which eval and
+   ``EarlyExitModel.generate`` then use when no offset is given.
+
+Risks, per item:
+
+- ``token`` (default): the rollout is teacher-forced at full depth and with exits *sampled* at offset o
+  (Bernoulli at each exit layer; an exited position gives later ones the K/V of its frozen state, as in
+  generation). The loss is the fraction of completion tokens (the stop token included) whose top-1 token
+  differs between the two. Sampled, not the exact expectation over exit layers: with exits in the
+  context, a position's distribution depends on the exits drawn before it, so the expectation has no
+  single-pass form. The risk is the mean over items *and* exit draws, and LTT holds for it as is (items
+  stay i.i.d.). One draw per item, with the same seed at every offset (common random numbers: the
+  losses of neighbouring offsets are coupled, the risk curve is smooth). It measures step-wise
+  fidelity on the full-depth text; ALS and FLOP savings here are those of the teacher-forced exits.
+- ``answer``: 1 if the final answer (the task's strict extractor) of a greedy generation with exits
+  sampled at o differs from that of the full-depth generation, else 0; "no answer" is a value, so two
+  missing answers agree. A generation per offset, batched; 0/1 losses get the exact binomial tail.
+
+What the guarantee covers: new items of the same task and split, generated greedily up to the same
+``max_new_tokens``, by the same weights. It says nothing about another task or distribution, another
+generation length (token risk averages over the first K tokens; answers change with K), sampled
+tokens, or retrained weights (a recorded offset is dropped when the weights change). It bounds the
+disagreement with the model's own full depth, not the error of either.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from thinkaloud.data.prompts import encode_prompts
+from thinkaloud.data.tasks import DEFAULT_TASK, SPLITS, Item, Task, get_task
+from thinkaloud.errors import UserError, as_user_errors
+from thinkaloud.eval import metrics
+from thinkaloud.eval.lineage import check_no_leakage, lineage
+from thinkaloud.eval.ltt import learn_then_test
+from thinkaloud.eval.measures import progress
+from thinkaloud.io import atomic_write_json
+from thinkaloud.model.generate import GenerationOutput
+from thinkaloud.model.loading import Loaded, default_device, load_model, saved_model_dir
+from thinkaloud.model.recorded import describe_record, record_offset, recorded_value
+
+RISKS = {
+    "token": "per item, the fraction of completion tokens whose top-1 token with exits sampled at the offset differs "
+             "from the full-depth top-1, teacher-forced on the model's own full-depth greedy rollout",
+    "answer": "per item, 1 if the final answer of a greedy generation with exits sampled at the offset differs from "
+              "the full-depth greedy generation's answer, else 0",
+}
+GUARANTEE = ("with probability >= 1 - delta over the calibration items, the risk at the chosen offset is <= epsilon "
+             "on new items of the same task and split, at the same max-new-tokens, with these weights; not on "
+             "another task or distribution, nor at another generation length")
+MAX_OFFSETS = 200
+
+
+def parse_offsets(spec: str) -> list[float]:
+    """``"LO:HI:STEP"`` → [LO, LO + STEP, …, HI] (HI included when on the grid), ascending."""
+    parts = spec.split(":")
+    try:
+        lo, hi, step = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"offsets must be LO:HI:STEP with numbers (e.g. -4:8:1), got {spec!r}") from None
+    if not all(math.isfinite(x) for x in (lo, hi, step)) or step <= 0 or hi < lo:
+        raise ValueError(f"offsets LO:HI:STEP need finite LO <= HI and STEP > 0, got {spec!r}")
+    count = math.floor((hi - lo) / step + 1e-9) + 1
+    if count > MAX_OFFSETS:
+        raise ValueError(f"offsets {spec!r} give {count} offsets; at most {MAX_OFFSETS} (use a larger STEP)")
+    return [round(lo + i * step, 9) for i in range(count)]
+
+
+@dataclass
+class RiskConfig:
+    """Choose the most aggressive exit offset whose risk is <= ε with probability >= 1 − δ (Learn-then-Test)."""
+
+    model: str = field(metadata={"help": "a run folder, a saved early-exit model, or a base model (fresh heads)"})
+    out: str = field(metadata={"help": "output directory (risk.json, risk.png)"})
+    epsilon: float = field(metadata={"help": "target risk ε in (0, 1)"})
+    delta: float = field(default=0.1, metadata={"help": "allowed failure probability δ in (0, 1)"})
+    risk: str = field(default="token", metadata={
+        "help": "token: share of completion tokens whose top-1 differs from full depth (teacher-forced); "
+                "answer: the final answer differs from full depth's"})
+    task: str | None = field(default=None, metadata={
+        "help": f"task spec (default: the run's training task, else {DEFAULT_TASK})"})
+    n: int = field(default=64, metadata={"help": "calibration items"})
+    split: str = field(default="validation", metadata={"help": f"calibration split, one of {', '.join(SPLITS)}"})
+    val_n: int | None = field(default=None, metadata={"help": "validation items (default: n)"})
+    val_split: str = field(default="test", metadata={"help": "validation split, disjoint from --split"})
+    offsets: str = field(default="-4:8:1", metadata={
+        "help": "offsets LO:HI:STEP, tested from LO up (write --offsets=-4:8:1 when LO is negative)"})
+    max_new_tokens: int = field(default=128, metadata={"help": "generation budget per item; the guarantee is "
+                                                               "for this budget"})
+    batch_size: int = field(default=8, metadata={"help": "items per forward pass / generation"})
+    seed: int = field(default=0, metadata={"help": "selects the items and seeds the exit sampling"})
+    save: bool = field(default=False, metadata={
+        "help": "record the chosen offset in the model folder's thinkaloud.json (eval and generation use it "
+                "when no offset is given)"})
+    device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available, else cpu)"})
+
+    def __post_init__(self) -> None:
+        for name in ("epsilon", "delta"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie strictly between 0 and 1, got {getattr(self, name)}")
+        if self.risk not in RISKS:
+            raise ValueError(f"risk must be one of {', '.join(RISKS)}, got {self.risk!r}")
+        for name in ("n", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.val_n is not None and self.val_n < 1:
+            raise ValueError(f"val_n must be >= 1, got {self.val_n}")
+        for name in ("split", "val_split"):
+            if getattr(self, name) not in SPLITS:
+                raise ValueError(f"{name} must be one of {SPLITS}, got {getattr(self, name)!r}")
+        if self.split == self.val_split:
+            raise ValueError(f"the validation split must differ from the calibration split ({self.split!r})")
+        parse_offsets(self.offsets)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Losses
+
+
+@dataclass
+class Rollouts:
+    """Full-depth greedy generations of some items, in batches, with what every risk compares against."""
+
+    items: list[Item]
+    batches: list[GenerationOutput]
+    top1: list[torch.Tensor]  # per batch (b, N): full-depth top-1 at the positions predicting the new tokens
+    answers: list[str | None]  # per item: the full-depth final answer
+
+
+@dataclass
+class OffsetStats:
+    losses: list[float]  # per item, in [0, 1]
+    layers: list[list[int]]  # per item: the exit layer of each completion token
+    context: list[list[int]]  # per item: the context length each token attended to
+
+    def summary(self, model) -> dict[str, float]:
+        L = model.num_layers
+        return {"als": metrics.average_layer_savings(self.layers, L),
+                "early_exit_rate": metrics.early_exit_rate(self.layers, L),
+                "flop_savings": metrics.flop_savings(self.layers, context=self.context,
+                                                     **metrics.model_dims(model.hf_config))}
+
+
+def _answers(loaded: Loaded, task: Task, gen: GenerationOutput) -> list[str | None]:
+    texts = loaded.tokenizer.batch_decode([gen.new_tokens[i, :int(gen.lengths[i])].tolist()
+                                           for i in range(len(gen.lengths))], skip_special_tokens=True)
+    return [task.extract_answer(text) for text in texts]
+
+
+def _per_item(gen: GenerationOutput, layers: torch.Tensor) -> tuple[list[list[int]], list[list[int]]]:
+    """(b, N) exit layers of the new tokens → per item the layers and the context lengths, padding dropped."""
+    real_prompt = gen.attention_mask[:, :gen.prompt_length].sum(-1).tolist()
+    out_layers, out_context = [], []
+    for i, n in enumerate(gen.lengths.tolist()):
+        out_layers.append(layers[i, :n].tolist())
+        out_context.append([int(real_prompt[i]) + k for k in range(n)])
+    return out_layers, out_context
+
+
+@torch.no_grad()
+def rollouts(loaded: Loaded, task: Task, items: list[Item], *, max_new_tokens: int, batch_size: int,
+             device: str) -> Rollouts:
+    """Greedy generations at full depth (offset −∞, adapter on) and their teacher-forced top-1 tokens."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    batches, top1, answers = [], [], []
+    for s in range(0, len(items), batch_size):
+        prompts = [task.prompt(item, tokenizer) for item in items[s:s + batch_size]]
+        ids, mask = encode_prompts(tokenizer, prompts, device)  # (b, P) each
+        gen = model.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=False, offset=-math.inf,
+                             pad_token_id=tokenizer.pad_token_id)
+        logits = model(gen.sequences, gen.attention_mask, exit_layers=None).logits  # (b, P+N, V)
+        batches.append(gen)
+        top1.append(logits[:, gen.predicting_positions()].argmax(-1))  # (b, N)
+        answers += _answers(loaded, task, gen)
+    return Rollouts(items, batches, top1, answers)
+
+
+@torch.no_grad()
+def token_stats(model, roll: Rollouts, offset: float, seed: int) -> OffsetStats:
+    """Token risk at ``offset``: per item, the share of completion tokens whose top-1 token with sampled exits
+    differs from the full-depth top-1 (both teacher-forced on the full-depth rollout)."""
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    stats = OffsetStats([], [], [])
+    for gen, ref in zip(roll.batches, roll.top1):
+        out = model(gen.sequences, gen.attention_mask, exit_layers="sample", offset=offset, generator=generator,
+                    exits_from=gen.prompt_length - 1)
+        sl = gen.predicting_positions()
+        top = out.logits[:, sl].argmax(-1)  # (b, N)
+        completion = gen.completion_mask  # (b, N)
+        differ = ((top != ref) & completion).sum(-1).double() / completion.sum(-1)  # (b,)
+        stats.losses += differ.tolist()
+        layers, context = _per_item(gen, out.exit_layers[:, sl])
+        stats.layers += layers
+        stats.context += context
+    return stats
+
+
+@torch.no_grad()
+def answer_stats(loaded: Loaded, task: Task, roll: Rollouts, offset: float, seed: int,
+                 max_new_tokens: int) -> OffsetStats:
+    """Answer risk at ``offset``: per item, 1 if a greedy generation with sampled exits answers differently
+    from the full-depth generation."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    stats, k = OffsetStats([], [], []), 0
+    for ref in roll.batches:
+        P = ref.prompt_length
+        gen = model.generate(ref.sequences[:, :P], ref.attention_mask[:, :P], max_new_tokens=max_new_tokens,
+                             do_sample=False, offset=offset, pad_token_id=tokenizer.pad_token_id, generator=generator)
+        for answer in _answers(loaded, task, gen):
+            stats.losses.append(float(answer != roll.answers[k]))
+            k += 1
+        layers, context = _per_item(gen, gen.exit_layers)
+        stats.layers += layers
+        stats.context += context
+    return stats
+
+
+def offset_stats(loaded: Loaded, task: Task, roll: Rollouts, offset: float, config: RiskConfig) -> OffsetStats:
+    if config.risk == "token":
+        return token_stats(loaded.model, roll, offset, config.seed)
+    return answer_stats(loaded, task, roll, offset, config.seed, config.max_new_tokens)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The job
+
+
+def choose_offset(config: RiskConfig) -> dict[str, Any]:
+    """Run the job described in the module docstring; returns what ``risk.json`` holds."""
+    start = time.perf_counter()
+    console = Console()
+    out, device = Path(config.out), config.device or default_device()
+    offsets = parse_offsets(config.offsets)
+    origin = lineage(config.model)
+    for note in origin.notes:
+        console.print(f"[yellow]{note}")
+    save_dir = saved_model_dir(config.model) if config.save else None
+    if config.save and save_dir is None:
+        raise UserError(f"--save needs a run or saved model folder; {config.model} is a base model, with no trained "
+                        "exit heads to record an offset for")
+    task_spec = config.task or origin.task or DEFAULT_TASK
+    with as_user_errors(ValueError, OSError):  # e.g. a task file without the validation split
+        task = get_task(task_spec)
+        items = task.items(config.n, seed=config.seed, split=config.split)
+        val_items = task.items(config.val_n or config.n, seed=config.seed, split=config.val_split)
+    for some_items in (items, val_items):
+        unchecked = check_no_leakage(origin.calib, some_items, what=f"{config.model} was trained on")
+        if unchecked:
+            console.print(f"[yellow]{unchecked}")
+
+    with console.status(f"loading {config.model}…"):
+        loaded = load_model(config.model, device=device)
+    if loaded.is_base:
+        console.print(f"[yellow]{config.model} is a base model: its fresh exit heads exit with the same probability "
+                      "everywhere (σ(bias + offset))")
+    model = loaded.model
+    gen_args: dict[str, Any] = {"max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
+                                "device": device}
+    with progress(console) as bars:
+        bar = bars.add_task(f"{config.risk} risk per offset", total=len(offsets) + 1)
+        roll = rollouts(loaded, task, items, **gen_args)
+        bars.advance(bar)
+        per_offset = []
+        for offset in offsets:
+            per_offset.append(offset_stats(loaded, task, roll, offset, config))
+            bars.advance(bar)
+    ltt = learn_then_test([s.losses for s in per_offset], config.epsilon, config.delta,
+                          binary=config.risk == "answer")
+    chosen = None if ltt.chosen is None else offsets[ltt.chosen]
+
+    if chosen is None:
+        validation = {"offset": None, "risk": 0.0, "als": 0.0, "early_exit_rate": 0.0, "flop_savings": 0.0,
+                      "note": "no offset accepted: exits off, identical to full depth"}
+    else:
+        with console.status(f"validation on {len(val_items)} {config.val_split} items…"):
+            val_stats = offset_stats(loaded, task, rollouts(loaded, task, val_items, **gen_args), chosen, config)
+        validation = {"offset": chosen, "risk": math.fsum(val_stats.losses) / len(val_stats.losses),
+                      **val_stats.summary(model)}
+    result: dict[str, Any] = {
+        "model": config.model, "task": task_spec, "risk": config.risk, "risk_definition": RISKS[config.risk],
+        "epsilon": config.epsilon, "delta": config.delta, "n": len(items), "split": config.split, "seed": config.seed,
+        "max_new_tokens": config.max_new_tokens, "num_layers": model.num_layers, "exit_layers": list(model.layers),
+        "p_value": "Hoeffding-Bentkus" + (" (0/1 losses: exact binomial tail)" if config.risk == "answer" else ""),
+        "testing": "fixed sequence, offsets ascending (most conservative first), stop at the first non-rejection",
+        "chosen_offset": chosen, "exits_off": chosen is None, "accepted": offsets[:ltt.rejected],
+        "first_failure": offsets[ltt.rejected] if ltt.rejected < len(offsets) else None,
+        "offsets": [{"offset": o, "risk": r, "p_value": p, "accepted": j < ltt.rejected, "tested": j <= ltt.rejected,
+                     **s.summary(model)}
+                    for j, (o, r, p, s) in enumerate(zip(offsets, ltt.risks, ltt.p_values, per_offset))],
+        "validation": {"split": config.val_split, "n": len(val_items), **validation},
+        "guarantee": GUARANTEE, "saved_to": None, "seconds": None,
+    }
+    if save_dir is not None:
+        record_offset(save_dir, chosen, {
+            "risk": config.risk, "epsilon": config.epsilon, "delta": config.delta, "task": task_spec,
+            "split": config.split, "n": len(items), "seed": config.seed, "max_new_tokens": config.max_new_tokens,
+            "validation_risk": validation["risk"], "validation_n": len(val_items)})
+        result["saved_to"] = str(save_dir)
+    result["seconds"] = time.perf_counter() - start
+    atomic_write_json(out / "risk.json", result)
+    _plot(result, out / "risk")
+    _print(console, result, out)
+    return result
+
+
+def _plot(result: dict[str, Any], path_without_ext: Path) -> None:
+    """Risk (left axis) and ALS (right axis) against the offset, ε and the choice marked."""
+    from matplotlib.figure import Figure
+
+    from thinkaloud.eval.plots import MODEL_COLOR, save_figure
+
+    rows = result["offsets"]
+    x = [r["offset"] for r in rows]
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(x, [r["risk"] for r in rows], "o-", color=MODEL_COLOR, label=f"{result['risk']} risk (empirical)")
+    ax.axhline(result["epsilon"], color="firebrick", linestyle="--", label=f"ε = {result['epsilon']:g}")
+    if result["chosen_offset"] is not None:
+        ax.axvline(result["chosen_offset"], color="black", linestyle=":",
+                   label=f"chosen offset {result['chosen_offset']:g} (δ = {result['delta']:g})")
+    ax.set_xlabel("offset (added to every exit logit)")
+    ax.set_ylabel(f"{result['risk']} risk")
+    ax.set_ylim(bottom=0)
+    twin = ax.twinx()
+    twin.plot(x, [r["als"] for r in rows], "s-", color="seagreen", alpha=0.7, label="ALS")
+    twin.set_ylabel("average layer savings (ALS)")
+    twin.set_ylim(0, 1)
+    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper left", fontsize="small")
+    title = "no offset accepted: exits off" if result["chosen_offset"] is None else "risk-controlled offset"
+    ax.set_title(f"{title} · {result['task']} · n = {result['n']}")
+    save_figure(fig, path_without_ext)
+
+
+def _print(console: Console, result: dict[str, Any], out: Path) -> None:
+    table = Table(title=f"{result['risk']} risk per offset (ε = {result['epsilon']:g}, δ = {result['delta']:g}, "
+                        f"n = {result['n']})")
+    for header in ("offset", "risk", "p-value", "accepted", "ALS", "FLOP savings"):
+        table.add_column(header, justify="right")
+    for r in result["offsets"]:
+        verdict = "yes" if r["accepted"] else ("no" if r["tested"] else "not tested")
+        table.add_row(f"{r['offset']:g}", f"{r['risk']:.3f}", f"{r['p_value']:.3g}", verdict,
+                      f"{r['als']:.1%}", f"{r['flop_savings']:.1%}")
+    console.print(table)
+    val = result["validation"]
+    if result["chosen_offset"] is None:
+        console.print("[yellow]no offset accepted: the answer is exits off (offset −∞)")
+    else:
+        row = next(r for r in result["offsets"] if r["offset"] == result["chosen_offset"])
+        console.print(f"chosen offset [bold]{result['chosen_offset']:g}[/]: ALS {row['als']:.1%}, FLOP savings "
+                      f"{row['flop_savings']:.1%}; validation ({val['split']}, n = {val['n']}): risk {val['risk']:.3f}")
+    if result["saved_to"]:
+        console.print(f"recorded in {result['saved_to']}/thinkaloud.json: eval and generation use it when no offset "
+                      "is given")
+    console.print(f"wrote {out / 'risk.json'} and {out / 'risk.png'} ({result['seconds']:.0f} s)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The offset eval generates with
+
+
+def eval_offset(requested: float | None, loaded: Loaded, task: str,
+                max_new_tokens: int) -> tuple[float, str, list[str]]:
+    """(offset, where it comes from, notes) for an eval: the given one, else the one recorded with the model
+    (noting a task or generation length other than the guarantee's), else 0; a base model never exits."""
+    if loaded.is_base:
+        ignored = requested is not None and requested != -math.inf
+        notes = [f"a base model has no trained exit heads: offset {requested:g} is ignored"] if ignored else []
+        return -math.inf, "base model: no exits", notes
+    if requested is not None:
+        return float(requested), "given", []
+    entry = loaded.model.risk_control
+    if entry is None:
+        return 0.0, "default 0 (no offset recorded with the model)", []
+    notes = []
+    if entry.get("task") != task:
+        notes.append(f"the recorded offset's guarantee is for {entry.get('task')}, not {task}: it does not carry over")
+    if entry.get("max_new_tokens") != max_new_tokens:
+        notes.append(f"the recorded offset's guarantee is for max-new-tokens {entry.get('max_new_tokens')}, not "
+                     f"{max_new_tokens}: it does not carry over to another generation length")
+    return recorded_value(entry), f"recorded with the model, {describe_record(entry)}", notes

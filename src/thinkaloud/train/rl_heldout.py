@@ -1,0 +1,103 @@
+"""Held-out evaluation during RL: a fixed set of prompts, evaluated at step 0 and every few steps.
+
+The training batches of an RL step are a few fresh prompts, sampled at temperature 1: their accuracy
+is noisy and never about the same questions twice. With ``RLConfig.eval_every = N > 0`` every run
+also evaluates its policy on the same ``eval_n`` prompts of ``eval_split`` (default ``test``: disjoint
+by content from the training split) at step 0 (the starting model, before any update), every N steps
+and at the last step: greedy tokens, exits sampled at the run's offset with a generator of its own
+(seeded with the run's seed), so the training's random stream is untouched and a resumed run stays
+bit-for-bit the same. Per evaluation one row:
+
+    {"run", "step", "n", "accuracy", "depth_frac", "als", "early_exit_rate", "length", "base_nll",
+     "prompt_accuracy": [per prompt], "prompt_depth_frac": [per prompt, its tokens' mean]}
+
+in ``OUT/heldout.jsonl`` (per run ``OUT/run-<r>/heldout.jsonl``, merged like ``log.jsonl``).
+``base_nll`` is the fluency proxy of ``thinkaloud.eval.fluency``: the base model's negative
+log-likelihood per token of the completions (adapter off, no exits), token-weighted like the exit
+metrics. ``OUT/heldout_base.json`` holds the base model (adapter off, no exits, greedy) on the same
+prompts, the dashed level in the figure (``figures/rl_heldout``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from thinkaloud.data.env import Env, Prompt
+from thinkaloud.data.prompts import left_pad
+from thinkaloud.eval.fluency import response_nll
+from thinkaloud.eval.responses import chunked, from_generation
+
+HELDOUT_FILE = "heldout.jsonl"
+HELDOUT_BASE_FILE = "heldout_base.json"
+HELDOUT_FIGURE = "figures/rl_heldout"
+BATCH = 16  # held-out prompts generated together
+
+
+def due(step: int, every: int, last: int) -> bool:
+    """Whether step ``step`` is evaluated: 0, every ``every`` steps and the last (never when every is 0)."""
+    return every > 0 and (step % every == 0 or step == last)
+
+
+@torch.no_grad()
+def evaluate_policy(policy, env: Env, prompts: Sequence[Prompt], *, max_new_tokens: int, offset: float, seed: int,
+                    batch_size: int, base: bool = False) -> dict[str, Any]:
+    """Greedy completions of ``prompts`` by ``policy`` (exits sampled at ``offset``; ``base``: adapter off
+    and no exits) → {"n", "accuracy", "depth_frac", "als", "early_exit_rate", "length", "base_nll",
+    "prompt_accuracy", "prompt_depth_frac"} (the last two: one value per prompt, for paired comparisons)."""
+    generator = torch.Generator(device=policy.device).manual_seed(seed)
+    L = policy.num_layers
+    accuracy, depth_per_prompt, lengths, nll, tokens, depth, exited = [], [], 0, 0.0, 0, 0.0, 0
+    for chunk in chunked(list(prompts), batch_size):
+        ids, mask = left_pad([p.ids for p in chunk], env.pad_token_id, policy.device)  # (b, P)
+        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, stop_token_ids=env.stop_token_ids,
+                  pad_token_id=env.pad_token_id, generator=generator)
+        if base:
+            with policy.disable_adapter():
+                out = policy.generate(ids, mask, offset=-math.inf, **kw)
+        else:
+            out = policy.generate(ids, mask, offset=offset, **kw)
+        accuracy += env.score(chunk, out).accuracy.tolist()
+        mask = out.completion_mask  # (b, N)
+        depth_per_prompt += ((out.exit_layers.float() / L * mask).sum(-1) / mask.sum(-1)).tolist()
+        layers = out.exit_layers[mask].float()  # (n_tokens,)
+        depth += float((layers / L).sum())
+        exited += int((layers < L).sum())
+        lengths += int(out.lengths.sum())
+        nll += sum(total for total, _ in response_nll(policy, from_generation(out)))
+        tokens += layers.numel()
+    n = len(prompts)
+    return {"n": n, "accuracy": sum(accuracy) / n, "depth_frac": depth / tokens, "als": 1.0 - depth / tokens,
+            "early_exit_rate": exited / tokens, "length": lengths / n, "base_nll": nll / tokens,
+            "prompt_accuracy": accuracy, "prompt_depth_frac": depth_per_prompt}
+
+
+def _kwargs(cfg) -> dict[str, Any]:
+    return {"max_new_tokens": cfg.max_new_tokens, "offset": cfg.offset, "batch_size": BATCH}
+
+
+def log_heldout(ctx, policy, run: int, step: int, log) -> None:
+    """Evaluate ``policy`` on the held-out prompts and log the row, when ``step`` is due (main process only:
+    ``log`` is None elsewhere). ``ctx`` is the RL loop's context (config, heldout env, console)."""
+    cfg = ctx.config
+    if ctx.heldout is None or log is None or not due(step, cfg.eval_every, cfg.steps):
+        return
+    with ctx.console.status(f"run {run}: held-out evaluation at step {step}…"):
+        row = evaluate_policy(policy, ctx.heldout, ctx.heldout.prompts(0, cfg.eval_n), seed=cfg.seed + run,
+                              **_kwargs(cfg))
+    log.write({"run": run, "step": step, **row})
+    ctx.console.print(f"  held-out ({row['n']} prompts) @ step {step}: acc {row['accuracy']:.3f}  depth "
+                      f"{row['depth_frac']:.3f}  exit {100 * row['early_exit_rate']:.1f}%  base NLL "
+                      f"{row['base_nll']:.3f}", highlight=False)
+
+
+def evaluate_heldout_base(ctx, model) -> dict[str, Any]:
+    """The base model (adapter off, no exits, greedy) on the held-out prompts."""
+    cfg = ctx.config
+    with ctx.console.status("Measuring the base model on the held-out prompts…"):
+        row = evaluate_policy(model, ctx.heldout, ctx.heldout.prompts(0, cfg.eval_n), seed=cfg.seed, base=True,
+                              **_kwargs(cfg))
+    return {**row, "offset": "-inf", "adapter": "disabled"}

@@ -1,0 +1,53 @@
+"""Rollouts of the early-exit policy and their log-probabilities (Stage 2, docs/method.md §3).
+
+``sample_rollouts`` samples completions (temperature 1, exits sampled layer by layer, no threshold);
+``policy_logprobs`` recomputes their token and exit log-probabilities teacher-forced, with gradients,
+with the sampled exits prescribed; ``reference_logprobs`` gives the token log-probabilities under the
+reference, the base model (adapter disabled, no exits). The RL loop (``thinkaloud.train.rl``) uses the
+reference log-probabilities twice: in the KL term of the reward and, minus their mean, as the
+per-step fluency proxy (the base model's NLL per token of the completions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from thinkaloud.data.env import Env, Prompt
+from thinkaloud.data.prompts import left_pad
+from thinkaloud.model.generate import GenerationOutput
+
+
+def sample_rollouts(policy, prompts: Sequence[Prompt], env: Env, *, max_new_tokens: int, offset: float,
+                    generator: torch.Generator | None = None) -> GenerationOutput:
+    """One completion per row of ``prompts`` from the early-exit policy (temperature 1, exits sampled)."""
+    ids, mask = left_pad([p.ids for p in prompts], env.pad_token_id, policy.device)
+    return policy.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=True, offset=offset,
+                           stop_token_ids=env.stop_token_ids, pad_token_id=env.pad_token_id, generator=generator)
+
+
+def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """logits (B, N, V), tokens (B, N) → (B, N) log-softmax at the tokens."""
+    return torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def policy_logprobs(model, out: GenerationOutput, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced (B, N) log p(y_t | ℓ_t) and log P(ℓ_t) of a rollout, with gradients.
+
+    ``model`` may be the DDP-wrapped one. Call it in eval mode (dropout off) for the values to equal
+    those recorded at sampling. Exits are confined to the predicting positions, as in generation.
+    """
+    full = model(out.sequences, out.attention_mask, exit_layers=out.full_exit_layers(), offset=offset,
+                 exits_from=out.prompt_length - 1)
+    pos = out.predicting_positions()
+    return _token_logprobs(full.logits[:, pos], out.new_tokens), full.exit_logprobs[:, pos]
+
+
+@torch.no_grad()
+def reference_logprobs(policy, out: GenerationOutput) -> torch.Tensor:
+    """(B, N) log p_ref(y_t) under the base model: the adapter disabled and no exits."""
+    with policy.disable_adapter():
+        full = policy(out.sequences, out.attention_mask, exit_layers=None, offset=-math.inf)
+    return _token_logprobs(full.logits[:, out.predicting_positions()], out.new_tokens)

@@ -1,0 +1,59 @@
+"""The RL reference is the base model (adapter disabled, no exits), checked against a fresh HF model,
+so the KL penalty measures how far the adapter has moved the policy and not the policy against itself."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.moved import moved_model, peaked_base
+from tests.tiny import left_padded_batch
+from thinkaloud.train.rl import reference_logprobs
+from thinkaloud.train.rloo import kl_estimate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def rollouts(model, offset: float = 0.0):
+    ids, mask = left_padded_batch([7, 3, 5, 6], seed=4)
+    return model.generate(ids, mask, max_new_tokens=10, offset=offset, seed=0, stop_token_ids=[])
+
+
+def base_logprobs(out, family: str = "llama") -> torch.Tensor:
+    """(B, N) log p of the generated tokens under a fresh copy of the base model (HF forward)."""
+    position_ids = (out.attention_mask.cumsum(-1) - 1).clamp_min(0)  # as HF generate, for left padding
+    with torch.no_grad():
+        logits = peaked_base(family)(
+            input_ids=out.sequences, attention_mask=out.attention_mask, position_ids=position_ids
+        ).logits
+    logp = F.log_softmax(logits[:, out.predicting_positions()].float(), -1)
+    return logp.gather(-1, out.new_tokens[..., None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_reference_is_the_base_model_whatever_the_adapter_and_exits(family):
+    model = moved_model(family)
+    out = rollouts(model)
+    done = out.completion_mask
+    assert len(set(out.exit_layers[done].tolist())) == 3, "the rollouts should exit at 2, at 4 and not at all"
+    ref = reference_logprobs(model, out)
+    torch.testing.assert_close(ref[done], base_logprobs(out, family)[done], atol=1e-4, rtol=0)
+    with torch.no_grad():  # the adapter-on, no-exit distribution is far from it: the check has teeth
+        adapted = model(out.sequences, out.attention_mask, offset=-math.inf).logits[:, out.predicting_positions()]
+    adapted = F.log_softmax(adapted.float(), -1).gather(-1, out.new_tokens[..., None]).squeeze(-1)
+    assert (adapted - ref)[done].abs().max() > 0.1
+
+
+def test_kl_penalty_grows_with_the_adapter_and_vanishes_without_it():
+    """No exits (heads at z = −30), so the only difference between policy and reference is the adapter."""
+    kls = []
+    for lora_scale in (0.0, 0.2):
+        model = moved_model(lora_scale=lora_scale, head_scale=0.0, head_bias=-30.0)
+        out = rollouts(model)
+        assert (out.exit_layers[out.completion_mask] == model.num_layers).all()
+        kls.append(kl_estimate(out.token_logprobs, reference_logprobs(model, out), out.completion_mask))
+    assert kls[0].abs().max() < 1e-5  # B = 0: the adapter is the identity
+    assert kls[1].min() > 1.0, kls[1]  # a moved adapter: a clearly positive KL estimate in every row
