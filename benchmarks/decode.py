@@ -32,36 +32,83 @@ from rich.table import Table
 from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.eval.metrics import average_layer_savings, flop_per_token, model_dims
 
-CHATS = ["What is 2 + 3?", "Name three colours of the rainbow and explain where each one comes from.",
-         "Write a short poem about the sea.", "If I have 4 apples and eat one, how many are left?",
-         "Explain photosynthesis to a child.", "List the planets of the solar system in order.",
-         "What is the capital of France, and why is it famous?", "Give me a recipe for pancakes."]
+CHATS = [
+    "What is 2 + 3?",
+    "Name three colours of the rainbow and explain where each one comes from.",
+    "Write a short poem about the sea.",
+    "If I have 4 apples and eat one, how many are left?",
+    "Explain photosynthesis to a child.",
+    "List the planets of the solar system in order.",
+    "What is the capital of France, and why is it famous?",
+    "Give me a recipe for pancakes.",
+]
 
 RANDOM_CONFIGS = {
     # Shape of SmolLM2-135M-Instruct, for machines that do not carry its weights.
-    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
-                         max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True),
+    "smollm2-135m": dict(
+        model_type="llama",
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+    ),
     # Shape of DeepSeek-R1-Distill-Qwen-1.5B (weights random: speed does not depend on their values).
-    "deepseek-r1-distill-qwen-1.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536,
-                                          intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                                          num_key_value_heads=2, max_position_embeddings=131072,
-                                          rope_theta=10000.0, tie_word_embeddings=False),
+    "deepseek-r1-distill-qwen-1.5b": dict(
+        model_type="qwen2",
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        max_position_embeddings=131072,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    ),
 }
-SMALL = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=12, num_attention_heads=8,
-             num_key_value_heads=2, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+SMALL = dict(
+    vocab_size=32000,
+    hidden_size=512,
+    intermediate_size=1408,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 RANDOM_CONFIGS |= {
-    "phi3-small": dict(SMALL, model_type="phi3", tie_word_embeddings=True,  # Phi-4-mini: partial rotary, tied
-                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75}),
+    "phi3-small": dict(
+        SMALL,
+        model_type="phi3",
+        tie_word_embeddings=True,  # Phi-4-mini: partial rotary, tied
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75},
+    ),
     "gemma2-small": dict(SMALL, model_type="gemma2", head_dim=64, query_pre_attn_scalar=64, sliding_window=32),
     "gemma3-small": dict(SMALL, model_type="gemma3_text", head_dim=64, query_pre_attn_scalar=64, sliding_window=32),
     "olmo2-small": dict(SMALL, model_type="olmo2"),
     "olmo3-small": dict(SMALL, model_type="olmo3", sliding_window=32),
-    "qwen3-moe-small": dict(SMALL, model_type="qwen3_moe", head_dim=64, num_experts=16, num_experts_per_tok=4,
-                            moe_intermediate_size=256),
+    "qwen3-moe-small": dict(
+        SMALL, model_type="qwen3_moe", head_dim=64, num_experts=16, num_experts_per_tok=4, moe_intermediate_size=256
+    ),
     "smollm3-small": dict(SMALL, model_type="smollm3"),  # every 4th layer without rotary
-    "gpt-oss-small": dict(SMALL, model_type="gpt_oss", head_dim=64, intermediate_size=512, num_local_experts=8,
-                          num_experts_per_tok=2, sliding_window=32, max_position_embeddings=131072),
+    "gpt-oss-small": dict(
+        SMALL,
+        model_type="gpt_oss",
+        head_dim=64,
+        intermediate_size=512,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        sliding_window=32,
+        max_position_embeddings=131072,
+    ),
 }
 
 
@@ -100,11 +147,15 @@ def prompts(tokenizer, batch: int, vocab: int, device):
         ids = torch.zeros(batch, T, dtype=torch.long)
         mask = torch.zeros(batch, T, dtype=torch.long)
         for i, n in enumerate(lengths):
-            ids[i, T - n:] = torch.randint(10, vocab, (n,), generator=g)
-            mask[i, T - n:] = 1
+            ids[i, T - n :] = torch.randint(10, vocab, (n,), generator=g)
+            mask[i, T - n :] = 1
         return ids.to(device), mask.to(device)
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": CHATS[i % len(CHATS)]}], tokenize=False,
-                                           add_generation_prompt=True) for i in range(batch)]
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": CHATS[i % len(CHATS)]}], tokenize=False, add_generation_prompt=True
+        )
+        for i in range(batch)
+    ]
     enc = tokenizer(texts, return_tensors="pt", padding=True)
     return enc.input_ids.to(device), enc.attention_mask.to(device)
 
@@ -166,22 +217,29 @@ def batch_table(model, tokenizer, batch: int, args) -> Table:
 
     def hf():
         force_exits(model, None)
-        return model.base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=N, min_new_tokens=N,
-                                   do_sample=False, pad_token_id=cfg.pad_token_id or 0)
+        return model.base.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=N,
+            min_new_tokens=N,
+            do_sample=False,
+            pad_token_id=cfg.pad_token_id or 0,
+        )
 
     def ours(target):
         def go():
             force_exits(model, target)
             off = -math.inf if target is None else 0.0
-            return model.generate(ids, mask, max_new_tokens=N, do_sample=False, offset=off,
-                                  stop_token_ids=[], seed=0)
+            return model.generate(ids, mask, max_new_tokens=N, do_sample=False, offset=off, stop_token_ids=[], seed=0)
+
         return go
 
     table = Table(title=f"decode, batch {batch}, {N} new tokens, {args.label} on {args.device} ({args.dtype})")
     for col in ("row", "tokens/s", "ALS", "speedup", "ideal", "realised/ideal"):
         table.add_column(col, justify="right" if col != "row" else "left")
-    (t_hf, _), (t_base, _), *with_exits = timed([hf, ours(None)] + [ours(a) for a in args.als], args.device,
-                                                args.repeats)
+    (t_hf, _), (t_base, _), *with_exits = timed(
+        [hf, ours(None)] + [ours(a) for a in args.als], args.device, args.repeats
+    )
     table.add_row("HF generate (no exits)", f"{batch * N / t_hf:.1f}", "0.000", f"{t_base / t_hf:.2f}", "1.00", "")
     table.add_row("ours, exits off", f"{batch * N / t_base:.1f}", "0.000", "1.00", "1.00", "1.00")
     for target, (t, out) in zip(args.als, with_exits):
@@ -189,8 +247,14 @@ def batch_table(model, tokenizer, batch: int, args) -> Table:
         als = average_layer_savings(exits, L)
         ideal = flops(L) / statistics.fmean(flops(int(e)) for e in exits.tolist())
         speed = t_base / t
-        table.add_row(f"ours, exits → ALS≈{target}", f"{batch * N / t:.1f}", f"{als:.3f}", f"{speed:.2f}",
-                      f"{ideal:.2f}", f"{speed / ideal:.2f}")
+        table.add_row(
+            f"ours, exits → ALS≈{target}",
+            f"{batch * N / t:.1f}",
+            f"{als:.3f}",
+            f"{speed:.2f}",
+            f"{ideal:.2f}",
+            f"{speed / ideal:.2f}",
+        )
     return table
 
 

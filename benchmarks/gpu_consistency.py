@@ -37,16 +37,30 @@ def main() -> None:
     args = p.parse_args()
     torch.set_grad_enabled(False)
     table = Table(title=f"GPU consistency on {torch.cuda.get_device_name() if args.device == 'cuda' else args.device}")
-    for col in ("shape", "dtype", "greedy = HF generate", "max |Δ token logp|", "max |Δ exit logp|", "exit layers seen"):
+    for col in (
+        "shape",
+        "dtype",
+        "greedy = HF generate",
+        "max |Δ token logp|",
+        "max |Δ exit logp|",
+        "exit layers seen",
+    ):
         table.add_column(col)
     for name in ("smollm2-135m", "deepseek-r1-distill-qwen-1.5b"):
         for dtype in (torch.float32, torch.bfloat16):
             model = build(name, dtype, args.device)
             ids, mask = prompts(None, 8, model.hf_config.vocab_size, args.device)
-            ours = model.generate(ids, mask, max_new_tokens=args.new_tokens, do_sample=False, offset=-math.inf,
-                                  stop_token_ids=[])
-            hf = model.base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.new_tokens,
-                                     min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+            ours = model.generate(
+                ids, mask, max_new_tokens=args.new_tokens, do_sample=False, offset=-math.inf, stop_token_ids=[]
+            )
+            hf = model.base.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
             same = (ours.sequences == hf).all(dim=1).float().mean().item()
             g = torch.Generator(device=args.device).manual_seed(0)
             with torch.no_grad():
@@ -59,8 +73,14 @@ def main() -> None:
             d_tok = (token - out.token_logprobs)[done].abs().max().item()
             d_exit = (full.exit_logprobs[:, pos] - out.exit_logprobs)[done].abs().max().item()
             seen = sorted(set(out.exit_layers[done].tolist()))
-            table.add_row(name, str(dtype).replace("torch.", ""), f"{same:.0%} of rows", f"{d_tok:.2e}",
-                          f"{d_exit:.2e}", str(seen))
+            table.add_row(
+                name,
+                str(dtype).replace("torch.", ""),
+                f"{same:.0%} of rows",
+                f"{d_tok:.2e}",
+                f"{d_exit:.2e}",
+                str(seen),
+            )
             del model
             torch.cuda.empty_cache()
     Console(width=160).print(table)

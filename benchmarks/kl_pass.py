@@ -44,7 +44,7 @@ def main() -> None:
     ids = torch.randint(10, cfg.vocab_size, (B, T), generator=g).to(args.device)
     mask = torch.ones_like(ids)
     positions = torch.zeros_like(ids, dtype=torch.bool)
-    positions[:, P - 1:T - 1] = True
+    positions[:, P - 1 : T - 1] = True
 
     def timed(fn):
         fn()
@@ -65,12 +65,15 @@ def main() -> None:
     unembed = 2 * dims["hidden"] * dims["vocab"]
     predicted = (B * T * per_token + B * C * m * unembed) / (B * T * per_token)
 
-    table = Table(title=f"KL pass vs plain forward: {args.random_config or args.model}, {args.device} {args.dtype}, "
-                        f"batch {B}, {P} prompt + {C} completion tokens, {m} exit layers")
+    table = Table(
+        title=f"KL pass vs plain forward: {args.random_config or args.model}, {args.device} {args.dtype}, "
+        f"batch {B}, {P} prompt + {C} completion tokens, {m} exit layers"
+    )
     for col in ("plain forward s", "KL pass s", "measured ratio", "predicted ratio", "measured / predicted"):
         table.add_column(col, justify="right")
-    table.add_row(f"{t_fwd:.3f}", f"{t_kl:.3f}", f"{t_kl / t_fwd:.2f}", f"{predicted:.2f}",
-                  f"{t_kl / t_fwd / predicted:.2f}")
+    table.add_row(
+        f"{t_fwd:.3f}", f"{t_kl:.3f}", f"{t_kl / t_fwd:.2f}", f"{predicted:.2f}", f"{t_kl / t_fwd / predicted:.2f}"
+    )
     Console().print(table)
 
 

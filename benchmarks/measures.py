@@ -72,47 +72,75 @@ def main() -> None:
 
     responses, t_eval, n_tokens = [], 0.0, 0
     for s in range(0, len(items), args.batch_size):
-        chunk = items[s:s + args.batch_size]
+        chunk = items[s : s + args.batch_size]
         ids, mask = encode_prompts(tokenizer, [task.prompt(item, tokenizer) for item in chunk], args.device)
-        gen, seconds = timed(args.device, lambda ids=ids, mask=mask: model.generate(
-            ids, mask, max_new_tokens=args.max_new_tokens, do_sample=False, offset=offset,
-            pad_token_id=tokenizer.pad_token_id, generator=generator))
+        gen, seconds = timed(
+            args.device,
+            lambda ids=ids, mask=mask: model.generate(
+                ids,
+                mask,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                offset=offset,
+                pad_token_id=tokenizer.pad_token_id,
+                generator=generator,
+            ),
+        )
         t_eval += seconds
         n_tokens += int(gen.lengths.sum())
         responses += from_generation(gen, chunk)
 
-    answerer = model_answerer(model, tokenizer, offset=offset, max_new_tokens=args.answer_tokens,
-                              batch_size=args.answer_batch_size, seed=args.seed)
+    answerer = model_answerer(
+        model,
+        tokenizer,
+        offset=offset,
+        max_new_tokens=args.answer_tokens,
+        batch_size=args.answer_batch_size,
+        seed=args.seed,
+    )
     (rel, _), t_rel = timed(args.device, lambda: early_answering(task, responses, tokenizer, answerer))
     (lens, _), t_lens = timed(args.device, lambda: future_lens(model, responses))
     (flu, _), t_flu = timed(args.device, lambda: fluency(model, responses))
 
     dtype = next(model.parameters()).dtype
-    table = Table(title=f"Measures vs eval generation: {args.model} on {args.task}, n={len(responses)}, "
-                        f"max {args.max_new_tokens} new tokens, {args.device} {str(dtype).removeprefix('torch.')}, "
-                        f"threads {torch.get_num_threads()}, offset {offset:g}")
+    table = Table(
+        title=f"Measures vs eval generation: {args.model} on {args.task}, n={len(responses)}, "
+        f"max {args.max_new_tokens} new tokens, {args.device} {str(dtype).removeprefix('torch.')}, "
+        f"threads {torch.get_num_threads()}, offset {offset:g}"
+    )
     for col in ("stage", "seconds", "× eval"):
         table.add_column(col, justify="right" if col != "stage" else "left")
-    rows = [("eval generation", t_eval),
-            (f"reliance ({len(rel['fractions'])} fractions × {rel['n']} responses)", t_rel),
-            (f"future lens ({lens['n_fit_tokens']} fit + {lens['n_test_tokens']} test tokens)", t_lens),
-            ("fluency (base NLL + repetition)", t_flu)]
+    rows = [
+        ("eval generation", t_eval),
+        (f"reliance ({len(rel['fractions'])} fractions × {rel['n']} responses)", t_rel),
+        (f"future lens ({lens['n_fit_tokens']} fit + {lens['n_test_tokens']} test tokens)", t_lens),
+        ("fluency (base NLL + repetition)", t_flu),
+    ]
     for name, seconds in rows:
         table.add_row(name, f"{seconds:.1f}", f"{seconds / t_eval:.2f}")
     table.add_row("[bold](reliance + lens) / eval", "", f"[bold]{(t_rel + t_lens) / t_eval:.2f}")
     console.print(table)
     curve = ", ".join(f"{f:g}: {a:.2f}" for f, a in zip(rel["fractions"], rel["agreement"] or []))
-    console.print(f"{n_tokens} generated tokens. Early answering: agreement {{{curve}}}, AOC "
-                  f"{rel['aoc'] if rel['aoc'] is None else round(rel['aoc'], 3)}, accuracy f=0 {rel['accuracy_f0']}, "
-                  f"f=1 {rel['accuracy_f1']}, full {rel['accuracy_full']} ({rel['n_skipped']} without an answer)")
+    console.print(
+        f"{n_tokens} generated tokens. Early answering: agreement {{{curve}}}, AOC "
+        f"{rel['aoc'] if rel['aoc'] is None else round(rel['aoc'], 3)}, accuracy f=0 {rel['accuracy_f0']}, "
+        f"f=1 {rel['accuracy_f1']}, full {rel['accuracy_full']} ({rel['n_skipped']} without an answer)"
+    )
     if lens["accuracy"] is not None:
-        rows = [f"layer {e}: " + " ".join(f"{v:.2f}" for v in row) + f" | {ll:.2f}"
-                for e, row, ll in zip(lens["layers"], lens["accuracy"], lens["logit_lens"])]
+        rows = [
+            f"layer {e}: " + " ".join(f"{v:.2f}" for v in row) + f" | {ll:.2f}"
+            for e, row, ll in zip(lens["layers"], lens["accuracy"], lens["logit_lens"])
+        ]
         constant = " ".join(f"{v:.2f}" for v in lens["constant"])
-        console.print("Future lens top-1 (k = 1, 2, 3 | logit lens): " + "; ".join(rows)
-                      + f"; most frequent token (k = 1, 2, 3): {constant}")
-    console.print(f"Fluency proxies: base NLL {flu['base_nll']:.3f} nats/token, rep-4 {flu['rep4']:.3f}, "
-                  f"distinct-2 {flu['distinct2']:.3f}")
+        console.print(
+            "Future lens top-1 (k = 1, 2, 3 | logit lens): "
+            + "; ".join(rows)
+            + f"; most frequent token (k = 1, 2, 3): {constant}"
+        )
+    console.print(
+        f"Fluency proxies: base NLL {flu['base_nll']:.3f} nats/token, rep-4 {flu['rep4']:.3f}, "
+        f"distinct-2 {flu['distinct2']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,10 @@ class Tmux:
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
 def test_chat_in_tmux(saved):
-    command = (f"cd {REPO} && HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 COLORTERM=truecolor {sys.executable} -m thinkaloud "
-               f"chat --model {saved} --max-new-tokens 400; echo chat exited with status $?")
+    command = (
+        f"cd {REPO} && HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 COLORTERM=truecolor {sys.executable} -m thinkaloud "
+        f"chat --model {saved} --max-new-tokens 400; echo chat exited with status $?"
+    )
     term = Tmux(command)
     try:
         screen = term.wait(lambda s: "you>" in s, "the prompt")
@@ -121,8 +123,24 @@ def test_chat_in_tmux(saved):
 
 def test_generate_json_records(saved, capsys):
     prompts = ["Hello, world", "2+2?", "Name a colour."]
-    assert main(["generate", "--model", str(saved), *prompts, "--json", "--max-new-tokens", "12", "--seed", "3",
-                 "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(saved),
+                *prompts,
+                "--json",
+                "--max-new-tokens",
+                "12",
+                "--seed",
+                "3",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["prompt"] for r in records] == prompts  # one record per prompt; the comma stays in its prompt
     assert all(tuple(r) == RECORD_KEYS for r in records)
@@ -132,10 +150,11 @@ def test_generate_json_records(saved, capsys):
     tok = tiny_tokenizer()
     generator = torch.Generator().manual_seed(3)
     for s in (0, 2):
-        ids, mask = encode_prompts(tok, [render_prompt(p, tok) for p in prompts[s:s + 2]])
-        out = model.generate(ids, mask, max_new_tokens=12, do_sample=False, offset=0.0, pad_token_id=0,
-                             generator=generator)
-        for i, r in enumerate(records[s:s + 2]):
+        ids, mask = encode_prompts(tok, [render_prompt(p, tok) for p in prompts[s : s + 2]])
+        out = model.generate(
+            ids, mask, max_new_tokens=12, do_sample=False, offset=0.0, pad_token_id=0, generator=generator
+        )
+        for i, r in enumerate(records[s : s + 2]):
             n = int(out.lengths[i])
             assert r["token_ids"] == out.new_tokens[i, :n].tolist()
             assert r["exit_layers"] == out.exit_layers[i, :n].tolist()
@@ -152,8 +171,12 @@ def test_generate_reads_a_jsonl_file_and_stdin_and_uses_the_recorded_offset(save
     shutil.copytree(saved, folder)
     record_offset(folder, -math.inf, {"epsilon": 0.1, "delta": 0.1, "risk": "token", "task": "rg:chain_sum"})
     (tmp_path / "p.jsonl").write_text('{"prompt": "a, b", "id": "x1"}\n\n{"prompt": "c"}\n')
-    assert main(["generate", "--model", str(folder), "--file", str(tmp_path / "p.jsonl"), "--json",
-                 "--max-new-tokens", "4"]) == 0
+    assert (
+        main(
+            ["generate", "--model", str(folder), "--file", str(tmp_path / "p.jsonl"), "--json", "--max-new-tokens", "4"]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["id"], r["prompt"]) for r in records] == [("x1", "a, b"), (None, "c")]
     assert all(r["offset"] is None and set(r["exit_layers"]) == {6} for r in records)  # recorded: exits off
@@ -195,8 +218,10 @@ def test_a_conversation_is_rendered_with_the_chat_template():
     one = [{"role": "user", "content": "hi"}]
     assert render_conversation(one, tok, "be brief") == render_prompt("hi", tok, "be brief")
     turns = one + [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "2+2?"}]
-    assert render_conversation(turns, tok) == ("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
-                                               "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n")
+    assert render_conversation(turns, tok) == (
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_streamed_pieces_are_the_decoded_text_even_inside_a_character():
@@ -204,7 +229,9 @@ def test_streamed_pieces_are_the_decoded_text_even_inside_a_character():
     ids = tok("café costs 3 € — naïve", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert len(ids) > len("café costs 3 € — naïve") - 5
     buffer = io.StringIO()
-    stream = TokenStream(tok, Console(file=buffer, color_system=None, width=200), [2, 4], 6, stop_ids=[tok.eos_token_id])
+    stream = TokenStream(
+        tok, Console(file=buffer, color_system=None, width=200), [2, 4], 6, stop_ids=[tok.eos_token_id]
+    )
     for i, t in enumerate(ids):
         stream.push(t, [2, 4, 6][i % 3])
     line = stream.finish()

@@ -43,50 +43,84 @@ def test_missing_config_file(capsys, tmp_path):
 
 
 def test_missing_gsm8k_file(capsys, tmp_path):
-    assert_user_error(capsys, ["eval", "--model", "m", "--out", str(tmp_path), "--task", "gsm8k:/nonexistent.jsonl"],
-                      "/nonexistent.jsonl", "does not exist")
+    assert_user_error(
+        capsys,
+        ["eval", "--model", "m", "--out", str(tmp_path), "--task", "gsm8k:/nonexistent.jsonl"],
+        "/nonexistent.jsonl",
+        "does not exist",
+    )
 
 
 def test_malformed_gsm8k_line_is_named(capsys, tmp_path):
     data = tmp_path / "test.jsonl"
     data.write_text('{"question": "1 + 1?", "answer": "2\\n#### 2"}\n{"question": "no answer"\n')
-    assert_user_error(capsys, ["eval", "--model", "m", "--out", str(tmp_path / "o"), "--task", f"gsm8k:{data}",
-                               "--n", "1"], f"{data}:2", "invalid JSON")
+    assert_user_error(
+        capsys,
+        ["eval", "--model", "m", "--out", str(tmp_path / "o"), "--task", f"gsm8k:{data}", "--n", "1"],
+        f"{data}:2",
+        "invalid JSON",
+    )
 
 
 def test_unknown_task_and_unknown_reasoning_gym_dataset(capsys, tmp_path):
-    assert_user_error(capsys, ["eval", "--model", "m", "--out", str(tmp_path), "--task", "nosuch"],
-                      "unknown task 'nosuch'", "gsm8k", "tom")
-    assert_user_error(capsys, ["calibrate", "--out", str(tmp_path), "--task", "rg:chain_sun"],
-                      "unknown reasoning-gym dataset 'chain_sun'", "chain_sum")
+    assert_user_error(
+        capsys,
+        ["eval", "--model", "m", "--out", str(tmp_path), "--task", "nosuch"],
+        "unknown task 'nosuch'",
+        "gsm8k",
+        "tom",
+    )
+    assert_user_error(
+        capsys,
+        ["calibrate", "--out", str(tmp_path), "--task", "rg:chain_sun"],
+        "unknown reasoning-gym dataset 'chain_sun'",
+        "chain_sum",
+    )
 
 
 def test_unsupported_model_lists_the_families(capsys, tmp_path):
     from transformers import GPT2Config
 
     GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16).save_pretrained(tmp_path / "gpt2")
-    assert_user_error(capsys, ["eval", "--model", str(tmp_path / "gpt2"), "--out", str(tmp_path / "o")],
-                      "'gpt2' is not supported", "llama, qwen2, qwen3, mistral")
+    assert_user_error(
+        capsys,
+        ["eval", "--model", str(tmp_path / "gpt2"), "--out", str(tmp_path / "o")],
+        "'gpt2' is not supported",
+        "llama, qwen2, qwen3, mistral",
+    )
 
 
 def test_a_folder_that_is_no_calibration(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
-    assert_user_error(capsys, ["sft", "--calib", str(tmp_path / "empty"), "--out", str(tmp_path / "o")],
-                      str(tmp_path / "empty"), "manifest.json", "thinkaloud calibrate")
+    assert_user_error(
+        capsys,
+        ["sft", "--calib", str(tmp_path / "empty"), "--out", str(tmp_path / "o")],
+        str(tmp_path / "empty"),
+        "manifest.json",
+        "thinkaloud calibrate",
+    )
 
 
 def test_a_model_path_that_does_not_exist(capsys, tmp_path):
-    assert_user_error(capsys, ["eval", "--model", "/nonexistent", "--out", str(tmp_path)],
-                      "no such model folder: /nonexistent")
-    assert_user_error(capsys, ["rl", "--model", "./runs/nothing-here", "--out", str(tmp_path)],
-                      "no such model folder: ./runs/nothing-here")
+    assert_user_error(
+        capsys, ["eval", "--model", "/nonexistent", "--out", str(tmp_path)], "no such model folder: /nonexistent"
+    )
+    assert_user_error(
+        capsys,
+        ["rl", "--model", "./runs/nothing-here", "--out", str(tmp_path)],
+        "no such model folder: ./runs/nothing-here",
+    )
 
 
 def test_bad_flag_values_and_config_validation(capsys, tmp_path):
     common = ["--model", "m", "--out", str(tmp_path)]
     assert_user_error(capsys, ["eval", *common, "--n", "abc"], "argument --n", "invalid int value: 'abc'")
-    assert_user_error(capsys, ["sweep", "--calib", "c", "--out", "o", "--kl-factors", "1,x"],
-                      "argument --kl-factors", "invalid comma-separated float value")
+    assert_user_error(
+        capsys,
+        ["sweep", "--calib", "c", "--out", "o", "--kl-factors", "1,x"],
+        "argument --kl-factors",
+        "invalid comma-separated float value",
+    )
     assert_user_error(capsys, ["eval", *common, "--n", "0"], "n must be >= 1, got 0")
     assert_user_error(capsys, ["eval", *common, "--no-such-flag"], "unrecognized arguments: --no-such-flag")
     assert_user_error(capsys, ["eval", "--out", str(tmp_path)], "required", "--model")
@@ -118,8 +152,12 @@ class ToyConfig:
 
 
 def toy_job(config: ToyConfig):
-    failures = {"user": UserError("the toy needs a better name"), "path": FileExistsError(f"{config.name} exists"),
-                "bug": ValueError("an internal shape mismatch"), "interrupt": KeyboardInterrupt()}
+    failures = {
+        "user": UserError("the toy needs a better name"),
+        "path": FileExistsError(f"{config.name} exists"),
+        "bug": ValueError("an internal shape mismatch"),
+        "interrupt": KeyboardInterrupt(),
+    }
     if config.fail in failures:
         raise failures[config.fail]
     print(f"{config.name} {config.folders} {config.scale}")
@@ -142,7 +180,10 @@ def test_a_bug_keeps_its_traceback(toy_verb):
 
 
 def test_debug_shows_the_traceback_before_the_line(capsys, toy_verb):
-    for argv in (["--debug", "toy", "--name", "x", "--fail", "user"], ["toy", "--name", "x", "--fail", "user", "--debug"]):
+    for argv in (
+        ["--debug", "toy", "--name", "x", "--fail", "user"],
+        ["toy", "--name", "x", "--fail", "user", "--debug"],
+    ):
         code, lines = run_cli(capsys, *argv)
         assert code == 2 and lines[0].startswith("Traceback") and len(lines) > 3
         assert lines[-1] == "thinkaloud toy: error: the toy needs a better name"
@@ -213,8 +254,18 @@ def test_looks_like_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     (tmp_path / "local-model").mkdir()
-    for spec in ("/nonexistent", "./x", "../x", "~/models/x", ".hidden", "a/b/c", "runs/sft", "local-model",
-                 "name with space", "a\\b"):
+    for spec in (
+        "/nonexistent",
+        "./x",
+        "../x",
+        "~/models/x",
+        ".hidden",
+        "a/b/c",
+        "runs/sft",
+        "local-model",
+        "name with space",
+        "a\\b",
+    ):
         assert looks_like_path(spec), spec
     for spec in ("Qwen/Qwen3-4B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "gpt2", "smollm2-135m"):
         assert not looks_like_path(spec), spec
@@ -245,8 +296,9 @@ def test_load_model_with_an_unreachable_hub_id_says_so_in_one_line(monkeypatch):
 
 def run_module(*argv: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "thinkaloud", *argv], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "thinkaloud", *argv], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def test_python_dash_m_is_the_command(tmp_path):

@@ -13,13 +13,21 @@ from thinkaloud.eval.report import build_report
 L, E = 30, [5, 10, 15, 20, 25]
 
 
-def records(label: str, exit_share: float, nll: float, n: int = 24, seed: int = 0, early: int = 5,
-            score: float = 0.5) -> df.EvalRecords:
+def records(
+    label: str, exit_share: float, nll: float, n: int = 24, seed: int = 0, early: int = 5, score: float = 0.5
+) -> df.EvalRecords:
     """n responses of 20 tokens, each token exiting at ``early`` with probability ``exit_share``."""
     rng = random.Random(seed)
     layers = [[early if rng.random() < exit_share else L for _ in range(20)] for _ in range(n)]
-    return df.EvalRecords(label, layers, [nll + rng.gauss(0, 0.1) for _ in range(n)],
-                          [float(rng.random() < score) for _ in range(n)], [None] * n, L, E + [L])
+    return df.EvalRecords(
+        label,
+        layers,
+        [nll + rng.gauss(0, 0.1) for _ in range(n)],
+        [float(rng.random() < score) for _ in range(n)],
+        [None] * n,
+        L,
+        E + [L],
+    )
 
 
 def test_verdict_rules():
@@ -68,8 +76,17 @@ def heldout_rows(drop: float, n: int = 8, runs: int = 3, acc_last: float = 0.25)
         start = [0.95 + rng.gauss(0, 0.01) for _ in range(n)]
         for step, depths, acc in ((0, start, 0.25), (6, [d - drop + rng.gauss(0, 0.01) for d in start], acc_last)):
             accs = [float(i < round(acc * n)) for i in range(n)]
-            rows.append({"run": run, "step": step, "n": n, "depth_frac": sum(depths) / n, "accuracy": sum(accs) / n,
-                         "prompt_depth_frac": depths, "prompt_accuracy": accs})
+            rows.append(
+                {
+                    "run": run,
+                    "step": step,
+                    "n": n,
+                    "depth_frac": sum(depths) / n,
+                    "accuracy": sum(accs) / n,
+                    "prompt_depth_frac": depths,
+                    "prompt_accuracy": accs,
+                }
+            )
     return rows
 
 
@@ -90,18 +107,27 @@ def test_written_findings_become_the_reports_last_section(tmp_path):
     from thinkaloud.eval.plots import save_figure
 
     findings = [df.Finding("(3) RL lowers mean compute", "−5.0 pts [−8.0, −2.0]", df.HELD)]
-    save_figure(plot_fluency_distributions({"base": [1.0, 1.2], "F=1": [1.5, 1.7, 1.6]}),
-                tmp_path / "findings" / "figures" / "fluency")
-    path = df.write_findings(tmp_path / "findings", "Findings: test", findings, ["a note"], [],
-                             [{"file": "figures/fluency", "caption": "fluency per response"}])
+    save_figure(
+        plot_fluency_distributions({"base": [1.0, 1.2], "F=1": [1.5, 1.7, 1.6]}),
+        tmp_path / "findings" / "figures" / "fluency",
+    )
+    path = df.write_findings(
+        tmp_path / "findings",
+        "Findings: test",
+        findings,
+        ["a note"],
+        [],
+        [{"file": "figures/fluency", "caption": "fluency per response"}],
+    )
     assert json.loads(path.read_text())["findings"][0]["verdict"] == "held"
     md, page = build_report([tmp_path / "findings"], tmp_path / "report")
     text = md.read_text()
     assert "## Findings: test" in text and "| (3) RL lowers mean compute | −5.0 pts [−8.0, −2.0] | held |" in text
     assert "a note" in text and "fluency per response" in page.read_text()
     assert (tmp_path / "report" / "figures" / "findings_00_00_fluency.png").is_file()
-    assert "(2)" in df.findings_block([df.Finding("(2) x", "y", df.NOT_SIGNIFICANT)]) and "NOT SIGNIFICANT" in \
-        df.findings_block([df.Finding("(2) x", "y", df.NOT_SIGNIFICANT)])
+    assert "(2)" in df.findings_block(
+        [df.Finding("(2) x", "y", df.NOT_SIGNIFICANT)]
+    ) and "NOT SIGNIFICANT" in df.findings_block([df.Finding("(2) x", "y", df.NOT_SIGNIFICANT)])
 
 
 def test_paired_comparison_needs_the_same_items():

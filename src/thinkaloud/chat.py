@@ -48,22 +48,44 @@ from thinkaloud.model.loading import Loaded, default_device, load_model
 from thinkaloud.model.recorded import describe_record, recorded_value
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-RECORD_KEYS = ("index", "id", "prompt", "text", "tokens", "token_ids", "exit_layers", "token_logprobs",
-               "exit_logprobs", "num_layers", "offset", "exit_rate", "als")
+RECORD_KEYS = (
+    "index",
+    "id",
+    "prompt",
+    "text",
+    "tokens",
+    "token_ids",
+    "exit_layers",
+    "token_logprobs",
+    "exit_logprobs",
+    "num_layers",
+    "offset",
+    "exit_rate",
+    "als",
+)
 HELP = "/reset new conversation · /offset X change the offset · /quit (or Ctrl-D) leave · Ctrl-C stops an answer"
 
 
 @dataclass
 class _Common:
-    model: str = field(metadata={"help": "a run folder, a saved early-exit model, or a base model (alias such as "
-                                         "smollm2-135m, local HF folder); a base model runs without exits"})
-    offset: float | None = field(default=None, metadata={
-        "help": "added to every exit logit: positive = earlier exits, --offset=-inf = no exits (default: the offset "
-                "recorded with the model by `thinkaloud risk --save`, else 0)"})
+    model: str = field(
+        metadata={
+            "help": "a run folder, a saved early-exit model, or a base model (alias such as "
+            "smollm2-135m, local HF folder); a base model runs without exits"
+        }
+    )
+    offset: float | None = field(
+        default=None,
+        metadata={
+            "help": "added to every exit logit: positive = earlier exits, --offset=-inf = no exits (default: the offset "
+            "recorded with the model by `thinkaloud risk --save`, else 0)"
+        },
+    )
     system_prompt: str | None = field(default=None, metadata={"help": "system message of the chat template"})
     max_new_tokens: int = field(default=256, metadata={"help": "tokens per answer at most"})
-    do_sample: bool = field(default=False, metadata={"help": "sample tokens (else greedy tokens); exits are "
-                                                             "always sampled layer by layer"})
+    do_sample: bool = field(
+        default=False, metadata={"help": "sample tokens (else greedy tokens); exits are always sampled layer by layer"}
+    )
     temperature: float = field(default=1.0, metadata={"help": "token sampling temperature (with --do-sample)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (with --do-sample)"})
     seed: int = field(default=0, metadata={"help": "seeds exit and token sampling"})
@@ -87,12 +109,20 @@ class _Common:
 class GenerateConfig(_Common):
     """Answer prompts with exits: streamed and coloured by exit layer in the terminal, or JSON records."""
 
-    prompts: list[str] = field(default_factory=list, metadata={
-        "help": "prompts, one per argument (or --prompts, repeatable)", "positional": True, "whole": True})
-    file: str | None = field(default=None, metadata={
-        "help": "prompts file: one per line, or JSONL with a \"prompt\" per object; '-' = standard input"})
-    json: bool = field(default=False, metadata={"help": "write one JSON record per prompt to standard output "
-                                                        "(text, tokens, exit layers, log-probabilities)"})
+    prompts: list[str] = field(
+        default_factory=list,
+        metadata={"help": "prompts, one per argument (or --prompts, repeatable)", "positional": True, "whole": True},
+    )
+    file: str | None = field(
+        default=None,
+        metadata={"help": "prompts file: one per line, or JSONL with a \"prompt\" per object; '-' = standard input"},
+    )
+    json: bool = field(
+        default=False,
+        metadata={
+            "help": "write one JSON record per prompt to standard output (text, tokens, exit layers, log-probabilities)"
+        },
+    )
     batch_size: int = field(default=8, metadata={"help": "prompts generated together with --json"})
 
     def __post_init__(self) -> None:
@@ -128,7 +158,7 @@ def read_prompts(source: str | Path | TextIO, name: str = "") -> list[dict[str, 
         except json.JSONDecodeError as e:
             raise UserError(f"{name}:{i}: invalid JSON ({e.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise UserError(f"{name}:{i}: expected an object with a \"prompt\" string")
+            raise UserError(f'{name}:{i}: expected an object with a "prompt" string')
         out.append({k: row[k] for k in ("prompt", "id", "system") if k in row})
     return out
 
@@ -161,13 +191,15 @@ def render_conversation(messages: list[dict[str, str]], tokenizer: Any, system_p
         return render_prompt(messages[0]["content"], tokenizer, system_prompt)
     if not getattr(tokenizer, "chat_template", None):
         head = f"{system_prompt}\n\n" if system_prompt else ""
-        turns = [f"Question: {m['content']}\nAnswer:" if m["role"] == "user" else f" {m['content']}\n\n"
-                 for m in messages]
+        turns = [
+            f"Question: {m['content']}\nAnswer:" if m["role"] == "user" else f" {m['content']}\n\n" for m in messages
+        ]
         return head + "".join(turns)
     if system_prompt:
         try:
-            return tokenizer.apply_chat_template([{"role": "system", "content": system_prompt}, *messages],
-                                                 tokenize=False, add_generation_prompt=True)
+            return tokenizer.apply_chat_template(
+                [{"role": "system", "content": system_prompt}, *messages], tokenize=False, add_generation_prompt=True
+            )
         except Exception:  # noqa: BLE001 (a template without a system role, as render_prompt)
             first = {"role": "user", "content": f"{system_prompt}\n\n{messages[0]['content']}"}
             messages = [first, *messages[1:]]
@@ -198,8 +230,15 @@ def _load(config: _Common, console: Console) -> tuple[Loaded, str]:
 
 
 def _gen_kwargs(config: _Common, loaded: Loaded, offset: float, generator: torch.Generator) -> dict[str, Any]:
-    return {"max_new_tokens": config.max_new_tokens, "do_sample": config.do_sample, "temperature": config.temperature,
-            "top_p": config.top_p, "offset": offset, "pad_token_id": pad_id(loaded.tokenizer), "generator": generator}
+    return {
+        "max_new_tokens": config.max_new_tokens,
+        "do_sample": config.do_sample,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "offset": offset,
+        "pad_token_id": pad_id(loaded.tokenizer),
+        "generator": generator,
+    }
 
 
 def _stop_ids(model) -> list[int]:
@@ -212,24 +251,30 @@ def _stop_ids(model) -> list[int]:
 def _header(console: Console, loaded: Loaded, offset: float, source: str) -> None:
     model = loaded.model
     exits = "none" if offset == -math.inf else ", ".join(str(x) for x in model.layers)
-    console.print(f"[bold]{loaded.base_name if loaded.is_base else 'thinkaloud'}[/bold] · exit layers {exits} of "
-                  f"{model.num_layers} · offset {offset:g}: {source}", highlight=False)
+    console.print(
+        f"[bold]{loaded.base_name if loaded.is_base else 'thinkaloud'}[/bold] · exit layers {exits} of "
+        f"{model.num_layers} · offset {offset:g}: {source}",
+        highlight=False,
+    )
     console.print(legend(model.layers, model.num_layers))
 
 
-def stream_answer(loaded: Loaded, text: str, config: _Common, offset: float, generator: torch.Generator,
-                  console: Console, device: str) -> tuple[TokenStream, bool]:
+def stream_answer(
+    loaded: Loaded, text: str, config: _Common, offset: float, generator: torch.Generator, console: Console, device: str
+) -> tuple[TokenStream, bool]:
     """Generate one answer to a rendered prompt, printing it as it comes → (stream, stopped by Ctrl-C)."""
     ids = torch.tensor([prompt_ids(loaded.tokenizer, text)], device=device)  # (1, P)
-    stream = TokenStream(loaded.tokenizer, console, loaded.model.layers, loaded.model.num_layers,
-                         _stop_ids(loaded.model))
+    stream = TokenStream(
+        loaded.tokenizer, console, loaded.model.layers, loaded.model.num_layers, _stop_ids(loaded.model)
+    )
 
     def on_token(rows, tokens, exit_layers, logprobs) -> None:  # (1,) each: one row
         stream.push(int(tokens[0]), int(exit_layers[0]), float(logprobs[0]))
 
     try:
-        loaded.model.generate(ids, torch.ones_like(ids), on_token=on_token,
-                              **_gen_kwargs(config, loaded, offset, generator))
+        loaded.model.generate(
+            ids, torch.ones_like(ids), on_token=on_token, **_gen_kwargs(config, loaded, offset, generator)
+        )
     except KeyboardInterrupt:
         stream.finish("stopped")
         return stream, True
@@ -261,31 +306,47 @@ def generate_answers(config: GenerateConfig) -> int:
     return 0
 
 
-def _write_records(loaded: Loaded, prompts: list[dict], texts: list[str], config: GenerateConfig, offset: float,
-                   generator: torch.Generator, device: str, out: TextIO) -> None:
+def _write_records(
+    loaded: Loaded,
+    prompts: list[dict],
+    texts: list[str],
+    config: GenerateConfig,
+    offset: float,
+    generator: torch.Generator,
+    device: str,
+    out: TextIO,
+) -> None:
     tokenizer, L = loaded.tokenizer, loaded.model.num_layers
     for s in range(0, len(texts), config.batch_size):
-        ids, mask = encode_prompts(tokenizer, texts[s:s + config.batch_size], device)  # (b, P) each
+        ids, mask = encode_prompts(tokenizer, texts[s : s + config.batch_size], device)  # (b, P) each
         gen = loaded.model.generate(ids, mask, **_gen_kwargs(config, loaded, offset, generator))
         for i in range(ids.shape[0]):
             n = int(gen.lengths[i])
             new = gen.new_tokens[i, :n].tolist()
             layers = gen.exit_layers[i, :n].tolist()
             p = prompts[s + i]
-            record = {"index": s + i, "id": p.get("id"), "prompt": p["prompt"],
-                      "text": tokenizer.decode(new, skip_special_tokens=True),
-                      "tokens": token_strings(tokenizer, new), "token_ids": new, "exit_layers": layers,
-                      "token_logprobs": gen.token_logprobs[i, :n].tolist(),
-                      "exit_logprobs": gen.exit_logprobs[i, :n].tolist(), "num_layers": L,
-                      "offset": None if offset == -math.inf else offset,
-                      "exit_rate": metrics.early_exit_rate(layers, L), "als": metrics.average_layer_savings(layers, L)}
+            record = {
+                "index": s + i,
+                "id": p.get("id"),
+                "prompt": p["prompt"],
+                "text": tokenizer.decode(new, skip_special_tokens=True),
+                "tokens": token_strings(tokenizer, new),
+                "token_ids": new,
+                "exit_layers": layers,
+                "token_logprobs": gen.token_logprobs[i, :n].tolist(),
+                "exit_logprobs": gen.exit_logprobs[i, :n].tolist(),
+                "num_layers": L,
+                "offset": None if offset == -math.inf else offset,
+                "exit_rate": metrics.early_exit_rate(layers, L),
+                "als": metrics.average_layer_savings(layers, L),
+            }
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         out.flush()
 
 
 def _clip(text: str, n: int = 60) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= n else text[:n - 1] + "…"
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def chat(config: ChatConfig) -> int:

@@ -50,19 +50,36 @@ REPORTED: tuple[type[Exception], ...] = (UserError, *PATH_ERRORS)
 
 # verb → (module, config class, job function, one-line description)
 VERBS: dict[str, tuple[str, str, str, str]] = {
-    "calibrate": ("thinkaloud.data.calibrate", "CalibrateConfig", "calibrate",
-                  "Stage-1 data: teacher rollouts + per-layer KL to the final layer"),
+    "calibrate": (
+        "thinkaloud.data.calibrate",
+        "CalibrateConfig",
+        "calibrate",
+        "Stage-1 data: teacher rollouts + per-layer KL to the final layer",
+    ),
     "sft": ("thinkaloud.train.sft", "SFTConfig", "train_sft", "Stage 1: calibration SFT of LoRA + exit heads"),
     "sweep": ("thinkaloud.train.sweep", "SweepConfig", "sweep", "Stage 1 over several KL factors, with an eval table"),
     "rl": ("thinkaloud.train.rl", "RLConfig", "train_rl", "Stage 2: RL for earlier exits (leave-one-out REINFORCE)"),
     "eval": ("thinkaloud.eval.run", "EvalConfig", "evaluate", "Generate with exits, score, summarise"),
     "report": ("thinkaloud.eval.run", "ReportConfig", "report", "report.md + report.html from result folders"),
-    "risk": ("thinkaloud.eval.risk", "RiskConfig", "choose_offset",
-             "Choose the exit offset with a risk guarantee (Learn-then-Test)"),
-    "generate": ("thinkaloud.chat", "GenerateConfig", "generate_answers",
-                 "Answer prompts with exits: streamed, coloured by exit layer (or --json records)"),
+    "risk": (
+        "thinkaloud.eval.risk",
+        "RiskConfig",
+        "choose_offset",
+        "Choose the exit offset with a risk guarantee (Learn-then-Test)",
+    ),
+    "generate": (
+        "thinkaloud.chat",
+        "GenerateConfig",
+        "generate_answers",
+        "Answer prompts with exits: streamed, coloured by exit layer (or --json records)",
+    ),
     "chat": ("thinkaloud.chat", "ChatConfig", "chat", "Talk to a model in the terminal, tokens coloured by exit layer"),
-    "card": ("thinkaloud.model.card", "CardConfig", "card", "Write a saved model's card (README.md), with eval metrics"),
+    "card": (
+        "thinkaloud.model.card",
+        "CardConfig",
+        "card",
+        "Write a saved model's card (README.md), with eval metrics",
+    ),
     "demo": ("thinkaloud.demo", "DemoConfig", "demo", "The whole pipeline on the embedded model, on a CPU"),
 }
 
@@ -98,6 +115,7 @@ def _converter(tp, whole: bool = False):
         (inner,) = typing.get_args(tp) or (str,)
         item = _converter(inner)
         if whole:
+
             def convert_one(s: str) -> list:
                 return [item(s)]
 
@@ -110,6 +128,7 @@ def _converter(tp, whole: bool = False):
         convert_list.__name__ = f"comma-separated {item.__name__}"
         return convert_list
     if tp is bool:
+
         def convert_bool(s: str) -> bool:
             return s.lower() in ("1", "true", "yes", "on")
 
@@ -140,8 +159,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
         if not f.init:
             continue
         help_text = f.metadata.get("help", "")
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         if _required(f):
             help_text += " (required)"
         elif "(default" not in help_text:  # a help text may say what its default means
@@ -149,16 +171,28 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
         tp = _strip_optional(hints[f.name])
         whole = bool(f.metadata.get("whole"))
         if tp is bool:
-            parser.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_text)
+            parser.add_argument(
+                _flag(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
-            parser.add_argument(_flag(f), dest=f.name, type=_converter(tp, whole), default=None, help=help_text,
-                                action="extend" if whole else "store")
+            parser.add_argument(
+                _flag(f),
+                dest=f.name,
+                type=_converter(tp, whole),
+                default=None,
+                help=help_text,
+                action="extend" if whole else "store",
+            )
         if f.metadata.get(POSITIONAL):
             if typing.get_origin(tp) is not list:
                 raise TypeError(f"{cls.__name__}.{f.name}: only a list field can be positional, not {tp}")
-            parser.add_argument(_POSITIONAL_DEST.format(f.name), metavar=f.name.upper(), nargs="*",
-                                type=_converter(tp, whole), help=f"the same as {_flag(f)}")
+            parser.add_argument(
+                _POSITIONAL_DEST.format(f.name),
+                metavar=f.name.upper(),
+                nargs="*",
+                type=_converter(tp, whole),
+                help=f"the same as {_flag(f)}",
+            )
 
 
 def _has_positional(cls) -> bool:
@@ -192,8 +226,9 @@ def build_config(cls, args: argparse.Namespace):
             values[f.name] = value
     missing = [f for f in dataclasses.fields(cls) if f.init and _required(f) and f.name not in values]
     if missing:
-        names = [f"{_flag(f)} (or {f.name.upper()} arguments)" if f.metadata.get(POSITIONAL) else _flag(f)
-                 for f in missing]
+        names = [
+            f"{_flag(f)} (or {f.name.upper()} arguments)" if f.metadata.get(POSITIONAL) else _flag(f) for f in missing
+        ]
         raise UsageError(f"the following arguments are required: {', '.join(names)}")
     return cls(**values)
 
@@ -216,8 +251,11 @@ def check_inputs(config) -> None:
 
             with warnings.catch_warnings():  # the job warns again, once
                 warnings.simplefilter("ignore")
-                get_task(spec).items(getattr(config, "n", 1), seed=getattr(config, "seed", 0),
-                                     split=getattr(config, split_field, "train"))
+                get_task(spec).items(
+                    getattr(config, "n", 1),
+                    seed=getattr(config, "seed", 0),
+                    split=getattr(config, split_field, "train"),
+                )
     model = getattr(config, "model", None)
     if isinstance(model, str):
         from thinkaloud.model.loading import check_model_spec
@@ -249,14 +287,19 @@ def _add_verb_arguments(parser: argparse.ArgumentParser, cls) -> argparse.Argume
 
 def _parser() -> argparse.ArgumentParser:
     """The parser of the whole command (for ``--help`` and errors that name no verb)."""
-    parser = _Parser(prog="thinkaloud", description="Post-train a language model to think out loud: early exits "
-                     "(exit = freeze), calibration, SFT, RL, evaluation.",
-                     epilog="`thinkaloud VERB --help` lists a verb's options.")
+    parser = _Parser(
+        prog="thinkaloud",
+        description="Post-train a language model to think out loud: early exits "
+        "(exit = freeze), calibration, SFT, RL, evaluation.",
+        epilog="`thinkaloud VERB --help` lists a verb's options.",
+    )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, (module, cls_name, _, description) in VERBS.items():
-        _add_verb_arguments(sub.add_parser(verb, help=description, description=description),
-                            getattr(importlib.import_module(module), cls_name))
+        _add_verb_arguments(
+            sub.add_parser(verb, help=description, description=description),
+            getattr(importlib.import_module(module), cls_name),
+        )
     return parser
 
 

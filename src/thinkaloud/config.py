@@ -42,7 +42,9 @@ class ExitConfig:
             raise ValueError(f"no exit layers below the last layer {num_layers} (exit_every={self.exit_every})")
         bad = [x for x in layers if not 1 <= x < num_layers]
         if bad:
-            raise ValueError(f"exit layers must lie in 1..{num_layers - 1} (layer {num_layers} is 'no exit'); got {bad}")
+            raise ValueError(
+                f"exit layers must lie in 1..{num_layers - 1} (layer {num_layers} is 'no exit'); got {bad}"
+            )
         return layers
 
     def to_dict(self) -> dict:

@@ -65,9 +65,14 @@ class DemoConfig:
     task: str = field(default=DEMO_TASK, metadata={"help": "offline task (paper's RL task: theory of mind, tom)"})
     seed: int = field(default=0, metadata={"help": "seed of the items, training and sampling of every stage"})
     quick: bool = field(default=False, metadata={"help": "a ≤ 3-minute version of every stage, for CI"})
-    judge: str | None = field(default=None, metadata={"help": "coherence judge for the evals: "
-                                                              "openai:<base_url>#<model> | hf:<model> (default: none; "
-                                                              "the fluency proxies stand in)"})
+    judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "coherence judge for the evals: "
+            "openai:<base_url>#<model> | hf:<model> (default: none; "
+            "the fluency proxies stand in)"
+        },
+    )
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: all cores)"})
 
 
@@ -87,17 +92,46 @@ class Sizes:
     rl_eval_n: int
 
 
-FULL = Sizes(calib_n=24, calib_tokens=48, sft_steps=8, sft_batch=2, eval_n=24, eval_tokens=48, rl_steps=6,
-             rl_prompts=1, rl_k=4, rl_tokens=40, rl_eval_every=3, rl_eval_n=8)
-QUICK = Sizes(calib_n=6, calib_tokens=16, sft_steps=2, sft_batch=2, eval_n=4, eval_tokens=16, rl_steps=2,
-              rl_prompts=1, rl_k=2, rl_tokens=12, rl_eval_every=2, rl_eval_n=3)
+FULL = Sizes(
+    calib_n=24,
+    calib_tokens=48,
+    sft_steps=8,
+    sft_batch=2,
+    eval_n=24,
+    eval_tokens=48,
+    rl_steps=6,
+    rl_prompts=1,
+    rl_k=4,
+    rl_tokens=40,
+    rl_eval_every=3,
+    rl_eval_n=8,
+)
+QUICK = Sizes(
+    calib_n=6,
+    calib_tokens=16,
+    sft_steps=2,
+    sft_batch=2,
+    eval_n=4,
+    eval_tokens=16,
+    rl_steps=2,
+    rl_prompts=1,
+    rl_k=2,
+    rl_tokens=12,
+    rl_eval_every=2,
+    rl_eval_n=3,
+)
 
 
 def check_folder(out: Path, config: DemoConfig) -> None:
     """Record the settings that determine the results in ``out/demo.json``; refuse a folder of other settings
     (its finished stages would be reused)."""
-    identity = {"model": config.model, "task": config.task, "seed": config.seed, "quick": config.quick,
-                "judge": config.judge}
+    identity = {
+        "model": config.model,
+        "task": config.task,
+        "seed": config.seed,
+        "quick": config.quick,
+        "judge": config.judge,
+    }
     path = out / "demo.json"
     if path.exists() and (previous := json.loads(path.read_text())) != identity:
         raise UserError(f"{out} holds a demo with other settings ({previous}); choose another --out")
@@ -137,42 +171,103 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
     # 1. calibration (train split)
     calib = out / "calib"
     manifest = calib / "manifest.json"
-    stage("calibrate", manifest.exists() and json.loads(manifest.read_text()).get("complete", False),
-          lambda: calibrate(CalibrateConfig(out=str(calib), model=config.model, task=config.task, n=sizes.calib_n,
-                                            max_new_tokens=sizes.calib_tokens, seed=config.seed, split="train",
-                                            batch_size=12, shard_size=sizes.calib_n), console))
+    stage(
+        "calibrate",
+        manifest.exists() and json.loads(manifest.read_text()).get("complete", False),
+        lambda: calibrate(
+            CalibrateConfig(
+                out=str(calib),
+                model=config.model,
+                task=config.task,
+                n=sizes.calib_n,
+                max_new_tokens=sizes.calib_tokens,
+                seed=config.seed,
+                split="train",
+                batch_size=12,
+                shard_size=sizes.calib_n,
+            ),
+            console,
+        ),
+    )
     targets, L, _ = calibration_targets(calib)
     console.print(kl_cost_table(calib))
 
     # 2. Stage 1: SFT at each KL factor, each evaluated on the same test items
     def evaluate_model(label: str, model: str, measures: list[str]) -> None:
-        evaluate(EvalConfig(model=model, out=str(out / "eval" / label), task=config.task, n=sizes.eval_n,
-                            seed=config.seed, split="test", max_new_tokens=sizes.eval_tokens, batch_size=12,
-                            target=False, speed_baseline=False, judge=config.judge, measures=measures, label=label,
-                            show=0))
+        evaluate(
+            EvalConfig(
+                model=model,
+                out=str(out / "eval" / label),
+                task=config.task,
+                n=sizes.eval_n,
+                seed=config.seed,
+                split="test",
+                max_new_tokens=sizes.eval_tokens,
+                batch_size=12,
+                target=False,
+                speed_baseline=False,
+                judge=config.judge,
+                measures=measures,
+                label=label,
+                show=0,
+            )
+        )
 
     every = ["reliance", "lens", "fluency"]
     stage("eval base", _done(out / "eval" / "base"), lambda: evaluate_model("base", config.model, every))
     for f in KL_FACTORS:
         run = out / _sft_name(f)
-        stage(f"SFT at KL factor {f:g}", (run / "model").exists(),
-              lambda run=run, f=f: train_sft(SFTConfig(
-                  calib=str(calib), out=str(run), kl_factor=f, steps=sizes.sft_steps, batch_size=sizes.sft_batch,
-                  exit_loss="expected", seed=config.seed, save_every=sizes.sft_steps,
-                  resume=(run / "checkpoints").exists()), console))
+        stage(
+            f"SFT at KL factor {f:g}",
+            (run / "model").exists(),
+            lambda run=run, f=f: train_sft(
+                SFTConfig(
+                    calib=str(calib),
+                    out=str(run),
+                    kl_factor=f,
+                    steps=sizes.sft_steps,
+                    batch_size=sizes.sft_batch,
+                    exit_loss="expected",
+                    seed=config.seed,
+                    save_every=sizes.sft_steps,
+                    resume=(run / "checkpoints").exists(),
+                ),
+                console,
+            ),
+        )
         label = f"F={f:g}"
-        stage(f"eval {label}", _done(out / "eval" / label),
-              lambda run=run, label=label, f=f: evaluate_model(label, str(run), every if f == 1.0 else ["fluency"]))
+        stage(
+            f"eval {label}",
+            _done(out / "eval" / label),
+            lambda run=run, label=label, f=f: evaluate_model(label, str(run), every if f == 1.0 else ["fluency"]),
+        )
 
     # 3. Stage 2: RL from the F = 1 model, 3 seeds, held-out evaluation every few steps
     rl = out / "rl"
-    stage(f"RL ({RL_SEEDS} seeds, λ={RL_LAMBDA:g}, β={RL_BETA:g})", _done(rl, "log.jsonl") and all(
-        (rl / f"run-{r}" / "model").exists() for r in range(RL_SEEDS)),
-          lambda: train_rl(RLConfig(
-              model=str(out / _sft_name(1.0)), out=str(rl), task=config.task, lam=RL_LAMBDA, beta=RL_BETA,
-              k=sizes.rl_k, prompts_per_step=sizes.rl_prompts, steps=sizes.rl_steps, runs=RL_SEEDS, seed=config.seed,
-              max_new_tokens=sizes.rl_tokens, base_prompts=0, save_every=sizes.rl_steps,
-              eval_every=sizes.rl_eval_every, eval_n=sizes.rl_eval_n, resume=(rl / "config.yaml").exists())))
+    stage(
+        f"RL ({RL_SEEDS} seeds, λ={RL_LAMBDA:g}, β={RL_BETA:g})",
+        _done(rl, "log.jsonl") and all((rl / f"run-{r}" / "model").exists() for r in range(RL_SEEDS)),
+        lambda: train_rl(
+            RLConfig(
+                model=str(out / _sft_name(1.0)),
+                out=str(rl),
+                task=config.task,
+                lam=RL_LAMBDA,
+                beta=RL_BETA,
+                k=sizes.rl_k,
+                prompts_per_step=sizes.rl_prompts,
+                steps=sizes.rl_steps,
+                runs=RL_SEEDS,
+                seed=config.seed,
+                max_new_tokens=sizes.rl_tokens,
+                base_prompts=0,
+                save_every=sizes.rl_steps,
+                eval_every=sizes.rl_eval_every,
+                eval_n=sizes.rl_eval_n,
+                resume=(rl / "config.yaml").exists(),
+            )
+        ),
+    )
     stage("eval RL (seed 0)", _done(out / "eval" / "RL"), lambda: evaluate_model("RL", str(rl / "run-0"), every))
 
     # 4. Stage-1 table, findings, report
@@ -182,20 +277,35 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
     findings_dir = out / "findings"
     findings = write_demo_findings(findings_dir, records, targets, rl, L, config)
     report_dir = out / "report"
-    stage("report", False, lambda: report(ReportConfig(
-        dirs=[str(out / "eval" / label) for label in labels] + [str(stage1), str(rl), str(findings_dir)],
-        out=str(report_dir))))
+    stage(
+        "report",
+        False,
+        lambda: report(
+            ReportConfig(
+                dirs=[str(out / "eval" / label) for label in labels] + [str(stage1), str(rl), str(findings_dir)],
+                out=str(report_dir),
+            )
+        ),
+    )
 
     console.print(stage1_table(json.loads((stage1 / "sweep.json").read_text())["rows"]))
     console.rule("[bold]Findings")
     console.print(df.findings_block(findings), highlight=False)
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    console.print(f"Wall time {wall:.0f} s, CPU time {cpu:.0f} s on {torch.get_num_threads()} thread(s) "
-                  f"({stages})", highlight=False)
-    atomic_write_json(out / "timings.json", {"total_s": round(wall, 1), "cpu_s": round(cpu, 1),
-                                             "threads": torch.get_num_threads(),
-                                             "stages_s": {k: round(v, 1) for k, v in timings.items()}})
+    console.print(
+        f"Wall time {wall:.0f} s, CPU time {cpu:.0f} s on {torch.get_num_threads()} thread(s) ({stages})",
+        highlight=False,
+    )
+    atomic_write_json(
+        out / "timings.json",
+        {
+            "total_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),
+            "threads": torch.get_num_threads(),
+            "stages_s": {k: round(v, 1) for k, v in timings.items()},
+        },
+    )
     console.print(f"Report: [bold]{report_dir / 'report.html'}[/] (and report.md)")
     return report_dir
 
@@ -220,14 +330,17 @@ def kl_cost_table(calib: Path) -> Table:
     manifest, rows = load_calibration(calib)
     L, E = int(manifest["num_layers"]), list(manifest["exit_layers"])
     kl = torch.cat([r.kl for r in rows]).mean(0)  # (m,)
-    table = Table(title=f"Cost of an exit on {manifest['config']['task']} ({sum(len(r.kl) for r in rows)} calibration "
-                        "tokens): depth gain λ(L−ℓ)/L against KL cost β·D (D = KL(p_L‖p_ℓ), an upper proxy of "
-                        "the reward's KL̂)")
+    table = Table(
+        title=f"Cost of an exit on {manifest['config']['task']} ({sum(len(r.kl) for r in rows)} calibration "
+        "tokens): depth gain λ(L−ℓ)/L against KL cost β·D (D = KL(p_L‖p_ℓ), an upper proxy of "
+        "the reward's KL̂)"
+    )
     for col in ("exit layer", "D (nats)", f"gain λ={RL_LAMBDA:g}", "cost β=0.25 (paper)", f"cost β={RL_BETA:g} (demo)"):
         table.add_column(col, justify="right")
     for layer, d in zip(E, kl.tolist()):
-        table.add_row(str(layer), f"{d:.2f}", f"{RL_LAMBDA * (L - layer) / L:.3f}", f"{0.25 * d:.3f}",
-                      f"{RL_BETA * d:.3f}")
+        table.add_row(
+            str(layer), f"{d:.2f}", f"{RL_LAMBDA * (L - layer) / L:.3f}", f"{0.25 * d:.3f}", f"{RL_BETA * d:.3f}"
+        )
     return table
 
 
@@ -245,32 +358,60 @@ def write_stage1(folder: Path, records: dict, targets: dict[float, dict[int, flo
         s = json.loads((folder.parent / "eval" / label / "summary.json").read_text())
         flu = s.get("fluency") or {}
         r = records[label]
-        rows.append({"label": "base" if f is None else f"kl={f:g}", "kl_factor": f,
-                     "coherence": (s.get("coherence") or {}).get("mean"), "base_nll": flu.get("base_nll"),
-                     "rep4": flu.get("rep4"), "distinct2": flu.get("distinct2"),
-                     "early_exit_rate": s["early_exit_rate"], "als": s["als"], "accuracy": s["accuracy"],
-                     "tv_distance": None if f is None else tv_distance(r.hist(range(len(r))), targets[f]),
-                     "speedup_vs_base": None, "eval_dir": str(folder.parent / "eval" / label)})
-    atomic_write_json(folder / "sweep.json", {"task": json.loads((folder.parent / "eval" / "base" / "summary.json")
-                                                                 .read_text())["task"], "rows": rows})
+        rows.append(
+            {
+                "label": "base" if f is None else f"kl={f:g}",
+                "kl_factor": f,
+                "coherence": (s.get("coherence") or {}).get("mean"),
+                "base_nll": flu.get("base_nll"),
+                "rep4": flu.get("rep4"),
+                "distinct2": flu.get("distinct2"),
+                "early_exit_rate": s["early_exit_rate"],
+                "als": s["als"],
+                "accuracy": s["accuracy"],
+                "tv_distance": None if f is None else tv_distance(r.hist(range(len(r))), targets[f]),
+                "speedup_vs_base": None,
+                "eval_dir": str(folder.parent / "eval" / label),
+            }
+        )
+    atomic_write_json(
+        folder / "sweep.json",
+        {"task": json.loads((folder.parent / "eval" / "base" / "summary.json").read_text())["task"], "rows": rows},
+    )
     return folder
 
 
 def stage1_table(rows: list[dict]) -> Table:
     table = Table(title="Stage 1: SFT at three KL factors, and the base model (test split)")
-    for col in ("KL factor", "coherence", "base NLL (proxy)", "rep-4 (proxy)", "early-exit rate", "ALS", "accuracy",
-                "TV to target"):
+    for col in (
+        "KL factor",
+        "coherence",
+        "base NLL (proxy)",
+        "rep-4 (proxy)",
+        "early-exit rate",
+        "ALS",
+        "accuracy",
+        "TV to target",
+    ):
         table.add_column(col, justify="right")
     fmt = lambda v, f: "—" if v is None else format(v, f)
     for r in rows:
-        table.add_row(r["label"] if r["kl_factor"] is None else f"{r['kl_factor']:g}", fmt(r["coherence"], ".1f"),
-                      fmt(r["base_nll"], ".3f"), fmt(r["rep4"], ".1%"), f"{r['early_exit_rate']:.1%}", f"{r['als']:.1%}",
-                      f"{r['accuracy']:.1%}", fmt(r["tv_distance"], ".3f"))
+        table.add_row(
+            r["label"] if r["kl_factor"] is None else f"{r['kl_factor']:g}",
+            fmt(r["coherence"], ".1f"),
+            fmt(r["base_nll"], ".3f"),
+            fmt(r["rep4"], ".1%"),
+            f"{r['early_exit_rate']:.1%}",
+            f"{r['als']:.1%}",
+            f"{r['accuracy']:.1%}",
+            fmt(r["tv_distance"], ".3f"),
+        )
     return table
 
 
-def write_demo_findings(folder: Path, records: dict, targets: dict[float, dict[int, float]], rl: Path, L: int,
-                        config: DemoConfig) -> list:
+def write_demo_findings(
+    folder: Path, records: dict, targets: dict[float, dict[int, float]], rl: Path, L: int, config: DemoConfig
+) -> list:
     """Compute the four findings, draw their figures and write ``folder/findings.json``."""
     from thinkaloud import demo_findings as df
     from thinkaloud.eval.measure_plots import plot_fluency_distributions
@@ -280,29 +421,47 @@ def write_demo_findings(folder: Path, records: dict, targets: dict[float, dict[i
     by_factor = {f: records[f"F={f:g}"] for f in KL_FACTORS}
     heldout = [json.loads(line) for line in (rl / HELDOUT_FILE).read_text().splitlines() if line.strip()]
     heldout_base = json.loads((rl / HELDOUT_BASE_FILE).read_text())
-    findings = [*df.finding_1(by_factor), df.finding_2(by_factor, records["base"], targets), df.finding_3(heldout),
-                df.finding_4(heldout, heldout_base, records["RL"], records["base"])]
+    findings = [
+        *df.finding_1(by_factor),
+        df.finding_2(by_factor, records["base"], targets),
+        df.finding_3(heldout),
+        df.finding_4(heldout, heldout_base, records["RL"], records["base"]),
+    ]
     figures = []
     fig = plot_fluency_distributions({k: [v for v in r.nll if v is not None] for k, r in records.items()})
     save_figure(fig, folder / "figures" / "fluency_distribution")
-    figures.append({"file": "figures/fluency_distribution",
-                    "caption": "Fluency proxy per response and model (test items): the base model's NLL per token"})
+    figures.append(
+        {
+            "file": "figures/fluency_distribution",
+            "caption": "Fluency proxy per response and model (test items): the base model's NLL per token",
+        }
+    )
     for f, r in by_factor.items():
         name = f"figures/exit_vs_target_F{f:g}"
-        save_figure(plot_exit_histogram(r.hist(range(len(r))), targets[f], L, title=f"F={f:g}: learned vs target"),
-                    folder / name)
-        figures.append({"file": name, "caption": f"Learned exit histogram of the F={f:g} SFT model (test responses) "
-                                                 f"against its calibration target (train rollouts)"})
-    notes = [f"Model {config.model}, task {config.task}, seed {config.seed}; {len(records['base'])} test items per eval, "
-             f"{heldout[0]['n']} fixed held-out test prompts in RL ({RL_SEEDS} seeds, λ={RL_LAMBDA:g}, β={RL_BETA:g}).",
-             "Uncertainty: 95% bootstrap intervals over items (paired across models on the same items; RL seeds "
-             "pooled, prompts resampled). Verdict: held = the claimed direction with an interval excluding 0; not "
-             "significant = the direction, interval includes 0; did not hold = the other direction. (4) is a claim "
-             f"of no harm: did not hold = an interval entirely below 0; not significant = a drop of more than "
-             f"{100 * df.ACCURACY_MARGIN:.0f} points whose interval includes 0.",
-             "TV distances compare each model's exit histogram on the test responses with the calibration target "
-             "at its KL factor (mean q* over the base model's train-split rollouts); the base model never exits.",
-             "Fluency proxies are not coherence: the base-model NLL also rises for correct text in an unusual style."]
-    df.write_findings(folder, f"Findings: the paper's claims on {config.model} ({config.task})", findings, notes, [],
-                      figures)
+        save_figure(
+            plot_exit_histogram(r.hist(range(len(r))), targets[f], L, title=f"F={f:g}: learned vs target"),
+            folder / name,
+        )
+        figures.append(
+            {
+                "file": name,
+                "caption": f"Learned exit histogram of the F={f:g} SFT model (test responses) "
+                f"against its calibration target (train rollouts)",
+            }
+        )
+    notes = [
+        f"Model {config.model}, task {config.task}, seed {config.seed}; {len(records['base'])} test items per eval, "
+        f"{heldout[0]['n']} fixed held-out test prompts in RL ({RL_SEEDS} seeds, λ={RL_LAMBDA:g}, β={RL_BETA:g}).",
+        "Uncertainty: 95% bootstrap intervals over items (paired across models on the same items; RL seeds "
+        "pooled, prompts resampled). Verdict: held = the claimed direction with an interval excluding 0; not "
+        "significant = the direction, interval includes 0; did not hold = the other direction. (4) is a claim "
+        f"of no harm: did not hold = an interval entirely below 0; not significant = a drop of more than "
+        f"{100 * df.ACCURACY_MARGIN:.0f} points whose interval includes 0.",
+        "TV distances compare each model's exit histogram on the test responses with the calibration target "
+        "at its KL factor (mean q* over the base model's train-split rollouts); the base model never exits.",
+        "Fluency proxies are not coherence: the base-model NLL also rises for correct text in an unusual style.",
+    ]
+    df.write_findings(
+        folder, f"Findings: the paper's claims on {config.model} ({config.task})", findings, notes, [], figures
+    )
     return findings

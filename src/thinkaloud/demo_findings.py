@@ -53,8 +53,9 @@ class Finding:
 # Statistics
 
 
-def bootstrap_ci(stat: Callable[[list[int]], float], n: int, *, resamples: int = BOOTSTRAP,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    stat: Callable[[list[int]], float], n: int, *, resamples: int = BOOTSTRAP, seed: int = 0
+) -> tuple[float, float]:
     """95% percentile interval of ``stat(indices)`` over ``resamples`` draws of n indices with replacement."""
     rng = random.Random(seed)
     values = sorted(stat([rng.randrange(n) for _ in range(n)]) for _ in range(resamples))
@@ -102,9 +103,15 @@ class EvalRecords:
     def read(cls, label: str, d: Path) -> EvalRecords:
         summary = json.loads((d / "summary.json").read_text())
         recs = [json.loads(line) for line in (d / "records.jsonl").read_text().splitlines() if line.strip()]
-        return cls(label, [r["exit_layers"] for r in recs], [(r.get("fluency") or {}).get("base_nll") for r in recs],
-                   [float(r["score"]) for r in recs], [(r.get("judge") or {}).get("overall") for r in recs],
-                   int(summary["num_layers"]), list(summary["exit_layers"]) + [int(summary["num_layers"])])
+        return cls(
+            label,
+            [r["exit_layers"] for r in recs],
+            [(r.get("fluency") or {}).get("base_nll") for r in recs],
+            [float(r["score"]) for r in recs],
+            [(r.get("judge") or {}).get("overall") for r in recs],
+            int(summary["num_layers"]),
+            list(summary["exit_layers"]) + [int(summary["num_layers"])],
+        )
 
     def exit_rate(self, idx: Sequence[int]) -> float:
         tokens = [x for i in idx for x in self.exit_layers[i]]
@@ -156,17 +163,29 @@ def finding_1(by_factor: dict[float, EvalRecords]) -> list[Finding]:
     ci_als = (-ci_depth[1], -ci_depth[0])
     monotone = all(a > b for a, b in zip(rates, rates[1:])) and all(a > b for a, b in zip(als, als[1:]))
     verdicts = [direction_verdict(d_rate, ci_rate, +1), direction_verdict(-d_depth, ci_als, +1)]
-    exits = (DID_NOT_HOLD if DID_NOT_HOLD in verdicts or not monotone
-             else NOT_SIGNIFICANT if NOT_SIGNIFICANT in verdicts else HELD)
+    exits = (
+        DID_NOT_HOLD
+        if DID_NOT_HOLD in verdicts or not monotone
+        else NOT_SIGNIFICANT
+        if NOT_SIGNIFICANT in verdicts
+        else HELD
+    )
     names = " → ".join(f"F={f:g}" for f in factors)
-    out = [Finding(f"(1a) lower KL factor → more and earlier exits ({names})",
-                   f"early-exit rate {' → '.join(f'{100 * r:.1f}%' for r in rates)}; ALS "
-                   f"{' → '.join(f'{100 * a:.1f}%' for a in als)}; F={factors[0]:g} − F={factors[-1]:g}: rate "
-                   f"{100 * d_rate:+.1f} pts {_ci(ci_rate)}, ALS {-100 * d_depth:+.1f} pts {_ci(ci_als)}", exits)]
+    out = [
+        Finding(
+            f"(1a) lower KL factor → more and earlier exits ({names})",
+            f"early-exit rate {' → '.join(f'{100 * r:.1f}%' for r in rates)}; ALS "
+            f"{' → '.join(f'{100 * a:.1f}%' for a in als)}; F={factors[0]:g} − F={factors[-1]:g}: rate "
+            f"{100 * d_rate:+.1f} pts {_ci(ci_rate)}, ALS {-100 * d_depth:+.1f} pts {_ci(ci_als)}",
+            exits,
+        )
+    ]
     nlls = [by_factor[f].nll_mean(everything(by_factor[f])) for f in factors]
     d_nll, ci_nll = _paired(lo, hi, "nll_mean")
-    measured = (f"base-model NLL {' → '.join(f'{v:.3f}' for v in nlls)} nats/token; F={factors[0]:g} − "
-                f"F={factors[-1]:g}: {d_nll:+.3f} {_ci(ci_nll, 1, '.3f')}")
+    measured = (
+        f"base-model NLL {' → '.join(f'{v:.3f}' for v in nlls)} nats/token; F={factors[0]:g} − "
+        f"F={factors[-1]:g}: {d_nll:+.3f} {_ci(ci_nll, 1, '.3f')}"
+    )
     verdict = direction_verdict(d_nll, ci_nll, +1)
     if all(c is not None for c in lo.coherence + hi.coherence):
         coh = lambda r, idx: sum(r.coherence[i] for i in idx) / len(idx)
@@ -174,13 +193,15 @@ def finding_1(by_factor: dict[float, EvalRecords]) -> list[Finding]:
         ci_coh = bootstrap_ci(lambda idx: coh(lo, idx) - coh(hi, idx), len(lo))
         measured += f"; judge coherence F={factors[0]:g} − F={factors[-1]:g}: {d_coh:+.2f} {_ci(ci_coh, 1, '.2f')}"
         verdict = direction_verdict(-d_coh, (-ci_coh[1], -ci_coh[0]), +1)
-    out.append(Finding("(1b) lower KL factor → lower fluency (coherence when judged, else the NLL proxy)", measured,
-                       verdict))
+    out.append(
+        Finding("(1b) lower KL factor → lower fluency (coherence when judged, else the NLL proxy)", measured, verdict)
+    )
     return out
 
 
-def finding_2(by_factor: dict[float, EvalRecords], base: EvalRecords, targets: dict[float, dict[int, float]]
-              ) -> Finding:
+def finding_2(
+    by_factor: dict[float, EvalRecords], base: EvalRecords, targets: dict[float, dict[int, float]]
+) -> Finding:
     """TV(SFT exit histogram, target) below TV(base, target) for every factor."""
     parts, verdicts = [], []
     for f in sorted(by_factor):
@@ -191,7 +212,9 @@ def finding_2(by_factor: dict[float, EvalRecords], base: EvalRecords, targets: d
         parts.append(f"F={f:g}: TV {tv:.3f} {_ci(ci, 1, '.3f')} vs base {tv_base:.3f}")
         verdicts.append(direction_verdict(tv_base - tv, (tv_base - ci[1], tv_base - ci[0]), +1))
     verdict = DID_NOT_HOLD if DID_NOT_HOLD in verdicts else NOT_SIGNIFICANT if NOT_SIGNIFICANT in verdicts else HELD
-    return Finding("(2) the learned exit histogram follows its target (TV trained < TV base)", "; ".join(parts), verdict)
+    return Finding(
+        "(2) the learned exit histogram follows its target (TV trained < TV base)", "; ".join(parts), verdict
+    )
 
 
 def _ends(heldout: Sequence[dict[str, Any]]) -> tuple[dict[int, dict], dict[int, dict]]:
@@ -213,30 +236,35 @@ def _pooled(a: dict[int, list[float]], b: dict[int, list[float]] | list[float]) 
 
 def finding_3(heldout: Sequence[dict[str, Any]]) -> Finding:
     first, last = _ends(heldout)
-    d, ci = _pooled({k: v["prompt_depth_frac"] for k, v in last.items()},
-                    {k: v["prompt_depth_frac"] for k, v in first.items()})
+    d, ci = _pooled(
+        {k: v["prompt_depth_frac"] for k, v in last.items()}, {k: v["prompt_depth_frac"] for k, v in first.items()}
+    )
     per_seed = [last[k]["depth_frac"] - first[k]["depth_frac"] for k in sorted(first)]
     m, se = mean_se(per_seed)
     steps = f"step {first[min(first)]['step']} → {last[min(last)]['step']}"
-    measured = (f"mean depth ℓ/L on {first[min(first)]['n']} held-out prompts, {steps}: "
-                + ", ".join(f"{100 * first[k]['depth_frac']:.1f}% → {100 * last[k]['depth_frac']:.1f}%"
-                            for k in sorted(first))
-                + f" ({len(per_seed)} seeds); change {100 * m:+.1f} ± {100 * se:.1f} pts (mean ± SE over seeds), "
-                  f"per prompt {100 * d:+.1f} pts {_ci(ci)}")
+    measured = (
+        f"mean depth ℓ/L on {first[min(first)]['n']} held-out prompts, {steps}: "
+        + ", ".join(f"{100 * first[k]['depth_frac']:.1f}% → {100 * last[k]['depth_frac']:.1f}%" for k in sorted(first))
+        + f" ({len(per_seed)} seeds); change {100 * m:+.1f} ± {100 * se:.1f} pts (mean ± SE over seeds), "
+        f"per prompt {100 * d:+.1f} pts {_ci(ci)}"
+    )
     return Finding("(3) RL lowers mean compute", measured, direction_verdict(d, ci, -1))
 
 
-def finding_4(heldout: Sequence[dict[str, Any]], heldout_base: dict[str, Any], rl: EvalRecords,
-              base: EvalRecords) -> Finding:
+def finding_4(
+    heldout: Sequence[dict[str, Any]], heldout_base: dict[str, Any], rl: EvalRecords, base: EvalRecords
+) -> Finding:
     _, last = _ends(heldout)
     d_held, ci_held = _pooled({k: v["prompt_accuracy"] for k, v in last.items()}, heldout_base["prompt_accuracy"])
     d_eval, ci_eval = _paired(rl, base, "accuracy")
     every = lambda r: list(range(len(r)))
     accs = ", ".join(f"{100 * last[k]['accuracy']:.0f}%" for k in sorted(last))
-    measured = (f"held-out accuracy at the last step {accs} (per seed)"
-                f" vs base {100 * heldout_base['accuracy']:.0f}%: {100 * d_held:+.1f} pts {_ci(ci_held)}; eval ({len(rl)} "
-                f"items) {rl.label} {100 * rl.accuracy(every(rl)):.1f}% vs base {100 * base.accuracy(every(base)):.1f}%: "
-                f"{100 * d_eval:+.1f} pts {_ci(ci_eval)}")
+    measured = (
+        f"held-out accuracy at the last step {accs} (per seed)"
+        f" vs base {100 * heldout_base['accuracy']:.0f}%: {100 * d_held:+.1f} pts {_ci(ci_held)}; eval ({len(rl)} "
+        f"items) {rl.label} {100 * rl.accuracy(every(rl)):.1f}% vs base {100 * base.accuracy(every(base)):.1f}%: "
+        f"{100 * d_eval:+.1f} pts {_ci(ci_eval)}"
+    )
     verdict = no_harm_verdict([(d_held, ci_held), (d_eval, ci_eval)])
     if not any(heldout_base["prompt_accuracy"]) and not any(base.scores):
         verdict, measured = NOT_SIGNIFICANT, measured + "; no signal: the base model answered none correctly"
@@ -248,11 +276,24 @@ def findings_block(findings: Sequence[Finding]) -> str:
     return "\n".join(f"{f.finding}\n    measured: {f.measured}\n    verdict: {f.verdict.upper()}" for f in findings)
 
 
-def write_findings(out: Path, title: str, findings: Sequence[Finding], notes: Sequence[str],
-                   tables: Sequence[dict[str, Any]], figures: Sequence[dict[str, str]]) -> Path:
+def write_findings(
+    out: Path,
+    title: str,
+    findings: Sequence[Finding],
+    notes: Sequence[str],
+    tables: Sequence[dict[str, Any]],
+    figures: Sequence[dict[str, str]],
+) -> Path:
     """``out/findings.json`` in the report's findings format (``thinkaloud.eval.report``)."""
     from thinkaloud.io import atomic_write_json
 
-    return atomic_write_json(Path(out) / "findings.json", {
-        "title": title, "findings": [asdict(f) for f in findings], "notes": list(notes), "tables": list(tables),
-        "figures": list(figures)})
+    return atomic_write_json(
+        Path(out) / "findings.json",
+        {
+            "title": title,
+            "findings": [asdict(f) for f in findings],
+            "notes": list(notes),
+            "tables": list(tables),
+            "figures": list(figures),
+        },
+    )

@@ -15,8 +15,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 # OSErrors about a path the user gave: it is missing, already there, of the wrong kind, or not ours to write.
-PATH_ERRORS: tuple[type[OSError], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError,
-                                          IsADirectoryError, PermissionError)
+PATH_ERRORS: tuple[type[OSError], ...] = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 
 
 class UserError(Exception):

@@ -100,8 +100,9 @@ def _convert_gguf(folder: Path, gguf_name: str, target: Path) -> None:
     console.print(f"Converted {gguf_name} → {target}")
 
 
-def load_causal_lm(name: str, *, dtype: torch.dtype | None = None,
-                   device: str | torch.device | None = None) -> tuple[PreTrainedModel, str]:
+def load_causal_lm(
+    name: str, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None
+) -> tuple[PreTrainedModel, str]:
     """Load a causal LM by alias, local path or hub id → (model in eval mode, source name)."""
     from transformers import AutoModelForCausalLM
 

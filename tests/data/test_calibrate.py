@@ -21,8 +21,17 @@ def tiny_dir(tmp_path_factory):
 
 
 def config(tiny_dir, out, **kw):
-    return CalibrateConfig(out=str(out), model=tiny_dir, task="rg:chain_sum", n=5, max_new_tokens=6,
-                           batch_size=2, shard_size=2, device="cpu", **kw)
+    return CalibrateConfig(
+        out=str(out),
+        model=tiny_dir,
+        task="rg:chain_sum",
+        n=5,
+        max_new_tokens=6,
+        batch_size=2,
+        shard_size=2,
+        device="cpu",
+        **kw,
+    )
 
 
 def test_calibration_writes_shards_with_exact_kl(tiny_dir, tmp_path):
@@ -36,8 +45,8 @@ def test_calibration_writes_shards_with_exact_kl(tiny_dir, tmp_path):
         assert 1 <= n <= 6 and row.kl.shape == (n, len(model.layers))
         ids = row.input_ids[None]
         positions = torch.zeros_like(ids, dtype=torch.bool)
-        positions[0, row.prompt_length - 1:-1] = True
-        direct = model.layer_kl(ids, positions=positions)[0, row.prompt_length - 1:-1]
+        positions[0, row.prompt_length - 1 : -1] = True
+        direct = model.layer_kl(ids, positions=positions)[0, row.prompt_length - 1 : -1]
         torch.testing.assert_close(row.kl, direct, atol=1e-5, rtol=1e-4)
 
 
@@ -79,13 +88,25 @@ def test_errors(tiny_dir, tmp_path):
 
 
 def test_manifest_records_its_items_and_they_never_overlap_test_items(tiny_dir, tmp_path):
-    rows = [{"question": f"Ann has {i} apples and buys {i + 3}. How many?", "answer": f"#### {2 * i + 3}"}
-            for i in range(60)]
+    rows = [
+        {"question": f"Ann has {i} apples and buys {i + 3}. How many?", "answer": f"#### {2 * i + 3}"}
+        for i in range(60)
+    ]
     data = tmp_path / "gsm8k.jsonl"  # ONE file: train and test come from it by question hash
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = f"gsm8k:{data}"
-    out = calibrate(CalibrateConfig(out=str(tmp_path / "cal"), model=tiny_dir, task=spec, n=6, max_new_tokens=2,
-                                    batch_size=6, shard_size=4, device="cpu"))
+    out = calibrate(
+        CalibrateConfig(
+            out=str(tmp_path / "cal"),
+            model=tiny_dir,
+            task=spec,
+            n=6,
+            max_new_tokens=2,
+            batch_size=6,
+            shard_size=4,
+            device="cpu",
+        )
+    )
     task = get_task(spec)
     calibrated = task.items(6)
     assert all(split_of(it.question) == "train" for it in calibrated)

@@ -30,10 +30,13 @@ from thinkaloud.data.tasks import (
 from thinkaloud.data.tom import TomConfig
 
 GSM8K_FILE = os.environ.get(tasks.GSM8K_ENV, "")  # the real GSM8K train.jsonl, when the environment names one
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-NO_SYSTEM_TEMPLATE = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-                      "{% endif %}" + TEMPLATE)
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+NO_SYSTEM_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" + TEMPLATE
+)
 
 
 def tokenizer(template: str | None) -> PreTrainedTokenizerFast:
@@ -51,8 +54,7 @@ ITEM = Item(id="x/0", question="What is 2 + 2?", answer="4", meta={})
 
 def test_prompt_with_chat_template_and_system_prompt():
     task = get_task("rg:chain_sum", system_prompt="Be brief.")
-    assert task.prompt(ITEM, tokenizer(TEMPLATE)) == (
-        "<|system|>Be brief.\n<|user|>What is 2 + 2?\n<|assistant|>")
+    assert task.prompt(ITEM, tokenizer(TEMPLATE)) == ("<|system|>Be brief.\n<|user|>What is 2 + 2?\n<|assistant|>")
 
 
 def test_prompt_without_system_prompt():
@@ -62,8 +64,7 @@ def test_prompt_without_system_prompt():
 
 def test_prompt_folds_system_prompt_into_user_turn_when_template_rejects_it():
     task = get_task("rg:chain_sum", system_prompt="Be brief.")
-    assert task.prompt(ITEM, tokenizer(NO_SYSTEM_TEMPLATE)) == (
-        "<|user|>Be brief.\n\nWhat is 2 + 2?\n<|assistant|>")
+    assert task.prompt(ITEM, tokenizer(NO_SYSTEM_TEMPLATE)) == ("<|user|>Be brief.\n\nWhat is 2 + 2?\n<|assistant|>")
 
 
 def test_prompt_without_chat_template_is_plain_text():
@@ -73,8 +74,11 @@ def test_prompt_without_chat_template_is_plain_text():
 
 
 def test_default_system_prompts_ask_for_what_the_strict_scorers_read():
-    for spec, marker, example in [("gsm8k", "'#### <number>'", "42"), ("rg:chain_sum", "'Answer: <answer>'", "42"),
-                                  ("tom", "'Answer: <container>'", "basket")]:
+    for spec, marker, example in [
+        ("gsm8k", "'#### <number>'", "42"),
+        ("rg:chain_sum", "'Answer: <answer>'", "42"),
+        ("tom", "'Answer: <container>'", "basket"),
+    ]:
         task = get_task(spec, path=__file__ if spec == "gsm8k" else None)
         assert marker in task.system_prompt and not task.lenient
         line = marker.strip("'").split("<")[0] + example  # the last line the prompt asks for
@@ -123,8 +127,9 @@ def test_gsm8k_single_file_is_split_by_question_hash(tmp_path):
         assert all(split_of(it.question) == split for it in items)
         assert all(it.id == f"gsm8k/{split}/{it.meta['index']}" for it in items)
     assert len({it.key for items in everything.values() for it in items}) == 600  # a partition of the file
-    with pytest.raises(ValueError, match=f"asked for {sizes['test'] + 1} GSM8K items but the test part of .* "
-                                         f"has {sizes['test']}"):
+    with pytest.raises(
+        ValueError, match=f"asked for {sizes['test'] + 1} GSM8K items but the test part of .* has {sizes['test']}"
+    ):
         task.items(sizes["test"] + 1, split="test")
 
 
@@ -162,13 +167,16 @@ def test_gsm8k_directory_reads_the_split_file_as_given(tmp_path):
         task.items(1, split="validation")
 
 
-@pytest.mark.parametrize("bad_line, message", [
-    ("{not json", "invalid JSON"),
-    (json.dumps({"question": "q"}), "'question' and 'answer'"),
-    (json.dumps({"question": "q", "answer": 42}), "'question' and 'answer'"),
-    (json.dumps({"question": "q", "answer": "42"}), "####"),
-    (json.dumps({"question": "q", "answer": "#### forty"}), "not a number: 'forty'"),
-])
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ("{not json", "invalid JSON"),
+        (json.dumps({"question": "q"}), "'question' and 'answer'"),
+        (json.dumps({"question": "q", "answer": 42}), "'question' and 'answer'"),
+        (json.dumps({"question": "q", "answer": "42"}), "####"),
+        (json.dumps({"question": "q", "answer": "#### forty"}), "not a number: 'forty'"),
+    ],
+)
 def test_gsm8k_malformed_line_names_file_and_line(tmp_path, bad_line, message):
     path = write_jsonl(tmp_path / "train.jsonl", ROWS[:2] + [bad_line])
     with pytest.raises(ValueError, match=rf"train\.jsonl:3: .*{message}"):
@@ -309,8 +317,13 @@ def tasks_with_items(tmp_path):
     return [(task, task.items(5, seed=2)) for task in (gsm8k, get_task("rg:chain_sum"), get_task("tom"))]
 
 
-REASONINGS = ["", "Let me think. 12 + 5 = 17 and then", "<think>First, 12 + 5 = 17, so",
-              "#### Step 1: add\n7 + 5 = 12\n#### Step 2:", "Answer: maybe 3\nHmm, 3 is wrong because"]
+REASONINGS = [
+    "",
+    "Let me think. 12 + 5 = 17 and then",
+    "<think>First, 12 + 5 = 17, so",
+    "#### Step 1: add\n7 + 5 = 12\n#### Step 2:",
+    "Answer: maybe 3\nHmm, 3 is wrong because",
+]
 
 
 def test_answer_cue_then_reference_is_read_back(tmp_path):

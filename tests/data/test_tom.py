@@ -24,8 +24,13 @@ from thinkaloud.data.tom import (
     track,
 )
 
-SALLY_ANNE = [Enter("Sally"), Enter("Anne"), Move("Sally", "marble", "basket"), Leave("Sally"),
-              Move("Anne", "marble", "box")]
+SALLY_ANNE = [
+    Enter("Sally"),
+    Enter("Anne"),
+    Move("Sally", "marble", "basket"),
+    Leave("Sally"),
+    Move("Anne", "marble", "box"),
+]
 
 
 def test_sally_anne_false_belief():
@@ -50,8 +55,14 @@ def test_second_order_differs_from_actual_belief():
 
 def test_second_order_with_a_bystander():
     # Tom watches Anne's move with Anne, so each knows the other saw it; Sally is out.
-    events = [Enter("Sally"), Enter("Anne"), Enter("Tom"), Move("Sally", "marble", "basket"),
-              Leave("Sally"), Move("Anne", "marble", "box")]
+    events = [
+        Enter("Sally"),
+        Enter("Anne"),
+        Enter("Tom"),
+        Move("Sally", "marble", "basket"),
+        Leave("Sally"),
+        Move("Anne", "marble", "box"),
+    ]
     t = track(["Sally", "Anne", "Tom"], events)
     assert t.belief_about("Tom", "Anne", "marble") == "box"
     assert t.belief_about("Anne", "Tom", "marble") == "box"
@@ -60,8 +71,12 @@ def test_second_order_with_a_bystander():
 
 
 def test_secret_move_is_seen_only_by_the_mover():
-    events = [Enter("Sally"), Enter("Anne"), Move("Sally", "marble", "basket"),
-              Move("Anne", "marble", "box", secret=True)]
+    events = [
+        Enter("Sally"),
+        Enter("Anne"),
+        Move("Sally", "marble", "basket"),
+        Move("Anne", "marble", "box", secret=True),
+    ]
     t = track(["Sally", "Anne"], events)
     assert t.reality("marble") == "box"
     assert t.belief("Sally", "marble") == "basket"  # present, but did not notice
@@ -74,34 +89,49 @@ def test_unseen_object_has_no_belief():
     t = track(["Sally", "Anne"], [Enter("Sally"), Move("Sally", "marble", "basket"), Enter("Anne")])
     assert t.belief("Anne", "marble") is None
     assert t.belief_about("Sally", "Anne", "marble") is None
-    story = TomStory("kitchen", ("basket", "box"), ("Sally", "Anne"), ("marble",),
-                     (Enter("Sally"), Move("Sally", "marble", "basket"), Enter("Anne")),
-                     Question("marble", ("Anne",)))
+    story = TomStory(
+        "kitchen",
+        ("basket", "box"),
+        ("Sally", "Anne"),
+        ("marble",),
+        (Enter("Sally"), Move("Sally", "marble", "basket"), Enter("Anne")),
+        Question("marble", ("Anne",)),
+    )
     with pytest.raises(ValueError, match="no answer"):
         _ = story.answer
 
 
-@pytest.mark.parametrize("events, message", [
-    ([Leave("Sally")], "not in the room"),
-    ([Enter("Sally"), Enter("Sally")], "already in the room"),
-    ([Enter("Sally"), Move("Anne", "marble", "box")], "not in the room"),
-    ([Enter("Bob")], "unknown agent"),
-])
+@pytest.mark.parametrize(
+    "events, message",
+    [
+        ([Leave("Sally")], "not in the room"),
+        ([Enter("Sally"), Enter("Sally")], "already in the room"),
+        ([Enter("Sally"), Move("Anne", "marble", "box")], "not in the room"),
+        ([Enter("Bob")], "unknown agent"),
+    ],
+)
 def test_impossible_events_are_rejected(events, message):
     with pytest.raises(ValueError, match=message):
         track(["Sally", "Anne"], events)
 
 
 def test_rendered_sally_anne_story():
-    story = TomStory("kitchen", ("basket", "box"), ("Sally", "Anne"), ("marble",), tuple(SALLY_ANNE),
-                     Question("marble", ("Anne", "Sally")))
+    story = TomStory(
+        "kitchen",
+        ("basket", "box"),
+        ("Sally", "Anne"),
+        ("marble",),
+        tuple(SALLY_ANNE),
+        Question("marble", ("Anne", "Sally")),
+    )
     assert story.text() == (
         "In the kitchen there are a basket and a box.\n"
         "Sally and Anne entered the kitchen.\n"
         "Sally put the marble in the basket.\n"
         "Sally left the kitchen.\n"
         "Anne moved the marble to the box.\n\n"
-        "Where does Anne think that Sally thinks the marble is?")
+        "Where does Anne think that Sally thinks the marble is?"
+    )
     assert story.answer == "basket"
     assert Question("marble").text() == "Where is the marble really?"
     assert Question("marble", ("Sally",)).text() == "Where does Sally think the marble is?"
@@ -136,9 +166,12 @@ def resimulate(meta: dict) -> tuple[str, list[bool]]:
     return answer, fully_seen
 
 
-CONFIGS = [TomConfig(), TomConfig(n_agents=2, n_moves=1, n_unwitnessed=1),
-           TomConfig(n_agents=5, n_moves=6, n_unwitnessed=4, n_containers=4, n_objects=3, p_secret=0.5),
-           TomConfig(n_agents=3, n_moves=3, n_unwitnessed=0)]
+CONFIGS = [
+    TomConfig(),
+    TomConfig(n_agents=2, n_moves=1, n_unwitnessed=1),
+    TomConfig(n_agents=5, n_moves=6, n_unwitnessed=4, n_containers=4, n_objects=3, p_secret=0.5),
+    TomConfig(n_agents=3, n_moves=3, n_unwitnessed=0),
+]
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -190,18 +223,37 @@ def test_generation_is_deterministic_by_seed():
 
 def test_generation_does_not_depend_on_hash_seed():
     # Load tom.py by path: importing the package would import torch, which is slow and not needed.
-    code = ("import importlib.util, random, sys; "
-            f"spec = importlib.util.spec_from_file_location('tom', {tom.__file__!r}); "
-            "tom = importlib.util.module_from_spec(spec); sys.modules['tom'] = tom; spec.loader.exec_module(tom); "
-            "print(tom.generate_story(tom.TomConfig(n_agents=5, n_moves=5, n_unwitnessed=3, n_objects=2), "
-            "random.Random(7)).text())")
-    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": h}).stdout for h in ("1", "2")]
+    code = (
+        "import importlib.util, random, sys; "
+        f"spec = importlib.util.spec_from_file_location('tom', {tom.__file__!r}); "
+        "tom = importlib.util.module_from_spec(spec); sys.modules['tom'] = tom; spec.loader.exec_module(tom); "
+        "print(tom.generate_story(tom.TomConfig(n_agents=5, n_moves=5, n_unwitnessed=3, n_objects=2), "
+        "random.Random(7)).text())"
+    )
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": h},
+        ).stdout
+        for h in ("1", "2")
+    ]
     assert outs[0] == outs[1] and outs[0]
 
 
-@pytest.mark.parametrize("bad", [dict(n_agents=1), dict(n_moves=0), dict(n_unwitnessed=3),
-                                 dict(n_containers=1), dict(order_weights=(0, 0, 0)), dict(p_secret=2.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(n_agents=1),
+        dict(n_moves=0),
+        dict(n_unwitnessed=3),
+        dict(n_containers=1),
+        dict(order_weights=(0, 0, 0)),
+        dict(p_secret=2.0),
+    ],
+)
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         replace(TomConfig(), **bad)

@@ -37,8 +37,14 @@ def model():
 def responses() -> list[Response]:
     g = torch.Generator().manual_seed(1)
     shapes = [(5, 9), (11, 4), (3, 14), (8, 1), (6, 0)]  # (prompt, response) lengths; an empty response too
-    return [Response(torch.randint(3, 97, (p,), generator=g).tolist(), torch.randint(3, 97, (n,), generator=g).tolist(),
-                     exit_layers=[2] * n) for p, n in shapes]
+    return [
+        Response(
+            torch.randint(3, 97, (p,), generator=g).tolist(),
+            torch.randint(3, 97, (n,), generator=g).tolist(),
+            exit_layers=[2] * n,
+        )
+        for p, n in shapes
+    ]
 
 
 def direct_nll(model, r: Response, adapter: bool = False) -> float:
@@ -53,7 +59,7 @@ def direct_nll(model, r: Response, adapter: bool = False) -> float:
     logp = torch.log_softmax(logits[0].double(), -1)  # (T, V)
     P = len(r.prompt_ids)
     targets = torch.tensor(r.response_ids)
-    return float(-logp[P - 1:-1].gather(-1, targets[:, None]).mean())
+    return float(-logp[P - 1 : -1].gather(-1, targets[:, None]).mean())
 
 
 def test_nll_matches_the_base_hf_forward(model):

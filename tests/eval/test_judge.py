@@ -71,9 +71,18 @@ def test_paper_rubric_restates_the_write_ups_criteria():
     text = " ".join(system["content"].split())
     for key in CRITERIA:
         assert key in text
-    for criterion in ("correct and explicit chain of thought", "mid-range score (4-7)", "factual mistakes",
-                      "heavy repetition", "even if it is unfinished", "1 = major breakdown", "7 = generally solid",
-                      "10 = excellent, complete and polished", "<|Assistant|>", "must not lower"):
+    for criterion in (
+        "correct and explicit chain of thought",
+        "mid-range score (4-7)",
+        "factual mistakes",
+        "heavy repetition",
+        "even if it is unfinished",
+        "1 = major breakdown",
+        "7 = generally solid",
+        "10 = excellent, complete and polished",
+        "<|Assistant|>",
+        "must not lower",
+    ):
         assert criterion in text, criterion
     assert "do not grade whether" not in text
     assert "What is 2+2?" in user["content"] and "<think>2+2=4</think> 4" in user["content"]
@@ -274,8 +283,11 @@ def test_hf_judge_decodes_only_new_tokens():
 
 def test_coherence_summary():
     results = [JudgeResult(Judgement(**{**GOOD, "overall": s})) for s in (8, 6, 8)]
-    results += [JudgeResult(None, "timeout after 3 tries"), JudgeResult(None, "timeout after 3 tries"),
-                JudgeResult(None, "parse: not JSON")]
+    results += [
+        JudgeResult(None, "timeout after 3 tries"),
+        JudgeResult(None, "timeout after 3 tries"),
+        JudgeResult(None, "parse: not JSON"),
+    ]
     summary = coherence_summary(results)
     assert summary["mean"] == pytest.approx(22 / 3)
     assert summary["n_judged"] == 3 and summary["n_missing"] == 3

@@ -34,14 +34,14 @@ def planted(n: int, c_in: int = 12, c_out: int = 10, seed: int = 0, noise: float
 def streamed(x: torch.Tensor, y: torch.Tensor, chunk: int = 700) -> RidgeStats:
     stats = RidgeStats(x.shape[1], y.shape[1])
     for s in range(0, x.shape[0], chunk):
-        stats.add(x[s:s + chunk], y[s:s + chunk])
+        stats.add(x[s : s + chunk], y[s : s + chunk])
     return stats
 
 
 def test_ridge_recovers_planted_map():
     x, y, w_true, b_true = planted(3000, noise=1e-6)
     fit, val = streamed(x[:2400], y[:2400]), streamed(x[2400:], y[2400:])
-    (w, b, alpha), = select_and_fit(fit, val, list(ALPHAS))
+    ((w, b, alpha),) = select_and_fit(fit, val, list(ALPHAS))
     assert alpha == min(ALPHAS)  # no noise to speak of: the least shrinkage wins
     assert (w - w_true.double()).abs().max() < 1e-3 and (b - b_true.double()).abs().max() < 1e-3
     # blocks of output columns are fitted (and their α chosen) independently
@@ -76,14 +76,14 @@ def test_random_targets_give_chance_and_planted_targets_do_not():
     readout = lambda h: h @ readout_w  # (n, 4 "tokens")
     x, y, _, _ = planted(8000, seed=4)
     fit, val = streamed(x[:3000], y[:3000]), streamed(x[3000:4000], y[3000:4000])
-    (w, b, _), = select_and_fit(fit, val, list(ALPHAS))
+    ((w, b, _),) = select_and_fit(fit, val, list(ALPHAS))
     held_x, held_y = x[4000:], y[4000:]
     planted_tokens = readout(held_y).argmax(-1)
     assert top1(readout, held_x @ w.float() + b.float(), planted_tokens).float().mean() > 0.99
     # targets and tokens unrelated to x: the held-out accuracy is chance (1/4), SE ≈ 0.007
     noise_y = torch.randn(8000, 10, generator=g)
     fit, val = streamed(x[:3000], noise_y[:3000]), streamed(x[3000:4000], noise_y[3000:4000])
-    (w, b, _), = select_and_fit(fit, val, list(ALPHAS))
+    ((w, b, _),) = select_and_fit(fit, val, list(ALPHAS))
     random_tokens = torch.randint(0, 4, (4000,), generator=g)
     acc = top1(readout, held_x @ w.float() + b.float(), random_tokens, budget=40).float().mean()
     assert abs(float(acc) - 0.25) < 0.04
@@ -138,6 +138,7 @@ def test_future_lens_on_tiny_rollouts(rollouts):
     table = torch.tensor(summary["accuracy"])
     assert table.shape == (3, 3) and ((table >= 0) & (table <= 1)).all()
     assert len(summary["logit_lens"]) == 3 and summary["n_test_responses"] == 4
+
     def at(k, ids):  # the response token at t + k of every used position t
         return torch.tensor([responses[j].response_ids[i + k - 1] for j in ids for i in range(12 - 3 + 1)])
 

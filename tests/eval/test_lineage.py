@@ -25,8 +25,9 @@ def _model(folder: Path) -> None:
 
 
 def _sft_config(run: Path, calib: str, kl_factor: float) -> Path:
-    (run / "config.yaml").write_text(yaml.safe_dump({"calib": calib, "out": str(run), "kl_factor": kl_factor,
-                                                    "steps": 3}))
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"calib": calib, "out": str(run), "kl_factor": kl_factor, "steps": 3})
+    )
     return run
 
 
@@ -37,8 +38,9 @@ def _sft_run(root: Path, name: str, calib: str, kl_factor: float) -> Path:
 
 def _rl_config(folder: Path, model: str, task: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"model": model, "out": str(folder), "task": task,
-                                                        "lam": 1.5, "beta": 0.25}))
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump({"model": model, "out": str(folder), "task": task, "lam": 1.5, "beta": 0.25})
+    )
 
 
 def _calib(folder: Path, task: str, split: str) -> str:
@@ -104,8 +106,19 @@ def trained(tmp_path_factory):
     """A real calibration (train split) of a tiny model, an SFT-style run at F = 2 on it and an RL run on top."""
     root = tmp_path_factory.mktemp("lineage")
     base = tiny_model_dir(root / "base")
-    calibrate(CalibrateConfig(out=str(root / "calib"), model=base, task="rg:chain_sum", n=4, max_new_tokens=4,
-                              batch_size=4, shard_size=4, split="train", device="cpu"))
+    calibrate(
+        CalibrateConfig(
+            out=str(root / "calib"),
+            model=base,
+            task="rg:chain_sum",
+            n=4,
+            max_new_tokens=4,
+            batch_size=4,
+            shard_size=4,
+            split="train",
+            device="cpu",
+        )
+    )
     sft = root / "sft"
     EarlyExitModel.from_base(base, ExitConfig(exit_layers=[2, 4])).save_pretrained(sft / "model")
     _sft_config(sft, str(root / "calib"), 2.0)
@@ -135,7 +148,10 @@ def test_eval_compares_with_the_target_the_run_was_trained_for(trained, tmp_path
 
 def test_eval_refuses_items_of_the_calibration(trained, tmp_path):
     with pytest.raises(LeakageError, match=r"2 of the 2 eval items are in the calibration .*rg:chain_sum/train") as e:
-        evaluate(EvalConfig(model=str(trained / "rl"), out=str(tmp_path / "leak"), n=2, split="train",
-                            max_new_tokens=2, show=0))
+        evaluate(
+            EvalConfig(
+                model=str(trained / "rl"), out=str(tmp_path / "leak"), n=2, split="train", max_new_tokens=2, show=0
+            )
+        )
     assert "--split" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "leak").exists()  # refused before anything ran

@@ -27,9 +27,11 @@ from thinkaloud.eval.harness import ThinkaloudLM, evaluate
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread", "offline")
-ITEMS = [{"question": "2+2", "choices": ["4", "5", "6"], "answer": 0, "target": "4"},
-         {"question": "3+3", "choices": ["5", "6", "7"], "answer": 1, "target": "6"},
-         {"question": "1+1", "choices": ["2", "3", "4"], "answer": 0, "target": "2"}]
+ITEMS = [
+    {"question": "2+2", "choices": ["4", "5", "6"], "answer": 0, "target": "4"},
+    {"question": "3+3", "choices": ["5", "6", "7"], "answer": 1, "target": "6"},
+    {"question": "1+1", "choices": ["2", "3", "4"], "answer": 0, "target": "2"},
+]
 
 
 @pytest.fixture
@@ -60,15 +62,18 @@ def tasks(tmp_path_factory) -> Path:
     data.write_text("".join(json.dumps(x) + "\n" for x in ITEMS))
     common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
     (folder / "mc.yaml").write_text(
-        f"task: tiny_mc\n{common}output_type: multiple_choice\ndoc_to_text: \"Question: {{{{question}}}}\\nAnswer:\"\n"
-        "doc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{answer}}\"\nmetric_list:\n  - metric: acc\n")
+        f'task: tiny_mc\n{common}output_type: multiple_choice\ndoc_to_text: "Question: {{{{question}}}}\\nAnswer:"\n'
+        'doc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\nmetric_list:\n  - metric: acc\n'
+    )
     (folder / "gen.yaml").write_text(
-        f"task: tiny_gen\n{common}output_type: generate_until\ndoc_to_text: \"Q: {{{{question}}}}\\nA:\"\n"
-        "doc_to_target: \"{{target}}\"\ngeneration_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 8\n"
-        "  do_sample: false\nmetric_list:\n  - metric: exact_match\n")
+        f'task: tiny_gen\n{common}output_type: generate_until\ndoc_to_text: "Q: {{{{question}}}}\\nA:"\n'
+        'doc_to_target: "{{target}}"\ngeneration_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 8\n'
+        "  do_sample: false\nmetric_list:\n  - metric: exact_match\n"
+    )
     (folder / "ppl.yaml").write_text(
-        f"task: tiny_ppl\n{common}output_type: loglikelihood_rolling\ndoc_to_text: \"{{{{question}}}} = {{{{target}}}}\"\n"
-        "doc_to_target: \"\"\nmetric_list:\n  - metric: word_perplexity\n")
+        f'task: tiny_ppl\n{common}output_type: loglikelihood_rolling\ndoc_to_text: "{{{{question}}}} = {{{{target}}}}"\n'
+        'doc_to_target: ""\nmetric_list:\n  - metric: word_perplexity\n'
+    )
     return folder
 
 
@@ -93,7 +98,7 @@ def test_loglikelihood_with_exits_off_is_the_base_models(folders):
     for (ctx, cont), (lp, _) in zip(pairs, got):
         ctx_ids = tok(ctx, add_special_tokens=False)["input_ids"] or [tok.eos_token_id]  # empty: the EOS prefix
         cont_ids = tok(cont, add_special_tokens=False)["input_ids"]
-        want = base_logprobs(base, ctx_ids + cont_ids)[-len(cont_ids):].sum()
+        want = base_logprobs(base, ctx_ids + cont_ids)[-len(cont_ids) :].sum()
         assert lp == pytest.approx(float(want), abs=1e-4)
     assert lm.mode == "off"
 
@@ -148,7 +153,7 @@ def test_generate_until_is_greedy_with_exits_off_and_counts_the_exits(folders):
     for c in contexts:
         ids = torch.tensor([tok(c, add_special_tokens=False)["input_ids"]])
         out = hf.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
-        expected.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        expected.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
     stop = expected[0][2:4]  # a stop string within the first answer: its generation stops early
     lm = ThinkaloudLM(model=str(saved), offset="-inf", batch_size=2)
     asked = requests("generate_until", *((c, {"until": [stop], "max_gen_toks": 12}) for c in contexts))
@@ -158,8 +163,9 @@ def test_generate_until_is_greedy_with_exits_off_and_counts_the_exits(folders):
     assert lm.exit_summary()["early_exit_rate"] == 0.0
 
     exits = ThinkaloudLM(model=str(saved), offset=0.0, batch_size=2)
-    exits.generate_until(requests("generate_until", *((c, {"until": ["\n\n\n\n"], "max_gen_toks": 10})
-                                                      for c in contexts)))
+    exits.generate_until(
+        requests("generate_until", *((c, {"until": ["\n\n\n\n"], "max_gen_toks": 10}) for c in contexts))
+    )
     summary = exits.exit_summary()
     assert summary["tokens"] > 0 and 0 < summary["early_exit_rate"] <= 1 and summary["offset"] == 0.0
 
@@ -168,9 +174,14 @@ def test_simple_evaluate_on_local_tasks(folders, tasks):
     base, saved = folders
     import thinkaloud.eval.harness  # noqa: F401  (registers "thinkaloud")
 
-    results = lm_eval.simple_evaluate(model="thinkaloud", model_args=f"model={saved},offset=-inf",
-                                      tasks=["tiny_mc", "tiny_gen", "tiny_ppl"],
-                                      task_manager=TaskManager(include_path=str(tasks), include_defaults=False), batch_size=2, device="cpu")
+    results = lm_eval.simple_evaluate(
+        model="thinkaloud",
+        model_args=f"model={saved},offset=-inf",
+        tasks=["tiny_mc", "tiny_gen", "tiny_ppl"],
+        task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+        batch_size=2,
+        device="cpu",
+    )
     tok = tiny_tokenizer()
     correct = 0
     for item in ITEMS:  # the base model's own choice per item
@@ -185,8 +196,11 @@ def test_simple_evaluate_on_local_tasks(folders, tasks):
     assert "exact_match,none" in results["results"]["tiny_gen"]
     assert math.isfinite(results["results"]["tiny_ppl"]["word_perplexity,none"])
 
-    with_exits = evaluate({"model": str(saved), "offset": 0.0, "batch_size": 2, "device": "cpu"}, ["tiny_gen"],
-                          task_manager=TaskManager(include_path=str(tasks), include_defaults=False))
+    with_exits = evaluate(
+        {"model": str(saved), "offset": 0.0, "batch_size": 2, "device": "cpu"},
+        ["tiny_gen"],
+        task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+    )
     summary = with_exits["thinkaloud"]
     assert summary["tokens"] > 0 and summary["early_exit_rate"] > 0 and summary["loglikelihood"] == "expected"
 
@@ -194,10 +208,33 @@ def test_simple_evaluate_on_local_tasks(folders, tasks):
 def test_the_documented_command(folders, tasks, tmp_path):
     _, saved = folders
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "thinkaloud.eval.harness", "--model", "thinkaloud", "--model_args",
-                           f"model={saved},offset=1", "--tasks", "tiny_mc", "--include_path", str(tasks),
-                           "--batch_size", "2", "--device", "cpu", "--output_path", str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "thinkaloud.eval.harness",
+            "--model",
+            "thinkaloud",
+            "--model_args",
+            f"model={saved},offset=1",
+            "--tasks",
+            "tiny_mc",
+            "--include_path",
+            str(tasks),
+            "--batch_size",
+            "2",
+            "--device",
+            "cpu",
+            "--output_path",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     [result] = list((tmp_path / "out").rglob("results_*.json"))
     assert "acc,none" in json.loads(result.read_text())["results"]["tiny_mc"]

@@ -13,28 +13,31 @@ from thinkaloud.eval.ltt import binomial_cdf, fixed_sequence, hb_p_value, learn_
 
 def test_binomial_cdf_matches_the_sum_of_terms():
     # P(Bin(10, 0.2) <= 1) = 0.8^10 + 10 · 0.2 · 0.8^9
-    assert binomial_cdf(1, 10, 0.2) == pytest.approx(0.8 ** 10 + 10 * 0.2 * 0.8 ** 9, rel=1e-12)
-    exact = sum(math.comb(100, i) * 0.1 ** i * 0.9 ** (100 - i) for i in range(6))
+    assert binomial_cdf(1, 10, 0.2) == pytest.approx(0.8**10 + 10 * 0.2 * 0.8**9, rel=1e-12)
+    exact = sum(math.comb(100, i) * 0.1**i * 0.9 ** (100 - i) for i in range(6))
     assert binomial_cdf(5, 100, 0.1) == pytest.approx(exact, rel=1e-10)
     assert binomial_cdf(-1, 10, 0.5) == 0.0 and binomial_cdf(10, 10, 0.5) == 1.0
 
 
-@pytest.mark.parametrize("risk_hat, n, eps, binary, expected", [
-    # R̂ = 0: Hoeffding term exp(−n·log(1/(1−ε))) = 0.9^10; Bentkus e·0.9^10 (or 0.9^10 for 0/1 losses).
-    (0.0, 10, 0.1, False, 0.9 ** 10),
-    (0.0, 10, 0.1, True, 0.9 ** 10),
-    # R̂ = 0.1, ε = 0.2, n = 10: h1 = 0.1·ln 0.5 + 0.9·ln(0.9/0.8) = 0.0366900 → exp(−0.366900) = 0.692879;
-    # Bentkus e · (0.8^10 + 2·0.8^9) = e · 0.375810 = 1.02156 → Hoeffding wins; for 0/1 losses 0.375810.
-    (0.1, 10, 0.2, False, 0.6928788322),
-    (0.1, 10, 0.2, True, 0.3758096384),
-    # R̂ = 0.05, ε = 0.1, n = 100: Hoeffding exp(−100·0.0167068) = 0.188125; Bentkus e · P(Bin(100, 0.1) <= 5)
-    # = e · 0.0575769 = 0.156510 → Bentkus wins.
-    (0.05, 100, 0.1, False, 0.1565102043),
-    # R̂ >= ε: Hoeffding is 1 and e · P(Bin(100, 0.2) <= 20) = e · 0.559462 > 1 → capped at 1.
-    (0.2, 100, 0.2, False, 1.0),
-    (0.2, 100, 0.2, True, 0.5594615849),
-    (0.9, 100, 0.2, False, 1.0),
-])
+@pytest.mark.parametrize(
+    "risk_hat, n, eps, binary, expected",
+    [
+        # R̂ = 0: Hoeffding term exp(−n·log(1/(1−ε))) = 0.9^10; Bentkus e·0.9^10 (or 0.9^10 for 0/1 losses).
+        (0.0, 10, 0.1, False, 0.9**10),
+        (0.0, 10, 0.1, True, 0.9**10),
+        # R̂ = 0.1, ε = 0.2, n = 10: h1 = 0.1·ln 0.5 + 0.9·ln(0.9/0.8) = 0.0366900 → exp(−0.366900) = 0.692879;
+        # Bentkus e · (0.8^10 + 2·0.8^9) = e · 0.375810 = 1.02156 → Hoeffding wins; for 0/1 losses 0.375810.
+        (0.1, 10, 0.2, False, 0.6928788322),
+        (0.1, 10, 0.2, True, 0.3758096384),
+        # R̂ = 0.05, ε = 0.1, n = 100: Hoeffding exp(−100·0.0167068) = 0.188125; Bentkus e · P(Bin(100, 0.1) <= 5)
+        # = e · 0.0575769 = 0.156510 → Bentkus wins.
+        (0.05, 100, 0.1, False, 0.1565102043),
+        # R̂ >= ε: Hoeffding is 1 and e · P(Bin(100, 0.2) <= 20) = e · 0.559462 > 1 → capped at 1.
+        (0.2, 100, 0.2, False, 1.0),
+        (0.2, 100, 0.2, True, 0.5594615849),
+        (0.9, 100, 0.2, False, 1.0),
+    ],
+)
 def test_hb_p_value_hand_computed(risk_hat, n, eps, binary, expected):
     assert hb_p_value(risk_hat, n, eps, binary) == pytest.approx(expected, rel=1e-8)
 
@@ -114,8 +117,9 @@ def test_with_a_generous_epsilon_the_choice_is_near_the_true_optimum(binary):
     draws, n, eps, delta = 200, 1000, 0.31, 0.1
     best = int((TRUE_RISK <= eps).nonzero().max())  # j* = 15 (true risk 0.30)
     generator = torch.Generator().manual_seed(2)
-    chosen = [learn_then_test(_draw(n, binary, generator).tolist(), eps, delta, binary=binary).chosen
-              for _ in range(draws)]
+    chosen = [
+        learn_then_test(_draw(n, binary, generator).tolist(), eps, delta, binary=binary).chosen for _ in range(draws)
+    ]
     assert all(c is not None for c in chosen)
     # The Hoeffding–Bentkus margin at n = 1000, δ = 0.1 is about 0.03 of risk: at most two grid steps.
     near = sum(best - 2 <= c <= best for c in chosen) / draws

@@ -61,9 +61,9 @@ def test_exit_histogram():
     hist = exit_histogram([5, 5, 10, 30], E, num_layers=L)
     assert hist == {5: 0.5, 10: 0.25, 15: 0.0, 20: 0.0, 25: 0.0, 30: 0.25}
     assert exit_histogram([5, 5, 10, 30], E + [L]) == hist
-    assert exit_histogram(torch.tensor([[5, 30], [10, 10]]), E, mask=torch.tensor([[1, 0], [1, 1]]), num_layers=L)[10] == (
-        pytest.approx(2 / 3)
-    )
+    assert exit_histogram(torch.tensor([[5, 30], [10, 10]]), E, mask=torch.tensor([[1, 0], [1, 1]]), num_layers=L)[
+        10
+    ] == (pytest.approx(2 / 3))
     with pytest.raises(ValueError, match="outside the support"):
         exit_histogram([7], E, num_layers=L)
 
@@ -108,9 +108,9 @@ def test_flop_savings_sanity():
     assert flop_savings([5], **DIMS, context=512) < average_layer_savings([5], 28)
     # Mixed sequence: Σ flops(ℓ) / Σ flops(L), by hand.
     mixed = flop_savings([5, 28], **DIMS, context=100)
-    by_hand = 1 - (flop_per_token(**DIMS, context=100, exit_layer=5) + flop_per_token(**DIMS, context=100, exit_layer=28)) / (
-        2 * flop_per_token(**DIMS, context=100, exit_layer=28)
-    )
+    by_hand = 1 - (
+        flop_per_token(**DIMS, context=100, exit_layer=5) + flop_per_token(**DIMS, context=100, exit_layer=28)
+    ) / (2 * flop_per_token(**DIMS, context=100, exit_layer=28))
     assert mixed == pytest.approx(by_hand)
 
 
@@ -129,8 +129,14 @@ def test_flop_savings_per_token_context_and_mask():
 def test_model_dims_from_config():
     from transformers import Qwen2Config
 
-    cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                      vocab_size=100, num_hidden_layers=3)
+    cfg = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        num_hidden_layers=3,
+    )
     dims = model_dims(cfg)
     assert dims == dict(hidden=64, intermediate=128, n_heads=4, n_kv_heads=2, head_dim=16, vocab=100, num_layers=3)
     assert math.isfinite(flop_savings([1, 3], **dims, context=8))

@@ -21,8 +21,13 @@ from thinkaloud.eval.report import build_report, detect_kind
 
 L = 30
 E = [5, 10, 15, 20, 25]
-PAPER_SWEEP = [(0.25, 1.1, 0.59, 0.224), (0.5, 5.5, 0.49, 0.081), (1.0, 7.5, 0.47, 0.064), (2.0, 8.4, 0.43, 0.053),
-               (4.0, 8.5, 0.37, 0.046)]
+PAPER_SWEEP = [
+    (0.25, 1.1, 0.59, 0.224),
+    (0.5, 5.5, 0.49, 0.081),
+    (1.0, 7.5, 0.47, 0.064),
+    (2.0, 8.4, 0.43, 0.053),
+    (4.0, 8.5, 0.37, 0.046),
+]
 
 
 def write_eval_dir(path: Path, label: str, exit_share: float, seed: int = 0, judged: bool = True, n: int = 8) -> Path:
@@ -31,8 +36,29 @@ def write_eval_dir(path: Path, label: str, exit_share: float, seed: int = 0, jud
     path.mkdir(parents=True, exist_ok=True)
     records, all_layers, overall = [], [], []
     for i in range(n):
-        tokens = ["<think>", "\n", "Let", " me", " add", " 2", " +", " 2", ".", " <", "b", ">", " &", "\n",
-                  "</think>", "\n\n", "The", " answer", " is", " 4", "."]
+        tokens = [
+            "<think>",
+            "\n",
+            "Let",
+            " me",
+            " add",
+            " 2",
+            " +",
+            " 2",
+            ".",
+            " <",
+            "b",
+            ">",
+            " &",
+            "\n",
+            "</think>",
+            "\n\n",
+            "The",
+            " answer",
+            " is",
+            " 4",
+            ".",
+        ]
         layers = [rng.choice(E) if rng.random() < exit_share else L for _ in tokens]
         all_layers += layers
         score = max(1, min(10, round(rng.gauss(8 - 6 * exit_share, 1.2)))) if judged else None
@@ -40,21 +66,50 @@ def write_eval_dir(path: Path, label: str, exit_share: float, seed: int = 0, jud
         if judged and i != n - 1:
             judge = {"coherence": score, "completeness": score, "clarity": score, "no_repetition": 9, "overall": score}
             overall.append(score)
-        records.append({"id": f"gsm8k-{i}", "prompt": "What is 2 + 2?", "completion": "".join(tokens),
-                        "tokens": tokens, "exit_layers": layers, "score": 1.0,
-                        "judge": judge, "judge_missing": None if judge or not judged else "timeout after 3 tries"})
+        records.append(
+            {
+                "id": f"gsm8k-{i}",
+                "prompt": "What is 2 + 2?",
+                "completion": "".join(tokens),
+                "tokens": tokens,
+                "exit_layers": layers,
+                "score": 1.0,
+                "judge": judge,
+                "judge_missing": None if judge or not judged else "timeout after 3 tries",
+            }
+        )
     hist = {str(ly): sum(x == ly for x in all_layers) / len(all_layers) for ly in E + [L]}
     target = {str(ly): (1 - exit_share) if ly == L else exit_share / len(E) for ly in E + [L]}
     summary = {
-        "model": "tiny-llama", "label": label, "task": "gsm8k", "n": n, "num_layers": L, "exit_layers": E,
-        "offset": 0.0, "kl_factor": None if label == "base" else 1.0, "accuracy": 0.62, "early_exit_rate": exit_share,
-        "als": exit_share * 0.3, "mean_length": float(len(tokens)), "tokens_per_s": 41.5, "flop_savings": exit_share * 0.2,
-        "exit_hist": hist, "target_hist": None if label == "base" else target,
+        "model": "tiny-llama",
+        "label": label,
+        "task": "gsm8k",
+        "n": n,
+        "num_layers": L,
+        "exit_layers": E,
+        "offset": 0.0,
+        "kl_factor": None if label == "base" else 1.0,
+        "accuracy": 0.62,
+        "early_exit_rate": exit_share,
+        "als": exit_share * 0.3,
+        "mean_length": float(len(tokens)),
+        "tokens_per_s": 41.5,
+        "flop_savings": exit_share * 0.2,
+        "exit_hist": hist,
+        "target_hist": None if label == "base" else target,
         "tv_distance": None if label == "base" else 0.5 * sum(abs(hist[k] - target[k]) for k in hist),
-        "coherence": {"mean": sum(overall) / len(overall), "n_judged": len(overall), "n_missing": n - len(overall),
-                      "hist": {str(s): overall.count(s) for s in range(1, 11)}, "rubric": "paper"} if judged else None,
+        "coherence": {
+            "mean": sum(overall) / len(overall),
+            "n_judged": len(overall),
+            "n_missing": n - len(overall),
+            "hist": {str(s): overall.count(s) for s in range(1, 11)},
+            "rubric": "paper",
+        }
+        if judged
+        else None,
         "target": None if label == "base" else {"kl_factor": 1.0, "source": f"sft run runs/{label}"},
-        "decode_ms_per_token": 12.5, "speedup_vs_base": None if label == "base" else 1.25,
+        "decode_ms_per_token": 12.5,
+        "speedup_vs_base": None if label == "base" else 1.25,
     }
     (path / "summary.json").write_text(json.dumps(summary))
     (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -63,10 +118,27 @@ def write_eval_dir(path: Path, label: str, exit_share: float, seed: int = 0, jud
 
 def write_sweep_dir(path: Path, coherence: bool = True) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    rows = [{"label": f"kl={f:g}", "kl_factor": f, "coherence": c if coherence else None, "early_exit_rate": r,
-             "als": a, "accuracy": 0.7 - a} for f, c, r, a in PAPER_SWEEP]
-    rows.append({"label": "base", "kl_factor": None, "coherence": 8.9 if coherence else None, "early_exit_rate": 0.0,
-                 "als": 0.0, "accuracy": 0.72})
+    rows = [
+        {
+            "label": f"kl={f:g}",
+            "kl_factor": f,
+            "coherence": c if coherence else None,
+            "early_exit_rate": r,
+            "als": a,
+            "accuracy": 0.7 - a,
+        }
+        for f, c, r, a in PAPER_SWEEP
+    ]
+    rows.append(
+        {
+            "label": "base",
+            "kl_factor": None,
+            "coherence": 8.9 if coherence else None,
+            "early_exit_rate": 0.0,
+            "als": 0.0,
+            "accuracy": 0.72,
+        }
+    )
     (path / "sweep.json").write_text(json.dumps({"rows": rows}))
     return path
 
@@ -81,9 +153,20 @@ def write_rl_dir(path: Path, runs: int = 3, steps: int = 40, coherence_every: in
             acc = 0.55 + 0.15 * t + rng.gauss(0, 0.03)
             depth = 0.95 - 0.25 * t + rng.gauss(0, 0.02)
             coh = 8.5 - 1.0 * t + rng.gauss(0, 0.3) if coherence_every and step % coherence_every == 0 else None
-            lines.append({"run": run, "step": step, "reward": acc - 1.5 * depth, "accuracy": acc, "depth_frac": depth,
-                          "als": 1 - depth, "early_exit_rate": 0.1 + 0.5 * t, "kl": 0.01 * step, "length": 300.0,
-                          "coherence": coh})
+            lines.append(
+                {
+                    "run": run,
+                    "step": step,
+                    "reward": acc - 1.5 * depth,
+                    "accuracy": acc,
+                    "depth_frac": depth,
+                    "als": 1 - depth,
+                    "early_exit_rate": 0.1 + 0.5 * t,
+                    "kl": 0.01 * step,
+                    "length": 300.0,
+                    "coherence": coh,
+                }
+            )
     (path / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (path / "base.json").write_text(json.dumps({"accuracy": 0.6, "depth_frac": 1.0, "coherence": 8.9}))
     return path
@@ -187,8 +270,14 @@ def test_build_report(report_dirs, tmp_path):
     md, page = build_report(report_dirs, out)
     assert md == out / "report.md" and page == out / "report.html"
     figures = sorted(p.name for p in (out / "figures").iterdir())
-    for stem in ("exit_hist_00_base", "exit_hist_01_sft", "exit_hist_02_rl", "coherence_distributions",
-                 "tradeoff_00_sweep", "rl_dynamics_00_rl"):
+    for stem in (
+        "exit_hist_00_base",
+        "exit_hist_01_sft",
+        "exit_hist_02_rl",
+        "coherence_distributions",
+        "tradeoff_00_sweep",
+        "rl_dynamics_00_rl",
+    ):
         assert f"{stem}.png" in figures and f"{stem}.svg" in figures
     assert not [p for p in out.rglob("*.tmp")]
 

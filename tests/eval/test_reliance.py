@@ -46,15 +46,17 @@ class ToyTask(Task):
 
     def split_answer(self, completion):
         found = self.locate_answer(completion)
-        return None if found is None else (completion[:found[0]].rstrip(), found[1])
+        return None if found is None else (completion[: found[0]].rstrip(), found[1])
 
     def score(self, item, completion):
         return float(self.extract_answer(completion) == item.answer)
 
 
-FRUITS = {"apples": ("First 3 + 4 = 7. Then 7 * 2 = 14. So there are 14.\nAnswer: 14", "14"),
-          "pears": ("Start with 5. Add 6 to get 11. Take 2 away: 9.\nAnswer: 9", "9"),
-          "plums": ("Twice 8 is 16, plus 4 is 20, minus 3 gives 17.\nAnswer: 17", "17")}
+FRUITS = {
+    "apples": ("First 3 + 4 = 7. Then 7 * 2 = 14. So there are 14.\nAnswer: 14", "14"),
+    "pears": ("Start with 5. Add 6 to get 11. Take 2 away: 9.\nAnswer: 9", "9"),
+    "plums": ("Twice 8 is 16, plus 4 is 20, minus 3 gives 17.\nAnswer: 17", "17"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +77,17 @@ def toy_responses(tok, with_unanswered: bool = True) -> list[Response]:
 
 def fixed_answerer(tok):
     """Answers from the question alone, whatever reasoning it is shown."""
+
     def answer(contexts):
         texts = [tok.decode(c) for c in contexts]
         return [" " + next(a for fruit, (_, a) in FRUITS.items() if fruit in t) + "\nmore text" for t in texts]
+
     return answer
 
 
 def copying_answerer(tok):
     """Answers with the last number of the (cut) reasoning it is shown; nothing when there is none."""
+
     def answer(contexts):
         out = []
         for c in contexts:
@@ -90,6 +95,7 @@ def copying_answerer(tok):
             numbers = re.findall(r"\d+", shown)
             out.append(f" {numbers[-1]}" if numbers else " I cannot tell yet")
         return out
+
     return answer
 
 
@@ -127,8 +133,11 @@ def test_contexts_cut_reasoning_and_append_cue(tok):
     early_answering(ToyTask(), toy_responses(tok, with_unanswered=False)[:1], tok, recording, fractions=(0, 0.5, 1))
     reasoning = FRUITS["apples"][0].split("\nAnswer:")[0]
     cut = round(0.5 * len(reasoning))
-    assert seen == ["Count the apples.\nAnswer:", f"Count the apples.\n{reasoning[:cut]}\nAnswer:",
-                    f"Count the apples.\n{reasoning}\nAnswer:"]
+    assert seen == [
+        "Count the apples.\nAnswer:",
+        f"Count the apples.\n{reasoning[:cut]}\nAnswer:",
+        f"Count the apples.\n{reasoning}\nAnswer:",
+    ]
 
 
 def test_equal_contexts_are_answered_once(tok):
@@ -193,7 +202,7 @@ def test_real_model_batches_and_runs_without_exits_at_minus_inf(tiny_model, tok)
     reference = []  # the HF model's own greedy generation, one unpadded row at a time: no exits
     for c in contexts:
         out = tiny_model.base.generate(torch.tensor([c]), max_new_tokens=6, do_sample=False)
-        reference.append(tok.decode(out[0, len(c):].tolist(), skip_special_tokens=True))
+        reference.append(tok.decode(out[0, len(c) :].tolist(), skip_special_tokens=True))
     assert batched == reference
     exiting = model_answerer(tiny_model, tok, offset=0.0, max_new_tokens=6, batch_size=4)(contexts)
     assert exiting != batched  # the offset reaches generation: every token exits at layer 2

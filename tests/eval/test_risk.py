@@ -45,8 +45,16 @@ def test_offsets_and_config_validation(tmp_path):
         with pytest.raises(ValueError, match="offsets"):
             parse_offsets(bad)
     ok = {"model": "m", "out": str(tmp_path), "epsilon": 0.1}
-    for bad in ({"epsilon": 0.0}, {"delta": 1.0}, {"risk": "tokens"}, {"n": 0}, {"val_n": 0}, {"split": "dev"},
-                {"split": "test", "val_split": "test"}, {"offsets": "3:1:1"}):
+    for bad in (
+        {"epsilon": 0.0},
+        {"delta": 1.0},
+        {"risk": "tokens"},
+        {"n": 0},
+        {"val_n": 0},
+        {"split": "dev"},
+        {"split": "test", "val_split": "test"},
+        {"offsets": "3:1:1"},
+    ):
         with pytest.raises(ValueError):
             RiskConfig(**{**ok, **bad})
 
@@ -63,8 +71,11 @@ def test_risk_is_exactly_zero_at_minus_inf_and_not_when_exits_fire(tiny_dir, tmp
     on = token_stats(loaded.model, roll, 0.0, seed=0)
     assert all(0.0 <= x <= 1.0 for x in on.losses) and sum(on.losses) > 0
     assert on.summary(loaded.model)["als"] > 0.3
-    assert [len(x) for x in on.layers] == [len(x) for x in off.layers] == roll.batches[0].lengths.tolist() + \
-        roll.batches[1].lengths.tolist()
+    assert (
+        [len(x) for x in on.layers]
+        == [len(x) for x in off.layers]
+        == roll.batches[0].lengths.tolist() + roll.batches[1].lengths.tolist()
+    )
     answers = answer_stats(loaded, task, roll, -math.inf, seed=0, max_new_tokens=8)
     assert answers.losses == [0.0, 0.0, 0.0]
 
@@ -73,8 +84,29 @@ def test_risk_command_end_to_end_then_eval_uses_the_saved_offset(tiny_dir, tmp_p
     run = tmp_path / "run"
     _saved(tiny_dir, run / "model")  # fresh heads: exit with probability σ(−6 + offset) at each exit layer
     out = tmp_path / "risk"
-    code = main(["risk", "--model", str(run), "--out", str(out), "--task", TASK, "--n", "6", "--val-n", "3",
-                 "--epsilon", "0.5", "--delta", "0.2", "--offsets=-4:8:4", "--max-new-tokens", "6", "--save"])
+    code = main(
+        [
+            "risk",
+            "--model",
+            str(run),
+            "--out",
+            str(out),
+            "--task",
+            TASK,
+            "--n",
+            "6",
+            "--val-n",
+            "3",
+            "--epsilon",
+            "0.5",
+            "--delta",
+            "0.2",
+            "--offsets=-4:8:4",
+            "--max-new-tokens",
+            "6",
+            "--save",
+        ]
+    )
     assert code == 0
     result = json.loads((out / "risk.json").read_text())
     assert (out / "risk.png").stat().st_size > 0 and (out / "risk.svg").is_file()
@@ -94,11 +126,32 @@ def test_risk_command_end_to_end_then_eval_uses_the_saved_offset(tiny_dir, tmp_p
     assert record["task"] == TASK and record["max_new_tokens"] == 6
 
     # eval without --offset uses it and says so; with --offset, the given one.
-    summary = evaluate(EvalConfig(model=str(run), out=str(tmp_path / "eval"), task=TASK, n=2, max_new_tokens=6,
-                                  target=False, speed_baseline=False, show=0))
+    summary = evaluate(
+        EvalConfig(
+            model=str(run),
+            out=str(tmp_path / "eval"),
+            task=TASK,
+            n=2,
+            max_new_tokens=6,
+            target=False,
+            speed_baseline=False,
+            show=0,
+        )
+    )
     assert summary["offset"] == chosen and summary["offset_source"].startswith("recorded with the model")
-    given = evaluate(EvalConfig(model=str(run), out=str(tmp_path / "eval2"), task=TASK, n=2, max_new_tokens=6,
-                                offset=-1.0, target=False, speed_baseline=False, show=0))
+    given = evaluate(
+        EvalConfig(
+            model=str(run),
+            out=str(tmp_path / "eval2"),
+            task=TASK,
+            n=2,
+            max_new_tokens=6,
+            offset=-1.0,
+            target=False,
+            speed_baseline=False,
+            show=0,
+        )
+    )
     assert given["offset"] == -1.0 and given["offset_source"] == "given"
 
 
@@ -106,8 +159,27 @@ def test_no_accepted_offset_means_exits_off(tiny_dir, tmp_path):
     """A strict ε with three items: even a risk of 0 has p = 0.99³ > δ, so nothing is accepted; the answer is
     exits off (exit status 0), recorded as such."""
     run = _saved(tiny_dir, tmp_path / "model", bias=8.0)
-    code = main(["risk", "--model", str(run), "--out", str(tmp_path / "risk"), "--task", TASK, "--n", "3",
-                 "--epsilon", "0.01", "--offsets=0:2:2", "--max-new-tokens", "4", "--risk", "answer", "--save"])
+    code = main(
+        [
+            "risk",
+            "--model",
+            str(run),
+            "--out",
+            str(tmp_path / "risk"),
+            "--task",
+            TASK,
+            "--n",
+            "3",
+            "--epsilon",
+            "0.01",
+            "--offsets=0:2:2",
+            "--max-new-tokens",
+            "4",
+            "--risk",
+            "answer",
+            "--save",
+        ]
+    )
     assert code == 0
     result = json.loads((tmp_path / "risk" / "risk.json").read_text())
     assert result["chosen_offset"] is None and result["exits_off"] and result["accepted"] == []
@@ -115,8 +187,18 @@ def test_no_accepted_offset_means_exits_off(tiny_dir, tmp_path):
     assert result["validation"]["offset"] is None and result["validation"]["risk"] == 0.0
     # Recorded as exits off: eval then runs without exits.
     assert recorded_offset(run)["offset"] is None
-    summary = evaluate(EvalConfig(model=str(run), out=str(tmp_path / "eval"), task=TASK, n=1, max_new_tokens=4,
-                                  target=False, speed_baseline=False, show=0))
+    summary = evaluate(
+        EvalConfig(
+            model=str(run),
+            out=str(tmp_path / "eval"),
+            task=TASK,
+            n=1,
+            max_new_tokens=4,
+            target=False,
+            speed_baseline=False,
+            show=0,
+        )
+    )
     assert summary["offset"] is None and summary["early_exit_rate"] == 0.0
 
 

@@ -17,17 +17,59 @@ from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.cli import main
 from thinkaloud.eval.run import EvalConfig, ReportConfig, evaluate, parse_judge_spec, report, token_strings
 
-SUMMARY_KEYS = {"model", "label", "stage", "task", "split", "n", "num_layers", "exit_layers", "offset", "offset_source",
-                "kl_factor",
-                "target", "accuracy", "early_exit_rate", "als", "mean_length", "tokens_per_s", "prefill_s",
-                "decode_ms_per_token", "speed_baseline", "speedup_vs_base", "flop_savings", "exit_hist",
-                "target_hist", "tv_distance", "coherence", "reliance", "lens", "fluency"}
-RECORD_KEYS = {"id", "prompt", "completion", "tokens", "exit_layers", "score", "judge", "judge_missing", "reliance",
-               "lens", "fluency"}
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-CORPUS = ["Solve the problem step by step. End your response with a final line of the form 'Answer: <answer>'.",
-          "State the final answer to the following arithmetic problem: 4 + 7 = 11", "system user assistant"]
+SUMMARY_KEYS = {
+    "model",
+    "label",
+    "stage",
+    "task",
+    "split",
+    "n",
+    "num_layers",
+    "exit_layers",
+    "offset",
+    "offset_source",
+    "kl_factor",
+    "target",
+    "accuracy",
+    "early_exit_rate",
+    "als",
+    "mean_length",
+    "tokens_per_s",
+    "prefill_s",
+    "decode_ms_per_token",
+    "speed_baseline",
+    "speedup_vs_base",
+    "flop_savings",
+    "exit_hist",
+    "target_hist",
+    "tv_distance",
+    "coherence",
+    "reliance",
+    "lens",
+    "fluency",
+}
+RECORD_KEYS = {
+    "id",
+    "prompt",
+    "completion",
+    "tokens",
+    "exit_layers",
+    "score",
+    "judge",
+    "judge_missing",
+    "reliance",
+    "lens",
+    "fluency",
+}
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "Solve the problem step by step. End your response with a final line of the form 'Answer: <answer>'.",
+    "State the final answer to the following arithmetic problem: 4 + 7 = 11",
+    "system user assistant",
+]
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -35,8 +77,12 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(CORPUS * 3, trainer)
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     wrapped.chat_template = CHAT_TEMPLATE
@@ -51,9 +97,19 @@ def tiny_dir(tmp_path_factory) -> Path:
     """A saved tiny Llama (6 layers, 32 dims) with its tokenizer: a local HF folder like any other."""
     folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=6,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
@@ -129,13 +185,34 @@ def test_eval_base_and_trained_then_report(tiny_dir, tmp_path, judge_url):
     tokenizer = tiny_tokenizer()
     # A base model through the command line: no exits, whatever the offset; batches of 3 and 1.
     base_dir = tmp_path / "base"
-    main(["eval", "--model", str(tiny_dir), "--out", str(base_dir), "--task", "rg:chain_sum", "--n", "4",
-          "--max-new-tokens", "10", "--batch-size", "3", "--offset", "2", "--show", "1"])
+    main(
+        [
+            "eval",
+            "--model",
+            str(tiny_dir),
+            "--out",
+            str(base_dir),
+            "--task",
+            "rg:chain_sum",
+            "--n",
+            "4",
+            "--max-new-tokens",
+            "10",
+            "--batch-size",
+            "3",
+            "--offset",
+            "2",
+            "--show",
+            "1",
+        ]
+    )
     base, base_records = _check_eval_dir(base_dir, 4, tokenizer)
     assert base["label"] == "base" and base["stage"] == "base" and base["offset"] is None
     assert base["num_layers"] == 6 and base["exit_layers"] == [5]
-    assert base["target"] == {"kl_factor": 1.0,
-                              "source": f"default (no KL factor in the lineage: base model {tiny_dir})"}
+    assert base["target"] == {
+        "kl_factor": 1.0,
+        "source": f"default (no KL factor in the lineage: base model {tiny_dir})",
+    }
     assert base["speed_baseline"] == {"skipped": "the evaluated model is the base model"}
     assert base["speedup_vs_base"] is None
     assert base["early_exit_rate"] == 0.0 and base["als"] == 0.0 and base["flop_savings"] == pytest.approx(0.0)
@@ -146,9 +223,20 @@ def test_eval_base_and_trained_then_report(tiny_dir, tmp_path, judge_url):
     run = tmp_path / "run"
     EarlyExitModel.from_base(str(tiny_dir), ExitConfig(exit_layers=[2, 4])).save_pretrained(run / "model")
     _StubJudge.systems.clear()
-    trained = evaluate(EvalConfig(model=str(run / "model"), out=str(tmp_path / "exits"), task="rg:chain_sum", n=4,
-                                  max_new_tokens=10, offset=6.0, seed=1, judge=f"openai:{judge_url}#stub",
-                                  rubric="paper", show=0))
+    trained = evaluate(
+        EvalConfig(
+            model=str(run / "model"),
+            out=str(tmp_path / "exits"),
+            task="rg:chain_sum",
+            n=4,
+            max_new_tokens=10,
+            offset=6.0,
+            seed=1,
+            judge=f"openai:{judge_url}#stub",
+            rubric="paper",
+            show=0,
+        )
+    )
     summary, records = _check_eval_dir(tmp_path / "exits", 4, tokenizer)
     assert summary == json.loads(json.dumps(trained))
     assert summary["label"] == "run" and summary["offset"] == 6.0 and summary["exit_layers"] == [2, 4]
@@ -181,8 +269,19 @@ def test_cli_yaml_without_target_and_no_exits(tiny_dir, tmp_path):
     """A trained model at --offset=-inf never exits; target: false in the YAML skips the target."""
     EarlyExitModel.from_base(str(tiny_dir), ExitConfig(exit_layers=[3])).save_pretrained(tmp_path / "run" / "model")
     (tmp_path / "eval.yaml").write_text("target: false\nn: 2\nmax_new_tokens: 4\nshow: 0\n")
-    main(["eval", "--config", str(tmp_path / "eval.yaml"), "--model", str(tmp_path / "run"), "--out",
-          str(tmp_path / "out"), "--offset=-inf", "--no-speed-baseline"])
+    main(
+        [
+            "eval",
+            "--config",
+            str(tmp_path / "eval.yaml"),
+            "--model",
+            str(tmp_path / "run"),
+            "--out",
+            str(tmp_path / "out"),
+            "--offset=-inf",
+            "--no-speed-baseline",
+        ]
+    )
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["n"] == 2 and summary["label"] == "run" and summary["offset"] is None
     assert summary["early_exit_rate"] == 0.0 and summary["exit_hist"] == {"3": 0.0, "6": 1.0}
@@ -200,8 +299,18 @@ def test_lenient_answers_reach_the_task(tiny_dir, tmp_path, monkeypatch):
     real, built = run_module.get_task, []
     monkeypatch.setattr(run_module, "get_task", lambda spec, **kw: built.append(real(spec, **kw)) or built[-1])
     for lenient in (True, False):
-        evaluate(EvalConfig(model=str(tiny_dir), out=str(tmp_path / str(lenient)), task="rg:chain_sum", n=1,
-                            max_new_tokens=2, target=False, lenient_answers=lenient, show=0))
+        evaluate(
+            EvalConfig(
+                model=str(tiny_dir),
+                out=str(tmp_path / str(lenient)),
+                task="rg:chain_sum",
+                n=1,
+                max_new_tokens=2,
+                target=False,
+                lenient_answers=lenient,
+                show=0,
+            )
+        )
         assert json.loads((tmp_path / str(lenient) / "config.json").read_text())["lenient_answers"] is lenient
     assert [task.lenient for task in built] == [True, False]
 
@@ -226,8 +335,16 @@ def test_judge_spec_and_config_validation(tmp_path):
         with pytest.raises(ValueError, match="judge must be"):
             parse_judge_spec(bad)
     ok = dict(model="m", out=str(tmp_path))
-    for bad in ({"n": 0}, {"split": "dev"}, {"temperature": 0.0}, {"top_p": 1.5}, {"kl_factor": -1.0},
-                {"offset": float("inf")}, {"judge": "gpt-4"}, {"rubric": "gpt"}):
+    for bad in (
+        {"n": 0},
+        {"split": "dev"},
+        {"temperature": 0.0},
+        {"top_p": 1.5},
+        {"kl_factor": -1.0},
+        {"offset": float("inf")},
+        {"judge": "gpt-4"},
+        {"rubric": "gpt"},
+    ):
         with pytest.raises(ValueError):
             EvalConfig(**ok, **bad)
     with pytest.raises(ValueError, match="kl_factor must be > 0"):
@@ -237,12 +354,28 @@ def test_judge_spec_and_config_validation(tmp_path):
 
 
 def test_cli_help_lists_the_fields_and_the_paper_settings(capsys):
-    for verb, flags in (("eval", ["--model", "--kl-factor", "--target", "--no-target", "--judge", "--rubric",
-                                  "--do-sample", "--show", "--speed-baseline", "--lenient-answers",
-                                  "paper: up to 400", "paper: 50 GSM8K", "paper: GPT-5"]),
-                        ("sweep", ["--rubric", "--lenient-answers", "paper: up to 400", "paper: 50 GSM8K",
-                                   "paper: GPT-5"]),
-                        ("report", ["--dirs", "--out"])):
+    for verb, flags in (
+        (
+            "eval",
+            [
+                "--model",
+                "--kl-factor",
+                "--target",
+                "--no-target",
+                "--judge",
+                "--rubric",
+                "--do-sample",
+                "--show",
+                "--speed-baseline",
+                "--lenient-answers",
+                "paper: up to 400",
+                "paper: 50 GSM8K",
+                "paper: GPT-5",
+            ],
+        ),
+        ("sweep", ["--rubric", "--lenient-answers", "paper: up to 400", "paper: 50 GSM8K", "paper: GPT-5"]),
+        ("report", ["--dirs", "--out"]),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main([verb, "--help"])
         assert exit_info.value.code == 0

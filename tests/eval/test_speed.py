@@ -22,8 +22,12 @@ def test_speedup_is_the_ratio_of_decode_times_per_token():
     assert gen.decode_tokens == 3 * 5
     # Fake timings: the model spends 0.3 s on 15 decode tokens (20 ms/token) over two batches, the base
     # 0.45 s on 15 (30 ms/token): the model decodes 1.5× faster.
-    mine = timing([dataclasses.replace(gen, prefill_seconds=0.5, decode_seconds=0.1),
-                   dataclasses.replace(gen, prefill_seconds=0.25, decode_seconds=0.2)])
+    mine = timing(
+        [
+            dataclasses.replace(gen, prefill_seconds=0.5, decode_seconds=0.1),
+            dataclasses.replace(gen, prefill_seconds=0.25, decode_seconds=0.2),
+        ]
+    )
     base = timing([dataclasses.replace(gen, prefill_seconds=9.0, decode_seconds=0.45 / 2)] * 2)
     assert mine["prefill_s"] == pytest.approx(0.75) and mine["decode_tokens"] == 30
     assert mine["decode_ms_per_token"] == pytest.approx(1000 * 0.3 / 30)

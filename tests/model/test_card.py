@@ -27,9 +27,22 @@ def split_card(text: str) -> tuple[dict, str]:
 def sft_run(root, kl_factor: float = 0.5):
     """A run folder as `thinkaloud sft` leaves it: config.yaml, then model/ saved at the end."""
     root.mkdir()
-    (root / "config.yaml").write_text(yaml.safe_dump({"calib": "runs/calib", "out": str(root), "model": None,
-                                                      "kl_factor": kl_factor, "exit_loss": "expected", "steps": 30,
-                                                      "batch_size": 4, "head_lr": 1e-3, "lora_lr": 1e-4, "seed": 0}))
+    (root / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "calib": "runs/calib",
+                "out": str(root),
+                "model": None,
+                "kl_factor": kl_factor,
+                "exit_loss": "expected",
+                "steps": 30,
+                "batch_size": 4,
+                "head_lr": 1e-3,
+                "lora_lr": 1e-4,
+                "seed": 0,
+            }
+        )
+    )
     model = EarlyExitModel.from_base(build_tiny("qwen3"), ExitConfig(exit_layers=[2, 4], lora_r=4, lora_alpha=8))
     return model, model.save_pretrained(root / "model")
 
@@ -53,19 +66,49 @@ def test_a_saved_model_explains_itself(tmp_path):
 
 def test_the_card_verb_adds_an_eval_and_the_recorded_offset(tmp_path, capsys):
     _, saved = sft_run(tmp_path / "sft")
-    record_offset(saved, 1.5, {"epsilon": 0.1, "delta": 0.05, "risk": "token", "task": "rg:chain_sum",
-                               "split": "val", "n": 64, "max_new_tokens": 128})
+    record_offset(
+        saved,
+        1.5,
+        {
+            "epsilon": 0.1,
+            "delta": 0.05,
+            "risk": "token",
+            "task": "rg:chain_sum",
+            "split": "val",
+            "n": 64,
+            "max_new_tokens": 128,
+        },
+    )
     ev = tmp_path / "eval"
     ev.mkdir()
-    (ev / "summary.json").write_text(json.dumps({"task": "rg:chain_sum", "split": "test", "n": 32, "offset": 1.5,
-                                                 "accuracy": 0.625, "early_exit_rate": 0.4, "als": 0.125,
-                                                 "flop_savings": 0.1, "tokens_per_s": 88.0, "speedup_vs_base": 1.2,
-                                                 "coherence": {"mean": 7.25}}))
+    (ev / "summary.json").write_text(
+        json.dumps(
+            {
+                "task": "rg:chain_sum",
+                "split": "test",
+                "n": 32,
+                "offset": 1.5,
+                "accuracy": 0.625,
+                "early_exit_rate": 0.4,
+                "als": 0.125,
+                "flop_savings": 0.1,
+                "tokens_per_s": 88.0,
+                "speedup_vs_base": 1.2,
+                "coherence": {"mean": 7.25},
+            }
+        )
+    )
     assert main(["card", "--model", str(tmp_path / "sft"), str(ev)]) == 0
     _, body = split_card((saved / CARD_FILE).read_text())
     assert f"## Last evaluation ({ev})" in body
-    for row in ("| accuracy | 62.5% |", "| ALS (average layer savings) | 12.5% |", "| early-exit rate | 40.0% |",
-                "| decode speedup vs base | 1.20× |", "| coherence (judge overall, 1–10) | 7.25 |", "| items | 32 |"):
+    for row in (
+        "| accuracy | 62.5% |",
+        "| ALS (average layer savings) | 12.5% |",
+        "| early-exit rate | 40.0% |",
+        "| decode speedup vs base | 1.20× |",
+        "| coherence (judge overall, 1–10) | 7.25 |",
+        "| items | 32 |",
+    ):
         assert row in body, row
     assert "| recorded offset | 1.5: chosen by `thinkaloud risk`: token risk <= 0.1" in body
     assert recorded_offset(saved) is not None  # the card is not part of the weights' fingerprint
@@ -82,8 +125,9 @@ def test_saving_again_keeps_the_card_current(tmp_path):
     model, saved = sft_run(tmp_path / "sft")
     with torch.no_grad():
         model.heads.bias.fill_(-1.0)
-    (tmp_path / "sft" / "config.yaml").write_text(yaml.safe_dump({"model": "runs/sft", "lam": 1.5, "task": "tom",
-                                                                  "steps": 10, "offset": 0.0}))
+    (tmp_path / "sft" / "config.yaml").write_text(
+        yaml.safe_dump({"model": "runs/sft", "lam": 1.5, "task": "tom", "steps": 10, "offset": 0.0})
+    )
     model.save_pretrained(saved)
     meta, body = split_card((saved / CARD_FILE).read_text())
     assert "rl" in meta["tags"] and "| training stage | rl |" in body and "| rl: lam | 1.5 |" in body

@@ -99,7 +99,7 @@ def reference_forward(model: EarlyExitModel, ids: list[int], exits: list[int]) -
             cos, sin = torch.cat([cos, cos]), torch.cat([sin, sin])
         R = cos.shape[-1]
         rot, rest = x[..., :R], x[..., R:]
-        half = torch.cat([-rot[..., R // 2:], rot[..., :R // 2]], dim=-1)
+        half = torch.cat([-rot[..., R // 2 :], rot[..., : R // 2]], dim=-1)
         return torch.cat([rot * cos + half * sin, rest], dim=-1)
 
     def rotary_at(t, i):  # layer i's (cos, sin) at position t
@@ -169,8 +169,7 @@ def test_prescribed_exits_match_slow_reference(family):
     randomise_heads(model)
     L = model.num_layers  # 6, exit layers 2 and 4
     ids, mask = left_padded_batch([7, 5], seed=3)
-    exits = torch.tensor([[L, 2, 4, 2, L, 4, 2],
-                          [L, L, 2, 2, 4, L, 4]])  # earlier neighbours exit before later tokens
+    exits = torch.tensor([[L, 2, 4, 2, L, 4, 2], [L, L, 2, 2, 4, L, 4]])  # earlier neighbours exit before later tokens
     exits = torch.where(mask.bool(), exits, L)
     with torch.no_grad():
         ours = model(ids, mask, exit_layers=exits)
@@ -252,8 +251,13 @@ def test_exits_from_confines_sampled_exits():
         always = model(ids, mask, exit_layers="sample", offset=math.inf, exits_from=5)
         anywhere = model(ids, mask, exit_layers="sample", offset=math.inf)  # default: every real position
         sampled = model(ids, mask, exit_layers="sample", generator=torch.Generator().manual_seed(0), exits_from=5)
-        per_row = model(ids, mask, exit_layers="sample", generator=torch.Generator().manual_seed(1),
-                        exits_from=torch.tensor([2, 7, 8]))
+        per_row = model(
+            ids,
+            mask,
+            exit_layers="sample",
+            generator=torch.Generator().manual_seed(1),
+            exits_from=torch.tensor([2, 7, 8]),
+        )
     assert (always.exit_layers[:, :5] == L).all() and (always.exit_layers[:, 5:] == model.layers[0]).all()
     assert (anywhere.exit_layers[valid] == model.layers[0]).all()
     # before exits_from: no exit and exactly 0 log-probability; from it on: exits drawn with q = 1/2
@@ -274,11 +278,11 @@ def test_exits_from_puts_exit_logprobs_where_generation_does():
     with torch.no_grad():
         full = model(out.sequences, out.attention_mask, exit_layers=out.full_exit_layers(), exits_from=P - 1)
     torch.testing.assert_close(full.exit_logprobs[:, out.predicting_positions()], out.exit_logprobs)
-    assert torch.equal(full.exit_logprobs[:, :P - 1], torch.zeros(2, P - 1))
+    assert torch.equal(full.exit_logprobs[:, : P - 1], torch.zeros(2, P - 1))
     with torch.no_grad():  # without exits_from the real prompt positions carry log P(no exit) < 0
         default = model(out.sequences, out.attention_mask, exit_layers=out.full_exit_layers())
-    prompt = out.attention_mask[:, :P - 1].bool()  # (B, P-1)
-    assert (default.exit_logprobs[:, :P - 1][prompt] < 0).all()
+    prompt = out.attention_mask[:, : P - 1].bool()  # (B, P-1)
+    assert (default.exit_logprobs[:, : P - 1][prompt] < 0).all()
 
 
 def test_exits_from_bad_values_raise():
@@ -330,8 +334,11 @@ def test_unsupported_family_names_supported_ones():
     from transformers import AutoModelForCausalLM, GPT2Config
 
     gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(UnsupportedModelError, match="llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text, olmo2, "
-                                                    "olmo3, qwen3_moe, smollm3, gpt_oss .and gemma3 through its text"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match="llama, qwen2, qwen3, mistral, phi3, gemma2, gemma3_text, olmo2, "
+        "olmo3, qwen3_moe, smollm3, gpt_oss .and gemma3 through its text",
+    ):
         EarlyExitModel.from_base(gpt2)
 
 
@@ -362,8 +369,9 @@ def test_multimodal_gemma3_is_used_through_its_text_model():
         ours = model(ids, mask, offset=-math.inf).logits
     torch.testing.assert_close(ours[mask.bool()], reference[mask.bool()], atol=1e-5, rtol=1e-5)
     out = model.generate(ids, mask, max_new_tokens=8, do_sample=False, offset=-math.inf)
-    hf = multimodal.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0,
-                             eos_token_id=2)
+    hf = multimodal.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=2
+    )
     assert torch.equal(out.sequences, hf)
 
 

@@ -21,8 +21,9 @@ def test_greedy_without_exits_matches_hf_generate(family, lengths):
     model = wrap(family)
     ids, mask = left_padded_batch(lengths, seed=11)
     ours = model.generate(ids, mask, max_new_tokens=12, do_sample=False, offset=-math.inf)
-    hf = model.base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                             pad_token_id=0, eos_token_id=2)
+    hf = model.base.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=2
+    )
     assert torch.equal(ours.sequences, hf)
     assert (ours.exit_layers == model.num_layers).all()
     assert torch.equal(ours.exit_logprobs, torch.zeros_like(ours.exit_logprobs))
@@ -40,8 +41,9 @@ def test_sliding_window_generation_matches_hf():
     model = EarlyExitModel.from_base(base, ExitConfig(exit_every=2)).eval()
     ids, mask = left_padded_batch([9, 6], seed=13)
     ours = model.generate(ids, mask, max_new_tokens=10, do_sample=False, offset=-math.inf)
-    hf = base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0,
-                       eos_token_id=2)
+    hf = base.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=2
+    )
     assert torch.equal(ours.sequences, hf)
     with torch.no_grad():
         full = model(ours.sequences, ours.attention_mask, offset=-math.inf).logits
@@ -79,7 +81,7 @@ def test_sampled_generation_is_reproduced_by_teacher_forcing(family):
     torch.testing.assert_close(token[done], out.token_logprobs[done], atol=1e-4, rtol=0)
     torch.testing.assert_close(exit_lp[done], out.exit_logprobs[done], atol=1e-4, rtol=0)
     # After a row's stop token nothing follows.
-    assert (out.sequences[:, out.prompt_length:][~done] == 0).all()
+    assert (out.sequences[:, out.prompt_length :][~done] == 0).all()
 
 
 def test_seed_makes_generation_reproducible():
@@ -117,6 +119,7 @@ def test_exited_rows_run_nothing_above_their_exit(family):
             def count(module, args, kwargs, key=(j, part)):
                 x = args[0] if args else kwargs["hidden_states"]
                 tokens[key] += x.numel() // x.shape[-1]
+
             hooks.append(module.register_forward_pre_hook(count, with_kwargs=True))
     ids, mask = left_padded_batch([5, 3, 4], seed=1)
     out = model.generate(ids, mask, max_new_tokens=6, seed=2, stop_token_ids=[])

@@ -36,6 +36,8 @@ def test_eval_base_and_exits_then_report(tmp_path):
         # The per-token strings add up to readable text: SmolLM2's byte-level markers are decoded.
         assert all("Ġ" not in "".join(r["tokens"]) for r in records)
 
-    md, page = report(ReportConfig(dirs=[str(tmp_path / "base"), str(tmp_path / "exits")], out=str(tmp_path / "report")))
+    md, page = report(
+        ReportConfig(dirs=[str(tmp_path / "base"), str(tmp_path / "exits")], out=str(tmp_path / "report"))
+    )
     assert md.is_file() and page.is_file()
     assert len(list((tmp_path / "report" / "figures").glob("*.png"))) == 2

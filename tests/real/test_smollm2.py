@@ -9,8 +9,12 @@ from tests.real.conftest import TEXT
 
 pytestmark = pytest.mark.slow
 
-CHATS = ["What is 2 + 3?", "Name three colours of the rainbow.", "Write one sentence about the sea.",
-         "If I have 4 apples and eat one, how many are left?"]
+CHATS = [
+    "What is 2 + 3?",
+    "Name three colours of the rainbow.",
+    "Write one sentence about the sea.",
+    "If I have 4 apples and eat one, how many are left?",
+]
 
 
 def test_layer_kl_falls_with_depth(smollm2, smollm2_tokenizer):
@@ -29,19 +33,25 @@ def test_layer_kl_falls_with_depth(smollm2, smollm2_tokenizer):
 @pytest.mark.parametrize("batch", [1, 4])
 def test_greedy_generation_matches_hf(smollm2, smollm2_tokenizer, batch):
     tok = smollm2_tokenizer
-    prompts = [tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
-               for c in CHATS[:batch]]
+    prompts = [
+        tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
+        for c in CHATS[:batch]
+    ]
     enc = tok(prompts, return_tensors="pt", padding=True)
-    ours = smollm2.generate(enc.input_ids, enc.attention_mask, max_new_tokens=24, do_sample=False,
-                            offset=-math.inf)
+    ours = smollm2.generate(enc.input_ids, enc.attention_mask, max_new_tokens=24, do_sample=False, offset=-math.inf)
     hf = smollm2.base.generate(**enc, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert torch.equal(ours.sequences, hf), (tok.batch_decode(ours.new_tokens), tok.batch_decode(hf[:, enc.input_ids.shape[1]:]))
+    assert torch.equal(ours.sequences, hf), (
+        tok.batch_decode(ours.new_tokens),
+        tok.batch_decode(hf[:, enc.input_ids.shape[1] :]),
+    )
 
 
 def test_sampled_exits_consistent_with_teacher_forcing(smollm2, smollm2_tokenizer):
     tok = smollm2_tokenizer
-    prompts = [tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
-               for c in CHATS]
+    prompts = [
+        tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
+        for c in CHATS
+    ]
     enc = tok(prompts, return_tensors="pt", padding=True)
     with torch.no_grad():
         saved = smollm2.heads.bias.clone()

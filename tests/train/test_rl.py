@@ -28,7 +28,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def make_tiny(head_init_bias: float = -1.0):
     """A fresh early-exit model on a copy of the same tiny base (LoRA A drawn from the run's seed)."""
-    return lambda: EarlyExitModel.from_base(copy.deepcopy(BASE), ExitConfig(exit_every=2, head_init_bias=head_init_bias))
+    return lambda: EarlyExitModel.from_base(
+        copy.deepcopy(BASE), ExitConfig(exit_every=2, head_init_bias=head_init_bias)
+    )
 
 
 class DepthOnlyEnv:
@@ -51,8 +53,21 @@ class DepthOnlyEnv:
 
 
 def config(out, **kw) -> RLConfig:
-    base = dict(model="tiny", out=str(out), lam=1.0, beta=0.0, k=4, prompts_per_step=2, steps=10,
-                max_new_tokens=12, head_lr=5e-2, lora_lr=1e-3, base_prompts=0, save_every=2, device="cpu")
+    base = dict(
+        model="tiny",
+        out=str(out),
+        lam=1.0,
+        beta=0.0,
+        k=4,
+        prompts_per_step=2,
+        steps=10,
+        max_new_tokens=12,
+        head_lr=5e-2,
+        lora_lr=1e-3,
+        base_prompts=0,
+        save_every=2,
+        device="cpu",
+    )
     base.update(kw)
     return RLConfig(**base)
 
@@ -101,8 +116,9 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_rl(config(tmp_path / "killed", steps=4, beta=0.1), env=DepthOnlyEnv(), make_model=make_tiny(),
-                 on_step=kill)
+        train_rl(
+            config(tmp_path / "killed", steps=4, beta=0.1), env=DepthOnlyEnv(), make_model=make_tiny(), on_step=kill
+        )
     assert not (tmp_path / "killed" / "model").exists()
     with pytest.raises(FileExistsError, match="--resume"):
         train_rl(config(tmp_path / "killed", steps=4, beta=0.1), env=DepthOnlyEnv(), make_model=make_tiny())
@@ -127,9 +143,35 @@ def tiny_dir(tmp_path_factory):
 
 def test_cli_runs_a_task_with_several_seeds(tiny_dir, tmp_path):
     out = tmp_path / "rl"
-    code = cli_main(["rl", "--model", tiny_dir, "--task", "rg:chain_sum", "--lam", "1.5", "--beta", "0.25",
-                     "--k", "2", "--steps", "2", "--runs", "2", "--max-new-tokens", "6", "--base-prompts", "2",
-                     "--head-init-bias", "-1", "--device", "cpu", "--out", str(out)])
+    code = cli_main(
+        [
+            "rl",
+            "--model",
+            tiny_dir,
+            "--task",
+            "rg:chain_sum",
+            "--lam",
+            "1.5",
+            "--beta",
+            "0.25",
+            "--k",
+            "2",
+            "--steps",
+            "2",
+            "--runs",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--base-prompts",
+            "2",
+            "--head-init-bias",
+            "-1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     for r in (0, 1):
         assert (out / f"run-{r}" / "model" / "thinkaloud.json").exists()
@@ -166,9 +208,20 @@ def test_rewards_use_strict_answers_unless_lenient(tiny_dir, tmp_path, monkeypat
     seen, get_task = [], tasks.get_task
     monkeypatch.setattr(tasks, "get_task", lambda spec, **kw: seen.append(kw) or get_task(spec, **kw))
     for lenient in (False, True):
-        train_rl(RLConfig(model=tiny_dir, out=str(tmp_path / f"lenient-{lenient}"), task="rg:chain_sum", k=2,
-                          prompts_per_step=1, steps=1, max_new_tokens=4, base_prompts=0, device="cpu",
-                          lenient_answers=lenient))
+        train_rl(
+            RLConfig(
+                model=tiny_dir,
+                out=str(tmp_path / f"lenient-{lenient}"),
+                task="rg:chain_sum",
+                k=2,
+                prompts_per_step=1,
+                steps=1,
+                max_new_tokens=4,
+                base_prompts=0,
+                device="cpu",
+                lenient_answers=lenient,
+            )
+        )
     assert seen == [{"lenient": False}, {"lenient": True}]
 
 
@@ -189,9 +242,16 @@ def test_format_penalty_fires_without_an_answer_marker(lenient):
     sequences = torch.tensor([prompt.ids + r + [0] * (N - len(r)) for r in new])  # (2, P+N)
     lengths = torch.tensor([len(r) for r in new])
     zeros = torch.zeros(2, N)
-    out = GenerationOutput(sequences=sequences, attention_mask=(torch.arange(P + N) < P + lengths[:, None]).long(),
-                           prompt_length=P, exit_layers=torch.full((2, N), 6), token_logprobs=zeros,
-                           exit_logprobs=zeros, lengths=lengths, num_layers=6)
+    out = GenerationOutput(
+        sequences=sequences,
+        attention_mask=(torch.arange(P + N) < P + lengths[:, None]).long(),
+        prompt_length=P,
+        exit_layers=torch.full((2, N), 6),
+        token_logprobs=zeros,
+        exit_logprobs=zeros,
+        lengths=lengths,
+        num_layers=6,
+    )
     scored = env.score([prompt, prompt], out)
     assert scored.texts == texts
     assert scored.accuracy.tolist() == ([1.0, 1.0] if lenient else [1.0, 0.0])
@@ -202,8 +262,15 @@ def test_help_says_where_defaults_differ_from_the_paper(capsys):
     with pytest.raises(SystemExit):
         cli_main(["rl", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    for part in ("(paper: 1.5)", "(paper: 0.25)", "(paper: up to 400)", "(paper: 1e-5;", "(paper: 1e-4)",
-                 "any response without an answer marker", "--lenient-answers"):
+    for part in (
+        "(paper: 1.5)",
+        "(paper: 0.25)",
+        "(paper: up to 400)",
+        "(paper: 1e-5;",
+        "(paper: 1e-4)",
+        "any response without an answer marker",
+        "--lenient-answers",
+    ):
         assert part in text, part
 
 
@@ -235,8 +302,17 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     script = tmp_path / "entry.py"
     script.write_text(DDP_ENTRY)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-           str(script), str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29541",
+        str(script),
+        str(tmp_path / "ddp"),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "ddp" / "rank0.pt"), torch.load(tmp_path / "ddp" / "rank1.pt")
@@ -250,8 +326,19 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_short_run_is_on_policy(tmp_path):
-    out = train_rl(RLConfig(model="smollm2-135m", task="tom", out=str(tmp_path), k=2, prompts_per_step=1, steps=2,
-                            max_new_tokens=16, base_prompts=1, device="cpu"))
+    out = train_rl(
+        RLConfig(
+            model="smollm2-135m",
+            task="tom",
+            out=str(tmp_path),
+            k=2,
+            prompts_per_step=1,
+            steps=2,
+            max_new_tokens=16,
+            base_prompts=1,
+            device="cpu",
+        )
+    )
     log = rows(out / "log.jsonl")
     assert [r["step"] for r in log] == [1, 2]
     assert all(r["logprob_err"] < 1e-4 for r in log), [r["logprob_err"] for r in log]
@@ -266,7 +353,9 @@ def test_logged_base_nll_is_minus_the_mean_reference_logprob(tmp_path, monkeypat
 
     refs, rollouts = [], []
     reference, sample = rl.reference_logprobs, rl.sample_rollouts
-    monkeypatch.setattr(rl, "reference_logprobs", lambda p, out: refs.append((p, out, reference(p, out))) or refs[-1][2])
+    monkeypatch.setattr(
+        rl, "reference_logprobs", lambda p, out: refs.append((p, out, reference(p, out))) or refs[-1][2]
+    )
     monkeypatch.setattr(rl, "sample_rollouts", lambda *a, **kw: rollouts.append(sample(*a, **kw)) or rollouts[-1])
     train_rl(config(tmp_path, steps=2, beta=0.1), env=DepthOnlyEnv(), make_model=make_tiny())
     assert len(refs) == 2  # one reference pass per step, no extra one for the proxy
@@ -292,15 +381,26 @@ class HeldoutEnv(DepthOnlyEnv):
 def test_heldout_evaluation_at_step_0_every_n_and_last(tmp_path):
     from thinkaloud.train.rl_heldout import evaluate_policy
 
-    train_rl(config(tmp_path, steps=5, eval_every=2, eval_n=3, head_lr=0.2), env=DepthOnlyEnv(),
-             make_model=make_tiny(), heldout_env=HeldoutEnv())
+    train_rl(
+        config(tmp_path, steps=5, eval_every=2, eval_n=3, head_lr=0.2),
+        env=DepthOnlyEnv(),
+        make_model=make_tiny(),
+        heldout_env=HeldoutEnv(),
+    )
     held = rows(tmp_path / "heldout.jsonl")
     assert [r["step"] for r in held] == [0, 2, 4, 5] and all(r["n"] == 3 for r in held)
     assert all(abs(r["als"] + r["depth_frac"] - 1) < 1e-9 and r["base_nll"] > 0 for r in held)
     assert held[-1]["depth_frac"] < held[0]["depth_frac"]  # the depth penalty shows on the held-out prompts
     # step 0 is the starting model: the same numbers as evaluating it directly
-    start = evaluate_policy(make_tiny()().eval(), HeldoutEnv(), HeldoutEnv().prompts(0, 3), max_new_tokens=12,
-                            offset=0.0, seed=0, batch_size=8)
+    start = evaluate_policy(
+        make_tiny()().eval(),
+        HeldoutEnv(),
+        HeldoutEnv().prompts(0, 3),
+        max_new_tokens=12,
+        offset=0.0,
+        seed=0,
+        batch_size=8,
+    )
     for key, value in start.items():
         assert held[0][key] == pytest.approx(value), key
     assert len(held[0]["prompt_depth_frac"]) == len(held[0]["prompt_accuracy"]) == 3
@@ -323,9 +423,18 @@ def test_resume_keeps_heldout_rows_up_to_the_checkpoint(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_rl(config(tmp_path / "killed", **kw), env=DepthOnlyEnv(), make_model=make_tiny(),
-                 heldout_env=HeldoutEnv(), on_step=kill)
+        train_rl(
+            config(tmp_path / "killed", **kw),
+            env=DepthOnlyEnv(),
+            make_model=make_tiny(),
+            heldout_env=HeldoutEnv(),
+            on_step=kill,
+        )
     assert [r["step"] for r in rows(tmp_path / "killed" / "heldout.jsonl")] == [0, 1, 2, 3]
-    train_rl(config(tmp_path / "killed", **kw, resume=True), env=DepthOnlyEnv(), make_model=make_tiny(),
-             heldout_env=HeldoutEnv())
+    train_rl(
+        config(tmp_path / "killed", **kw, resume=True),
+        env=DepthOnlyEnv(),
+        make_model=make_tiny(),
+        heldout_env=HeldoutEnv(),
+    )
     assert rows(tmp_path / "killed" / "heldout.jsonl") == rows(tmp_path / "full" / "heldout.jsonl")

@@ -16,13 +16,11 @@ from thinkaloud.train.rloo import (
 
 
 def test_advantages_match_hand_worked_example():
-    rewards = torch.tensor([[1.0, 0.0, 0.5],
-                            [3.0, 0.0, 0.0]])
+    rewards = torch.tensor([[1.0, 0.0, 0.5], [3.0, 0.0, 0.0]])
     # A_i = R_i − mean_{j≠i} R_j:
     #   group 0: 1 − (0 + 0.5)/2 = 0.75,  0 − (1 + 0.5)/2 = −0.75,  0.5 − (1 + 0)/2 = 0
     #   group 1: 3 − 0 = 3,                0 − (3 + 0)/2 = −1.5,    −1.5
-    expected = torch.tensor([[0.75, -0.75, 0.0],
-                             [3.0, -1.5, -1.5]])
+    expected = torch.tensor([[0.75, -0.75, 0.0], [3.0, -1.5, -1.5]])
     torch.testing.assert_close(rloo_advantages(rewards), expected)
 
 
@@ -51,8 +49,9 @@ def test_rewards_depth_and_kl_by_hand():
     ref = torch.tensor([[-1.5, -1.0, 0.0], [-0.5, -1.0, -0.6]])
     kl = kl_estimate(logp, ref, mask)
     torch.testing.assert_close(kl, torch.tensor([(0.5 - 1.0) / 2, (0.0 + 0.5 + 0.1) / 3]))
-    r = completion_rewards(torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.9]), torch.tensor([0.2, -0.1]),
-                           lam=1.5, beta=0.25)
+    r = completion_rewards(
+        torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.9]), torch.tensor([0.2, -0.1]), lam=1.5, beta=0.25
+    )
     torch.testing.assert_close(r, torch.tensor([1 - 0.75 - 0.05, 0 - 1.35 + 0.025]))
 
 

@@ -25,14 +25,25 @@ from thinkaloud.train.sft import SFTConfig, train_sft
 def calib(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
     model_dir = tiny_model_dir(root / "model")
-    calibrate(CalibrateConfig(out=str(root / "calib"), model=model_dir, task="rg:chain_sum", n=8,
-                              max_new_tokens=8, batch_size=4, shard_size=8, device="cpu"))
+    calibrate(
+        CalibrateConfig(
+            out=str(root / "calib"),
+            model=model_dir,
+            task="rg:chain_sum",
+            n=8,
+            max_new_tokens=8,
+            batch_size=4,
+            shard_size=8,
+            device="cpu",
+        )
+    )
     return root / "calib"
 
 
 def sft_config(calib, out, **kw):
-    base = dict(calib=str(calib), out=str(out), steps=4, batch_size=2, save_every=2, device="cpu", head_lr=1e-2,
-                lora_lr=1e-2)
+    base = dict(
+        calib=str(calib), out=str(out), steps=4, batch_size=2, save_every=2, device="cpu", head_lr=1e-2, lora_lr=1e-2
+    )
     base.update(kw)
     return SFTConfig(**base)
 
@@ -79,8 +90,18 @@ def test_resume_after_kill_equals_uninterrupted(calib, tmp_path, exit_loss):
 def test_two_process_ddp_ends_with_identical_weights(calib, tmp_path):
     script = Path(__file__).with_name("ddp_sft_entry.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(script), str(calib), str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(script),
+        str(calib),
+        str(tmp_path / "ddp"),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     r0 = torch.load(tmp_path / "ddp" / "rank0.pt")
@@ -145,8 +166,13 @@ def test_run_removes_stale_checkpoint_temporaries(calib, tmp_path, resume):
     (root / "notes.txt").write_text("kept")
     (root / ".other.tmp").write_text("kept: not a name a checkpoint write creates")
     train_sft(sft_config(calib, out, steps=4, resume=resume))
-    assert sorted(p.name for p in root.iterdir()) == [".other.tmp", "latest.json", "notes.txt", "step-000002",
-                                                      "step-000004"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        ".other.tmp",
+        "latest.json",
+        "notes.txt",
+        "step-000002",
+        "step-000004",
+    ]
 
 
 def test_help_says_where_defaults_differ_from_the_paper(capsys):
@@ -156,7 +182,13 @@ def test_help_says_where_defaults_differ_from_the_paper(capsys):
         return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
 
     sft = help_text("sft")
-    for text in ("(paper: 1e-5;", "(paper: 1e-4)", "(paper: 8, on q/k/v/o)", "(paper: 16)", "(paper: 0.05)",
-                 "(paper: 0.25–4, standard 1)"):
+    for text in (
+        "(paper: 1e-5;",
+        "(paper: 1e-4)",
+        "(paper: 8, on q/k/v/o)",
+        "(paper: 16)",
+        "(paper: 0.05)",
+        "(paper: 0.25–4, standard 1)",
+    ):
         assert text in sft, text
     assert "(paper: up to 400)" in help_text("calibrate")

@@ -19,8 +19,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def calib(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     model_dir = tiny_model_dir(root / "model")
-    calibrate(CalibrateConfig(out=str(root / "calib"), model=model_dir, task="rg:chain_sum", n=4, max_new_tokens=4,
-                              batch_size=4, shard_size=4, split="train", device="cpu"))
+    calibrate(
+        CalibrateConfig(
+            out=str(root / "calib"),
+            model=model_dir,
+            task="rg:chain_sum",
+            n=4,
+            max_new_tokens=4,
+            batch_size=4,
+            shard_size=4,
+            split="train",
+            device="cpu",
+        )
+    )
     return root / "calib"
 
 
@@ -33,8 +44,17 @@ def test_kl_factors_must_be_positive_and_rubric_known():
 
 
 def test_each_factor_is_evaluated_against_its_own_target(calib, tmp_path):
-    config = SweepConfig(calib=str(calib), out=str(tmp_path / "sweep"), kl_factors=[0.5], steps=1, batch_size=2,
-                         n=2, eval_max_new_tokens=3, speed_baseline=False, device="cpu")
+    config = SweepConfig(
+        calib=str(calib),
+        out=str(tmp_path / "sweep"),
+        kl_factors=[0.5],
+        steps=1,
+        batch_size=2,
+        n=2,
+        eval_max_new_tokens=3,
+        speed_baseline=False,
+        device="cpu",
+    )
     rows = sweep(config)
     assert [r["label"] for r in rows] == ["kl=0.5", "base"]
     saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
@@ -52,8 +72,9 @@ def test_each_factor_is_evaluated_against_its_own_target(calib, tmp_path):
 
 
 def test_sweep_refuses_eval_items_from_the_calibration(calib, tmp_path):
-    config = SweepConfig(calib=str(calib), out=str(tmp_path / "sweep"), kl_factors=[1.0], steps=1, n=3,
-                         eval_split="train", device="cpu")
+    config = SweepConfig(
+        calib=str(calib), out=str(tmp_path / "sweep"), kl_factors=[1.0], steps=1, n=3, eval_split="train", device="cpu"
+    )
     with pytest.raises(LeakageError, match=r"3 of the 3 eval items are in the calibration"):
         sweep(config)
     assert not (tmp_path / "sweep").exists()  # nothing trained

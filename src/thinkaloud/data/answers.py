@@ -69,10 +69,27 @@ _FRACTION_TAIL = re.compile(rf"\s*/\s*({_NUM})")
 _CHAIN_GAP = re.compile(r"[\s*$`]*(?:\\[(\[])?[\s*$`]*")  # what may separate chained markers
 _LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
-_LATEX_SUBS = [("\\left", ""), ("\\right", ""), ("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"),
-               ("\\boxed", ""), ("{,}", ","), ("\\,", ""), ("\\!", ""), ("\\;", " "), ("\\ ", " "),
-               ("\\$", "$"), ("\\%", "%"), ("\\(", " "), ("\\)", " "), ("\\[", " "), ("\\]", " "),
-               ("−", "-"), ("**", "")]
+_LATEX_SUBS = [
+    ("\\left", ""),
+    ("\\right", ""),
+    ("\\times", "*"),
+    ("\\cdot", "*"),
+    ("\\div", "/"),
+    ("\\boxed", ""),
+    ("{,}", ","),
+    ("\\,", ""),
+    ("\\!", ""),
+    ("\\;", " "),
+    ("\\ ", " "),
+    ("\\$", "$"),
+    ("\\%", "%"),
+    ("\\(", " "),
+    ("\\)", " "),
+    ("\\[", " "),
+    ("\\]", " "),
+    ("−", "-"),
+    ("**", ""),
+]
 _BOXED = "\\boxed{"
 
 
@@ -108,7 +125,7 @@ def boxed_spans(text: str) -> list[tuple[int, int, str]]:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
-            spans.append((start, i, text[start + len(_BOXED): i - 1]))
+            spans.append((start, i, text[start + len(_BOXED) : i - 1]))
         start = text.find(_BOXED, start + 1)
     return spans
 
@@ -126,7 +143,7 @@ def markers(text: str, hash_lines: bool = False) -> list[Marker]:
     found = [Marker("tag", m.start(), m.start(1), m.group(1)) for m in _ANSWER_TAG.finditer(text)]
     found += [Marker("boxed", s, s + len(_BOXED), content) for s, _, content in boxed_spans(text)]
     for m in _ANSWER_COLON.finditer(text):  # the block after it: multi-line answers are grids
-        found.append(Marker("colon", m.start(), m.end(), text[m.end():].lstrip(" \t\n").split("\n\n", 1)[0]))
+        found.append(Marker("colon", m.start(), m.end(), text[m.end() :].lstrip(" \t\n").split("\n\n", 1)[0]))
     found += [Marker("is", m.start(), m.end(), _line_after(text, m.end())) for m in _ANSWER_IS.finditer(text)]
     if hash_lines:
         found += [Marker("hash", m.start(), m.start(1), m.group(1)) for m in _HASH_LINE.finditer(text)]
@@ -137,7 +154,7 @@ def _statement_start(chosen: Marker, found: list[Marker], text: str) -> int:
     """Where the final answer's statement begins: `chosen`, or an earlier marker it directly continues."""
     start = chosen.start
     for m in sorted(found, key=lambda m: m.start, reverse=True):
-        if m.end <= start and m.kind != "tag" and _CHAIN_GAP.fullmatch(text[m.end:start]):
+        if m.end <= start and m.kind != "tag" and _CHAIN_GAP.fullmatch(text[m.end : start]):
             start = m.start
     while start > 0 and text[start - 1] in " \t*_#>":  # markdown that opens the statement: "**Final answer:**"
         start -= 1
@@ -158,7 +175,7 @@ def _pick(found: list[Marker], parse: Callable[[Marker], str | None]) -> tuple[M
 
 
 def normalize_number(text: str) -> str:
-    """"$1,000.00" -> "1000", "72." -> "72", "-3.50" -> "-3.5", ".75" -> "0.75"; non-numbers come back stripped."""
+    """ "$1,000.00" -> "1000", "72." -> "72", "-3.50" -> "-3.5", ".75" -> "0.75"; non-numbers come back stripped."""
     s = text.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".").lstrip("+")
     try:
         value = Decimal(s)
@@ -193,13 +210,13 @@ def _number_in(text: str, lead: re.Pattern | None = None) -> str | None:
     match = _NUMBER.search(text)
     if match is None or (lead is not None and not lead.fullmatch(text[: match.start()])):
         return None
-    rest = text[match.end():]
+    rest = text[match.end() :]
     frac = _FRACTION_TAIL.match(rest)
-    if frac and not _OPERATOR.match(rest[frac.end():]):
+    if frac and not _OPERATOR.match(rest[frac.end() :]):
         return _fraction(match.group(), frac.group(1))
     if _OPERATOR.match(rest):  # an expression or a range: its value follows "=", if anywhere
         line = rest.split("\n", 1)[0]
-        return _number_in(line[line.index("=") + 1:]) if "=" in line else None
+        return _number_in(line[line.index("=") + 1 :]) if "=" in line else None
     return normalize_number(match.group())
 
 
@@ -245,7 +262,7 @@ def clean_answer(text: str) -> str:
             text = text[1:-1].strip()
         for wrapper in ("\\boxed{", "\\text{"):
             if text.startswith(wrapper) and text.endswith("}"):
-                text = text[len(wrapper): -1]
+                text = text[len(wrapper) : -1]
         if text == before:
             break
     return text.strip()

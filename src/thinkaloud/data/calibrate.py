@@ -67,8 +67,19 @@ class CalibrateConfig:
 
     def identity(self) -> dict:
         """The settings that determine the data (a resumed run must match them)."""
-        keys = ("model", "task", "n", "max_new_tokens", "seed", "split", "do_sample", "temperature", "top_p",
-                "shard_size", "system_prompt")
+        keys = (
+            "model",
+            "task",
+            "n",
+            "max_new_tokens",
+            "seed",
+            "split",
+            "do_sample",
+            "temperature",
+            "top_p",
+            "shard_size",
+            "system_prompt",
+        )
         return {k: getattr(self, k) for k in keys}
 
 
@@ -81,8 +92,9 @@ class CalibrationRow:
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
 
 
 def calibrate(config: CalibrateConfig, console: Console | None = None) -> Path:
@@ -97,18 +109,27 @@ def calibrate(config: CalibrateConfig, console: Console | None = None) -> Path:
     model, tokenizer = loaded.model, loaded.tokenizer
     model_hash = arch.unembedding_hash(model.base)
 
-    manifest: dict[str, Any] = {"format": FORMAT_VERSION, "config": config.identity(), "model_hash": model_hash,
-                                "code_version": __version__, "num_layers": model.num_layers,
-                                "exit_layers": model.layers, "items": [{"id": it.id, "key": it.key} for it in items],
-                                "shards": [], "complete": False}
+    manifest: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "config": config.identity(),
+        "model_hash": model_hash,
+        "code_version": __version__,
+        "num_layers": model.num_layers,
+        "exit_layers": model.layers,
+        "items": [{"id": it.id, "key": it.key} for it in items],
+        "shards": [],
+        "complete": False,
+    }
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text())
         if previous.get("config") != config.identity() or previous.get("model_hash") != model_hash:
-            raise ValueError(f"{out} holds a calibration with other settings ({previous.get('config')}); "
-                             "use a new --out folder")
+            raise ValueError(
+                f"{out} holds a calibration with other settings ({previous.get('config')}); use a new --out folder"
+            )
         if previous.get("items", manifest["items"]) != manifest["items"]:
-            raise ValueError(f"{out} holds a calibration of other items (written by another version); "
-                             "use a new --out folder")
+            raise ValueError(
+                f"{out} holds a calibration of other items (written by another version); use a new --out folder"
+            )
         manifest["shards"] = [s for s in previous["shards"] if (out / s["file"]).exists()]
         if manifest["shards"]:
             console.print(f"Resuming: {len(manifest['shards'])} complete shard(s) in {out}")
@@ -117,18 +138,27 @@ def calibrate(config: CalibrateConfig, console: Console | None = None) -> Path:
     done = {s["start"] for s in manifest["shards"]}
     t0 = time.perf_counter()
     with _progress(console) as progress:
-        bar = progress.add_task("teacher rollouts + layer KL", total=len(items),
-                                completed=sum(s["items"] for s in manifest["shards"]))
+        bar = progress.add_task(
+            "teacher rollouts + layer KL", total=len(items), completed=sum(s["items"] for s in manifest["shards"])
+        )
         for shard_index, start in enumerate(starts):
             if start in done:
                 continue
-            shard_items = items[start:start + config.shard_size]
-            rows = _calibrate_shard(model, tokenizer, task, shard_items, config, seed=config.seed * 100_003 + shard_index,
-                                    advance=lambda k: progress.advance(bar, k))
+            shard_items = items[start : start + config.shard_size]
+            rows = _calibrate_shard(
+                model,
+                tokenizer,
+                task,
+                shard_items,
+                config,
+                seed=config.seed * 100_003 + shard_index,
+                advance=lambda k: progress.advance(bar, k),
+            )
             name = f"shard-{shard_index:05d}.safetensors"
             _write_shard(out / name, rows)
-            manifest["shards"].append({"file": name, "start": start, "items": len(rows),
-                                       "tokens": int(sum(r.kl.shape[0] for r in rows))})
+            manifest["shards"].append(
+                {"file": name, "start": start, "items": len(rows), "tokens": int(sum(r.kl.shape[0] for r in rows))}
+            )
             manifest["shards"].sort(key=lambda s: s["start"])
             atomic_write_json(manifest_path, manifest)
     manifest["complete"] = True
@@ -139,16 +169,26 @@ def calibrate(config: CalibrateConfig, console: Console | None = None) -> Path:
 
 
 @torch.no_grad()
-def _calibrate_shard(model, tokenizer, task, items, config: CalibrateConfig, seed: int, advance) -> list[CalibrationRow]:
+def _calibrate_shard(
+    model, tokenizer, task, items, config: CalibrateConfig, seed: int, advance
+) -> list[CalibrationRow]:
     rows: list[CalibrationRow] = []
     generator = torch.Generator(device=model.device).manual_seed(seed)
     for b in range(0, len(items), config.batch_size):
-        batch = items[b:b + config.batch_size]
+        batch = items[b : b + config.batch_size]
         ids, mask = encode_prompts(tokenizer, [task.prompt(item, tokenizer) for item in batch], model.device)
         with model.disable_adapter():
-            out = model.generate(ids, mask, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
-                                 temperature=config.temperature, top_p=config.top_p, offset=float("-inf"),
-                                 generator=generator, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                ids,
+                mask,
+                max_new_tokens=config.max_new_tokens,
+                do_sample=config.do_sample,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                offset=float("-inf"),
+                generator=generator,
+                pad_token_id=tokenizer.pad_token_id,
+            )
             positions = torch.zeros_like(out.attention_mask, dtype=torch.bool)
             positions[:, out.predicting_positions()] = out.completion_mask
             kl = model.layer_kl(out.sequences, out.attention_mask, positions=positions)  # (B, P+N, m)
@@ -165,13 +205,17 @@ def _calibrate_shard(model, tokenizer, task, items, config: CalibrateConfig, see
 def _write_shard(path: Path, rows: list[CalibrationRow]) -> None:
     lengths = torch.tensor([r.input_ids.numel() for r in rows])
     tokens = torch.tensor([r.kl.shape[0] for r in rows])
-    atomic_save_safetensors(path, {
-        "input_ids": torch.cat([r.input_ids for r in rows]).to(torch.int64),  # (Σ P+N,)
-        "row_offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),  # (rows+1,)
-        "prompt_lengths": torch.tensor([r.prompt_length for r in rows]),  # (rows,)
-        "kl": torch.cat([r.kl for r in rows]),  # (Σ N, m)
-        "kl_offsets": torch.cat([torch.zeros(1, dtype=torch.long), tokens.cumsum(0)]),  # (rows+1,)
-    }, metadata={"item_ids": json.dumps([r.item_id for r in rows])})
+    atomic_save_safetensors(
+        path,
+        {
+            "input_ids": torch.cat([r.input_ids for r in rows]).to(torch.int64),  # (Σ P+N,)
+            "row_offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),  # (rows+1,)
+            "prompt_lengths": torch.tensor([r.prompt_length for r in rows]),  # (rows,)
+            "kl": torch.cat([r.kl for r in rows]),  # (Σ N, m)
+            "kl_offsets": torch.cat([torch.zeros(1, dtype=torch.long), tokens.cumsum(0)]),  # (rows+1,)
+        },
+        metadata={"item_ids": json.dumps([r.item_id for r in rows])},
+    )
 
 
 def load_calibration(directory: str | Path) -> tuple[dict, list[CalibrationRow]]:
@@ -184,7 +228,9 @@ def load_calibration(directory: str | Path) -> tuple[dict, list[CalibrationRow]]
         raise FileNotFoundError(f"{directory} holds no {MANIFEST}: run `thinkaloud calibrate --out {directory}` first")
     manifest = json.loads(path.read_text())
     if not manifest.get("complete"):
-        raise ValueError(f"{directory} holds an incomplete calibration; run the same calibrate command again to finish it")
+        raise ValueError(
+            f"{directory} holds an incomplete calibration; run the same calibrate command again to finish it"
+        )
     rows: list[CalibrationRow] = []
     for shard in manifest["shards"]:
         with safe_open(str(directory / shard["file"]), framework="pt") as f:
@@ -193,8 +239,11 @@ def load_calibration(directory: str | Path) -> tuple[dict, list[CalibrationRow]]
             prompt_lengths = f.get_tensor("prompt_lengths")
             item_ids = json.loads(f.metadata()["item_ids"])
         for i, item_id in enumerate(item_ids):
-            rows.append(CalibrationRow(item_id, ids[offs[i]:offs[i + 1]], int(prompt_lengths[i]),
-                                       kl[kl_offs[i]:kl_offs[i + 1]]))
+            rows.append(
+                CalibrationRow(
+                    item_id, ids[offs[i] : offs[i + 1]], int(prompt_lengths[i]), kl[kl_offs[i] : kl_offs[i + 1]]
+                )
+            )
     return manifest, rows
 
 

@@ -66,8 +66,9 @@ class TaskEnv:
     The stream cycles through ``pool`` items of ``split`` drawn with ``seed``.
     """
 
-    def __init__(self, task: Task, tokenizer, *, seed: int, pool: int, split: str = "train",
-                 format_penalty: float = 0.0):
+    def __init__(
+        self, task: Task, tokenizer, *, seed: int, pool: int, split: str = "train", format_penalty: float = 0.0
+    ):
         self.task, self.tokenizer, self.format_penalty = task, tokenizer, format_penalty
         self.items: list[Item] = task.items(pool, seed=seed, split=split)
         self.pad_token_id = pad_id(tokenizer)
@@ -75,12 +76,15 @@ class TaskEnv:
 
     def prompts(self, start: int, n: int) -> list[Prompt]:
         items = [self.items[(start + i) % len(self.items)] for i in range(n)]
-        return [Prompt(prompt_ids(self.tokenizer, self.task.prompt(it, self.tokenizer)), it.question, it)
-                for it in items]
+        return [
+            Prompt(prompt_ids(self.tokenizer, self.task.prompt(it, self.tokenizer)), it.question, it) for it in items
+        ]
 
     def score(self, prompts: Sequence[Prompt], out: GenerationOutput) -> Scored:
-        texts = [self.tokenizer.decode(row[:n], skip_special_tokens=True)
-                 for row, n in zip(out.new_tokens.tolist(), out.lengths.tolist())]
+        texts = [
+            self.tokenizer.decode(row[:n], skip_special_tokens=True)
+            for row, n in zip(out.new_tokens.tolist(), out.lengths.tolist())
+        ]
         acc = torch.tensor([self.task.score(p.item, t) for p, t in zip(prompts, texts)])
         malformed = torch.tensor([float(self.task.extract_answer(t) is None) for t in texts])
         return Scored(reward=acc - self.format_penalty * malformed, accuracy=acc, texts=texts)

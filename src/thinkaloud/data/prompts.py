@@ -25,7 +25,7 @@ def special_prefix(tokenizer: Any) -> list[int]:
     plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
     full = tokenizer(probe, add_special_tokens=True)["input_ids"]
     for start in range(len(full) - len(plain) + 1):
-        if full[start:start + len(plain)] == plain:
+        if full[start : start + len(plain)] == plain:
             return list(full[:start])
     return []
 
@@ -34,22 +34,24 @@ def prompt_ids(tokenizer: Any, text: str) -> list[int]:
     """Token ids of one rendered prompt (see the module docstring for the rule)."""
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     prefix = special_prefix(tokenizer)
-    if prefix and ids[:len(prefix)] != prefix:
+    if prefix and ids[: len(prefix)] != prefix:
         ids = prefix + ids
     if not ids:
         raise ValueError("the rendered prompt is empty")
     return ids
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of ids → left-padded (B, P) ids and their (B, P) 0/1 attention mask."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for b, row in enumerate(rows):
         if row:
-            ids[b, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
-            mask[b, width - len(row):] = 1
+            ids[b, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+            mask[b, width - len(row) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -61,6 +63,8 @@ def pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def encode_prompts(tokenizer: Any, texts: Sequence[str], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(
+    tokenizer: Any, texts: Sequence[str], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rendered prompts → left-padded (B, P) ids and mask, each row as :func:`prompt_ids` gives it."""
     return left_pad([prompt_ids(tokenizer, t) for t in texts], pad_id(tokenizer), device)

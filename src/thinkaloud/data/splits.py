@@ -41,8 +41,9 @@ def split_of(question: str) -> str:
     return split_of_key(question_key(question))
 
 
-def collect_split(n: int, split: str, candidate: Callable[[int], tuple[Any, str]], limit: int,
-                  what: str) -> list[tuple[int, Any, str]]:
+def collect_split(
+    n: int, split: str, candidate: Callable[[int], tuple[Any, str]], limit: int, what: str
+) -> list[tuple[int, Any, str]]:
     """The first `n` (index, candidate, key) of `candidate(0), candidate(1), ...` whose question is in
     `split`, skipping repeated questions; `candidate(i)` returns (anything, question)."""
     kept: list[tuple[int, Any, str]] = []
@@ -56,8 +57,10 @@ def collect_split(n: int, split: str, candidate: Callable[[int], tuple[Any, str]
         kept.append((i, value, key))
         if len(kept) == n:
             return kept
-    raise ValueError(f"only {len(kept)} distinct {what} questions of split {split!r} among the first {limit} "
-                     f"candidates; ask for fewer than {n} items (or make the task harder, for more distinct questions)")
+    raise ValueError(
+        f"only {len(kept)} distinct {what} questions of split {split!r} among the first {limit} "
+        f"candidates; ask for fewer than {n} items (or make the task harder, for more distinct questions)"
+    )
 
 
 def candidate_limit(n: int) -> int:

@@ -71,12 +71,15 @@ DEFAULT_TASK = "rg:chain_sum"
 KNOWN_TASKS = ["gsm8k", "gsm8k:<path.jsonl>", "rg:<reasoning-gym dataset name>", "tom"]
 GSM8K_ENV = "THINKALOUD_GSM8K"
 
-GSM8K_SYSTEM_PROMPT = ("Solve the math problem step by step. "
-                       "On the last line, write the final numeric answer as '#### <number>' (the number only).")
-RG_SYSTEM_PROMPT = ("Solve the problem step by step. "
-                    "End your response with a final line of the form 'Answer: <answer>'.")
-TOM_SYSTEM_PROMPT = ("Read the story and answer the question about where an object is. Think step by step "
-                     "about who saw what. End your response with 'Answer: <container>'.")
+GSM8K_SYSTEM_PROMPT = (
+    "Solve the math problem step by step. "
+    "On the last line, write the final numeric answer as '#### <number>' (the number only)."
+)
+RG_SYSTEM_PROMPT = "Solve the problem step by step. End your response with a final line of the form 'Answer: <answer>'."
+TOM_SYSTEM_PROMPT = (
+    "Read the story and answer the question about where an object is. Think step by step "
+    "about who saw what. End your response with 'Answer: <container>'."
+)
 
 # Settings that make `get_task("rg:<name>")` easier than reasoning-gym's defaults; rg_kwargs override them.
 RG_DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
@@ -145,8 +148,9 @@ def render_prompt(question: str, tokenizer: Any, system_prompt: str | None = Non
     if not system_prompt:
         return tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
     try:
-        return tokenizer.apply_chat_template([{"role": "system", "content": system_prompt}, user],
-                                             tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "system", "content": system_prompt}, user], tokenize=False, add_generation_prompt=True
+        )
     except Exception:  # template without a system role; any other error repeats below
         merged = {"role": "user", "content": f"{system_prompt}\n\n{question}"}
         return tokenizer.apply_chat_template([merged], tokenize=False, add_generation_prompt=True)
@@ -183,8 +187,7 @@ def read_gsm8k_jsonl(path: str | Path) -> list[dict]:
             raise ValueError(f"{where}: nothing after '####' in the answer")
         if parse_number(final) != normalize_number(final):
             raise ValueError(f"{where}: the answer after '####' is not a number: {final!r}")
-        rows.append({"question": record["question"], "answer": normalize_number(final),
-                     "solution": record["answer"]})
+        rows.append({"question": record["question"], "answer": normalize_number(final), "solution": record["answer"]})
     return rows
 
 
@@ -201,8 +204,14 @@ def _hub_gsm8k(split: str) -> list[dict] | None:
         rows = datasets.load_dataset("openai/gsm8k", "main", split=split)
     except Exception:  # offline, no such split, hub error: the caller reports what to do
         return None
-    return [{"question": r["question"], "answer": normalize_number(r["answer"].rsplit("####", 1)[1]),
-             "solution": r["answer"]} for r in rows]
+    return [
+        {
+            "question": r["question"],
+            "answer": normalize_number(r["answer"].rsplit("####", 1)[1]),
+            "solution": r["answer"],
+        }
+        for r in rows
+    ]
 
 
 class Gsm8kTask(Task):
@@ -214,8 +223,9 @@ class Gsm8kTask(Task):
 
     answer_cue = "The answer is"
 
-    def __init__(self, path: str | Path | None = None, system_prompt: str | None = GSM8K_SYSTEM_PROMPT,
-                 lenient: bool = False):
+    def __init__(
+        self, path: str | Path | None = None, system_prompt: str | None = GSM8K_SYSTEM_PROMPT, lenient: bool = False
+    ):
         self.name = "gsm8k"
         self.system_prompt = system_prompt
         self.lenient = lenient
@@ -257,7 +267,8 @@ class Gsm8kTask(Task):
                     "by question hash) or a directory with <split>.jsonl files, e.g. "
                     "`--task gsm8k:/path/to/train.jsonl` (get_task('gsm8k', path=...)), or set "
                     f"{GSM8K_ENV}=/path/to/train.jsonl; downloading from the Hugging Face hub needs the "
-                    "`datasets` package and network access.")
+                    "`datasets` package and network access."
+                )
         return self._rows[split]
 
     def items(self, n: int, seed: int = 0, split: str = "train") -> list[Item]:
@@ -268,9 +279,15 @@ class Gsm8kTask(Task):
         order = list(range(len(rows)))
         random.Random(seed).shuffle(order)
         picked = [rows[j] for j in order[:n]]
-        return [Item(id=f"gsm8k/{split}/{i}", question=row["question"], answer=row["answer"],
-                     meta={"source": source, "index": i, "solution": row["solution"]})
-                for i, row in picked]
+        return [
+            Item(
+                id=f"gsm8k/{split}/{i}",
+                question=row["question"],
+                answer=row["answer"],
+                meta={"source": source, "index": i, "solution": row["solution"]},
+            )
+            for i, row in picked
+        ]
 
     def locate_answer(self, completion: str) -> tuple[int, str] | None:
         return find_number(completion, lenient=self.lenient)
@@ -303,8 +320,13 @@ def rg_seed(seed: int, split: str) -> int:
 class ReasoningGymTask(Task):
     """One reasoning-gym dataset; `rg_kwargs` are fields of its config (e.g. ChainSumConfig)."""
 
-    def __init__(self, dataset: str, rg_kwargs: Mapping[str, Any] | None = None,
-                 system_prompt: str | None = RG_SYSTEM_PROMPT, lenient: bool = False):
+    def __init__(
+        self,
+        dataset: str,
+        rg_kwargs: Mapping[str, Any] | None = None,
+        system_prompt: str | None = RG_SYSTEM_PROMPT,
+        lenient: bool = False,
+    ):
         from reasoning_gym.factory import DATASETS
 
         if dataset not in DATASETS:
@@ -312,14 +334,18 @@ class ReasoningGymTask(Task):
 
             close = difflib.get_close_matches(dataset, DATASETS, n=5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown reasoning-gym dataset {dataset!r}.{hint} "
-                             f"Available ({len(DATASETS)}): {', '.join(sorted(DATASETS))}")
+            raise ValueError(
+                f"unknown reasoning-gym dataset {dataset!r}.{hint} "
+                f"Available ({len(DATASETS)}): {', '.join(sorted(DATASETS))}"
+            )
         fields = {f.name for f in DATASETS[dataset][1].__dataclass_fields__.values()} - {"seed", "size"}
         kwargs = {**RG_DEFAULT_KWARGS.get(dataset, {}), **(rg_kwargs or {})}
         unknown = sorted(set(kwargs) - fields)
         if unknown:
-            raise ValueError(f"unknown settings {unknown} for reasoning-gym dataset {dataset!r} "
-                             f"(seed and size are set by items()); valid: {sorted(fields)}")
+            raise ValueError(
+                f"unknown settings {unknown} for reasoning-gym dataset {dataset!r} "
+                f"(seed and size are set by items()); valid: {sorted(fields)}"
+            )
         self.name = f"rg:{dataset}"
         self.dataset = dataset
         self.rg_kwargs = kwargs
@@ -333,8 +359,9 @@ class ReasoningGymTask(Task):
         try:
             return reasoning_gym.create_dataset(self.dataset, size=size, seed=seed, **self.rg_kwargs)
         except (AssertionError, ValueError, TypeError) as e:
-            raise ValueError(f"invalid settings {self.rg_kwargs} for reasoning-gym dataset "
-                             f"{self.dataset!r}: {e}") from e
+            raise ValueError(
+                f"invalid settings {self.rg_kwargs} for reasoning-gym dataset {self.dataset!r}: {e}"
+            ) from e
 
     def items(self, n: int, seed: int = 0, split: str = "train") -> list[Item]:
         """Candidates i = 0, 1, ... of the (seed, split) stream whose question is in `split` (module docstring)."""
@@ -350,10 +377,21 @@ class ReasoningGymTask(Task):
         items = []
         for i, entry, key in collect_split(n, split, candidate, min(RG_SEED_STRIDE, candidate_limit(n)), self.name):
             answer = entry.get("answer")
-            items.append(Item(id=f"{self.name}/{split}/seed{seed}/{i}", question=entry["question"],
-                              answer="" if answer is None else str(answer), key=key,
-                              meta={"dataset": self.dataset, "entry": entry, "rg_seed": base, "rg_index": i,
-                                    "rg_kwargs": dict(self.rg_kwargs)}))
+            items.append(
+                Item(
+                    id=f"{self.name}/{split}/seed{seed}/{i}",
+                    question=entry["question"],
+                    answer="" if answer is None else str(answer),
+                    key=key,
+                    meta={
+                        "dataset": self.dataset,
+                        "entry": entry,
+                        "rg_seed": base,
+                        "rg_index": i,
+                        "rg_kwargs": dict(self.rg_kwargs),
+                    },
+                )
+            )
         return items
 
     def locate_answer(self, completion: str) -> tuple[int, str] | None:
@@ -382,8 +420,9 @@ class ReasoningGymTask(Task):
 class TomTask(Task):
     """Generated theory-of-mind stories (`thinkaloud.data.tom`); the answer is a container name."""
 
-    def __init__(self, config: tom.TomConfig | None = None, system_prompt: str | None = TOM_SYSTEM_PROMPT,
-                 lenient: bool = False):
+    def __init__(
+        self, config: tom.TomConfig | None = None, system_prompt: str | None = TOM_SYSTEM_PROMPT, lenient: bool = False
+    ):
         self.name = "tom"
         self.config = config or tom.TomConfig()
         self.system_prompt = system_prompt
@@ -400,9 +439,16 @@ class TomTask(Task):
             story = tom.generate_story(self.config, random.Random(f"tom/{split}/{seed}/{i}"))
             return story, story.text()
 
-        return [Item(id=f"tom/{split}/seed{seed}/{i}", question=story.text(), answer=story.answer,
-                     meta=story.to_meta(), key=key)
-                for i, story, key in collect_split(n, split, candidate, candidate_limit(n), "tom")]
+        return [
+            Item(
+                id=f"tom/{split}/seed{seed}/{i}",
+                question=story.text(),
+                answer=story.answer,
+                meta=story.to_meta(),
+                key=key,
+            )
+            for i, story, key in collect_split(n, split, candidate, candidate_limit(n), "tom")
+        ]
 
     def locate_answer(self, completion: str) -> tuple[int, str] | None:
         found = find_final_answer(completion, lenient=self.lenient)
@@ -421,9 +467,15 @@ class TomTask(Task):
 # ---------------------------------------------------------------- factory
 
 
-def get_task(spec: str, *, system_prompt: str | None = None, path: str | None = None,
-             rg_kwargs: Mapping[str, Any] | None = None, tom_config: tom.TomConfig | None = None,
-             lenient: bool = False) -> Task:
+def get_task(
+    spec: str,
+    *,
+    system_prompt: str | None = None,
+    path: str | None = None,
+    rg_kwargs: Mapping[str, Any] | None = None,
+    tom_config: tom.TomConfig | None = None,
+    lenient: bool = False,
+) -> Task:
     """Build a task from a spec in KNOWN_TASKS.
 
     system_prompt: None keeps the task's default; "" means no system prompt.

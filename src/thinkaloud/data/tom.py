@@ -38,13 +38,40 @@ import random
 import re
 from dataclasses import asdict, dataclass
 
-NAMES = ("Sally", "Anne", "Mia", "Noah", "Emma", "Liam", "Olivia", "Lucas",
-         "Ava", "Ethan", "Zoe", "Omar", "Priya", "Hugo", "Nora", "Kenji")
-OBJECTS = ("marble", "ball", "key", "apple", "coin", "watch", "ring", "scarf",
-           "pencil", "cookie", "toy car", "spoon")
+NAMES = (
+    "Sally",
+    "Anne",
+    "Mia",
+    "Noah",
+    "Emma",
+    "Liam",
+    "Olivia",
+    "Lucas",
+    "Ava",
+    "Ethan",
+    "Zoe",
+    "Omar",
+    "Priya",
+    "Hugo",
+    "Nora",
+    "Kenji",
+)
+OBJECTS = ("marble", "ball", "key", "apple", "coin", "watch", "ring", "scarf", "pencil", "cookie", "toy car", "spoon")
 # One word each, none a word of another, so a container is found in free text by a word match.
-CONTAINERS = ("basket", "box", "drawer", "cupboard", "suitcase", "bucket",
-              "crate", "backpack", "jar", "bag", "chest", "tin")
+CONTAINERS = (
+    "basket",
+    "box",
+    "drawer",
+    "cupboard",
+    "suitcase",
+    "bucket",
+    "crate",
+    "backpack",
+    "jar",
+    "bag",
+    "chest",
+    "tin",
+)
 ROOMS = ("kitchen", "garden", "hallway", "attic", "office", "bedroom", "garage", "classroom")
 
 
@@ -194,8 +221,7 @@ class TomStory:
             "agents": list(self.agents),
             "objects": list(self.objects),
             "events": [{"kind": type(e).__name__.lower(), **asdict(e)} for e in self.events],
-            "question": {"object": self.question.obj, "about": list(self.question.about),
-                         "order": self.question.order},
+            "question": {"object": self.question.obj, "about": list(self.question.about), "order": self.question.order},
         }
 
 
@@ -322,8 +348,9 @@ def generate_story(config: TomConfig, rng: random.Random) -> TomStory:
     return TomStory(room, tuple(containers), tuple(agents), tuple(objects), tuple(events), question)
 
 
-def _pick_question(tracker: BeliefTracker, agents: list[str], objects: list[str],
-                   config: TomConfig, rng: random.Random) -> Question:
+def _pick_question(
+    tracker: BeliefTracker, agents: list[str], objects: list[str], config: TomConfig, rng: random.Random
+) -> Question:
     order = rng.choices([0, 1, 2], weights=config.order_weights)[0]
     if order == 0:
         candidates = [Question(obj) for obj in objects]

@@ -23,9 +23,9 @@ def token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
         if text.endswith("\ufffd") and i + 1 < len(ids) and i - start < 3:
             continue  # incomplete character (UTF-8: at most 4 bytes): wait for the next token
         if text.startswith(done):
-            out += [""] * (i - start) + [text[len(done):]]
+            out += [""] * (i - start) + [text[len(done) :]]
         else:
-            pieces = tokenizer.convert_ids_to_tokens(ids[start: i + 1])
+            pieces = tokenizer.convert_ids_to_tokens(ids[start : i + 1])
             out += [tokenizer.convert_tokens_to_string([p]) for p in pieces]
         done, start = text, i + 1
     return out

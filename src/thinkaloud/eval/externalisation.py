@@ -50,8 +50,9 @@ def check_measures(names: list[str]) -> None:
         raise ValueError(f"measures listed twice: {names}")
 
 
-def _run(name: str, ctx: EvalContext, compute: Callable[[], tuple[dict[str, Any], Sequence[dict[str, Any] | None]]]
-         ) -> MeasureResult:
+def _run(
+    name: str, ctx: EvalContext, compute: Callable[[], tuple[dict[str, Any], Sequence[dict[str, Any] | None]]]
+) -> MeasureResult:
     """Nulls when ``name`` is off, else the measure's summary (+ "seconds") and per-record fields."""
     if name not in ctx.config.measures:
         return MeasureResult({name: None}, [{name: None} for _ in ctx.records])
@@ -65,13 +66,15 @@ def _run(name: str, ctx: EvalContext, compute: Callable[[], tuple[dict[str, Any]
 def reliance_measure(ctx: EvalContext) -> MeasureResult:
     """Early answering (Lanham et al. 2023) with the eval's model, offset and seed."""
     loaded, config = ctx.loaded, ctx.config
-    answerer = model_answerer(loaded.model, loaded.tokenizer, offset=ctx.offset, batch_size=config.batch_size,
-                              seed=config.seed)
+    answerer = model_answerer(
+        loaded.model, loaded.tokenizer, offset=ctx.offset, batch_size=config.batch_size, seed=config.seed
+    )
     return _run("reliance", ctx, lambda: early_answering(ctx.task, ctx.responses, loaded.tokenizer, answerer))
 
 
 def lens_measure(ctx: EvalContext) -> MeasureResult:
     """The linear future lens (Pal et al. 2023) on the eval's responses with their recorded exits."""
+
     def compute() -> tuple[dict[str, Any], Sequence[dict[str, Any] | None]]:
         try:
             return future_lens(ctx.loaded.model, ctx.responses)

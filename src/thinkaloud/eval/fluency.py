@@ -33,13 +33,13 @@ from thinkaloud.model import arch
 
 def repeated_ngrams(tokens: Sequence[int], n: int = 4) -> float | None:
     """Share of the len−n+1 n-grams that already occurred earlier in ``tokens`` (None if there are none)."""
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     return 1 - len(set(grams)) / len(grams) if grams else None
 
 
 def distinct_ngrams(tokens: Sequence[int], n: int = 2) -> float | None:
     """Distinct n-grams / n-grams of ``tokens`` (None if there are none)."""
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     return len(set(grams)) / len(grams) if grams else None
 
 
@@ -60,14 +60,15 @@ def response_nll(model, responses: Sequence[Response], chunk_rows: int | None = 
     step = chunk_rows or max(1, ((1 << 28) if last.is_cuda else (1 << 24)) // model.hf_config.vocab_size)
     nll = torch.zeros(len(responses), dtype=torch.float64, device=last.device)
     for s in range(0, rows.numel(), step):
-        r, c = rows[s:s + step], cols[s:s + step]
+        r, c = rows[s : s + step], cols[s : s + step]
         logp = F.log_softmax(arch.readout(model.peft, norm(last[r, c])).float(), dim=-1)  # (n, V)
         nll.index_add_(0, r, -logp.gather(-1, batch.ids[r, c + 1, None]).squeeze(-1).double())
     return [(float(v), len(resp.response_ids)) for v, resp in zip(nll.tolist(), responses)]
 
 
-def fluency(model, responses: Sequence[Response], *,
-            batch_size: int = 8) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def fluency(
+    model, responses: Sequence[Response], *, batch_size: int = 8
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fluency proxies of ``responses`` → (summary, one dict per response), both JSON-serialisable."""
     if not responses:
         raise ValueError("no responses to measure")
@@ -79,17 +80,29 @@ def fluency(model, responses: Sequence[Response], *,
         model.train(was_training)
     records = []
     for r, (total, n) in zip(responses, sums):
-        records.append({"base_nll": total / n if n else None, "n_tokens": n,
-                        "rep4": repeated_ngrams(r.response_ids, 4), "distinct2": distinct_ngrams(r.response_ids, 2)})
+        records.append(
+            {
+                "base_nll": total / n if n else None,
+                "n_tokens": n,
+                "rep4": repeated_ngrams(r.response_ids, 4),
+                "distinct2": distinct_ngrams(r.response_ids, 2),
+            }
+        )
     tokens = sum(n for _, n in sums)
+
     def mean(key: str) -> float | None:
         values = [v for x in records if (v := x[key]) is not None]
         return sum(values) / len(values) if values else None
 
     nll = sum(t for t, _ in sums) / tokens if tokens else None
     summary = {
-        "measure": "fluency_proxies", "base_nll": nll, "base_ppl": None if nll is None else math.exp(nll),
-        "base_nll_per_response": mean("base_nll"), "rep4": mean("rep4"), "distinct2": mean("distinct2"),
-        "n": len(records), "n_tokens": tokens,
+        "measure": "fluency_proxies",
+        "base_nll": nll,
+        "base_ppl": None if nll is None else math.exp(nll),
+        "base_nll_per_response": mean("base_nll"),
+        "rep4": mean("rep4"),
+        "distinct2": mean("distinct2"),
+        "n": len(records),
+        "n_tokens": tokens,
     }
     return summary, records

@@ -88,10 +88,20 @@ def _offset(value: Any) -> float | None:
 class ThinkaloudLM(TemplateLM):
     """lm-eval's model interface over an early-exit model (see the module docstring)."""
 
-    def __init__(self, model: str | None = None, pretrained: str | None = None, offset: Any = None,
-                 batch_size: Any = 8, device: str | None = None, dtype: str = "float32",
-                 loglikelihood: str = "expected", max_length: int | None = None, max_gen_toks: int = 256,
-                 seed: int = 0, **unused: Any):
+    def __init__(
+        self,
+        model: str | None = None,
+        pretrained: str | None = None,
+        offset: Any = None,
+        batch_size: Any = 8,
+        device: str | None = None,
+        dtype: str = "float32",
+        loglikelihood: str = "expected",
+        max_length: int | None = None,
+        max_gen_toks: int = 256,
+        seed: int = 0,
+        **unused: Any,
+    ):
         super().__init__()
         spec = model or pretrained
         if not spec:
@@ -124,8 +134,9 @@ class ThinkaloudLM(TemplateLM):
         self.prefix = special_prefix(self.tokenizer)
         self.generator = torch.Generator(device=self._device).manual_seed(int(seed) + self._rank)
         self.exit_layers: list[int] = []  # of every generated token counted so far
-        logger.info("thinkaloud: %s, offset %g (%s), loglikelihood %s", spec, self.offset, self.offset_source,
-                    self.mode)
+        logger.info(
+            "thinkaloud: %s, offset %g (%s), loglikelihood %s", spec, self.offset, self.offset_source, self.mode
+        )
 
     # ------------------------------------------------------------------------------- lm-eval plumbing
     @property
@@ -144,8 +155,12 @@ class ThinkaloudLM(TemplateLM):
         return list(self.tokenizer(string, add_special_tokens=bool(add_special_tokens))["input_ids"])
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        text = self.tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                                  continue_final_message=not add_generation_prompt)
+        text = self.tokenizer.apply_chat_template(
+            chat_history,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+        )
         return text  # type: ignore[return-value]  # a str with tokenize=False; transformers types all modes as one union
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -170,16 +185,16 @@ class ThinkaloudLM(TemplateLM):
         for key, ctx, cont in requests:
             if not cont:
                 raise ValueError(f"empty continuation for context {key!r}")
-            if key is not None and self.prefix and ctx[:len(self.prefix)] != self.prefix:
+            if key is not None and self.prefix and ctx[: len(self.prefix)] != self.prefix:
                 ctx = self.prefix + ctx  # the BOS in front of a context, as prompt_ids puts it
-            whole = (ctx + cont)[-(self.max_length + 1):]
+            whole = (ctx + cont)[-(self.max_length + 1) :]
             n = min(len(cont), len(whole) - 1)  # a continuation longer than the context window is cut
             rows.append((whole[:-1], whole[-n:], n))
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
         results: dict[int, tuple[float, bool]] = {}  # request index → (log-likelihood, greedy)
         for s in range(0, len(order), self.batch_size):
-            batch = [rows[i] for i in order[s:s + self.batch_size]]
-            for i, res in zip(order[s:s + self.batch_size], self._score(batch)):
+            batch = [rows[i] for i in order[s : s + self.batch_size]]
+            for i, res in zip(order[s : s + self.batch_size], self._score(batch)):
                 results[i] = res
                 key = requests[i][0]
                 if key is not None:
@@ -195,10 +210,10 @@ class ThinkaloudLM(TemplateLM):
         select = torch.zeros(len(batch), T, dtype=torch.bool)
         targets = torch.zeros_like(ids)
         for b, (inp, cont, n) in enumerate(batch):
-            ids[b, :len(inp)] = torch.tensor(inp)
-            mask[b, :len(inp)] = 1
-            select[b, len(inp) - n:len(inp)] = True
-            targets[b, len(inp) - n:len(inp)] = torch.tensor(cont)
+            ids[b, : len(inp)] = torch.tensor(inp)
+            mask[b, : len(inp)] = 1
+            select[b, len(inp) - n : len(inp)] = True
+            targets[b, len(inp) - n : len(inp)] = torch.tensor(cont)
         ids, mask, select = ids.to(self._device), mask.to(self._device), select.to(self._device)
         out = self.model(ids, mask, all_exits=True, offset=self.offset)  # states: m+1 × (B, T, C)
         where = select.nonzero(as_tuple=True)
@@ -221,16 +236,22 @@ class ThinkaloudLM(TemplateLM):
         token_lp, greedy = torch.cat(token_lps).cpu(), torch.cat(greedys).cpu()
         res, start = [], 0
         for _, _, n in batch:  # `where` is row-major: each row's n positions in turn
-            res.append((float(token_lp[start:start + n].sum()), bool(greedy[start:start + n].all())))
+            res.append((float(token_lp[start : start + n].sum()), bool(greedy[start : start + n].all())))
             start += n
         return res
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         out = []
         for (string,) in [req.args for req in requests]:
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=1)]
+            windows = [
+                make_disjoint_window(w)
+                for w in get_rolling_token_windows(
+                    token_list=self.tok_encode(string),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                )
+            ]
             scores = self._loglikelihood_tokens([(None, ctx, cont) for ctx, cont in windows])
             out.append(sum(lp for lp, _ in scores))
             self.cache_hook.add_partial("loglikelihood_rolling", (string,), out[-1])
@@ -251,15 +272,20 @@ class ThinkaloudLM(TemplateLM):
             max_new = int(kwargs.get("max_gen_toks", kwargs.get("max_new_tokens", self.max_gen_toks)))
             indices.sort(key=lambda i: -len(args[i][0]))
             for s in range(0, len(indices), self.batch_size):
-                chunk = indices[s:s + self.batch_size]
+                chunk = indices[s : s + self.batch_size]
                 for i, text in zip(chunk, self._generate([args[i][0] for i in chunk], until, max_new, kwargs)):
                     results[i] = text
                     self.cache_hook.add_partial("generate_until", args[i], text)
                 bar.update(len(chunk))
         bar.close()
         summary = self.exit_summary()
-        logger.info("thinkaloud: %d generated tokens, exit rate %.4f, ALS %.4f at offset %g", summary["tokens"],
-                    summary["early_exit_rate"], summary["als"], self.offset)
+        logger.info(
+            "thinkaloud: %d generated tokens, exit rate %.4f, ALS %.4f at offset %g",
+            summary["tokens"],
+            summary["early_exit_rate"],
+            summary["als"],
+            self.offset,
+        )
         return [results[i] for i in range(len(args))]
 
     @torch.no_grad()
@@ -267,7 +293,7 @@ class ThinkaloudLM(TemplateLM):
         """One batch: exits sampled at the offset; stops once every row hit a stop string or EOS."""
         if max_new >= self.max_length:
             raise ValueError(f"max_gen_toks={max_new} leaves no room for a context in max_length={self.max_length}")
-        rows = [prompt_ids(self.tokenizer, c)[-(self.max_length - max_new):] for c in contexts]
+        rows = [prompt_ids(self.tokenizer, c)[-(self.max_length - max_new) :] for c in contexts]
         ids, mask = left_pad(rows, pad_id(self.tokenizer), self._device)  # (b, P) each
         do_sample = bool(kwargs.get("do_sample", False)) and float(kwargs.get("temperature", 1.0)) > 0
         tokens: list[list[int]] = [[] for _ in rows]
@@ -287,23 +313,35 @@ class ThinkaloudLM(TemplateLM):
                 raise _AllStopped
 
         try:
-            self.model.generate(ids, mask, max_new_tokens=max_new, do_sample=do_sample,
-                                temperature=float(kwargs.get("temperature", 1.0)) if do_sample else 1.0,
-                                top_p=float(kwargs.get("top_p", 1.0)) if do_sample else 1.0, offset=self.offset,
-                                pad_token_id=pad_id(self.tokenizer), generator=self.generator, on_token=on_token)
+            self.model.generate(
+                ids,
+                mask,
+                max_new_tokens=max_new,
+                do_sample=do_sample,
+                temperature=float(kwargs.get("temperature", 1.0)) if do_sample else 1.0,
+                top_p=float(kwargs.get("top_p", 1.0)) if do_sample else 1.0,
+                offset=self.offset,
+                pad_token_id=pad_id(self.tokenizer),
+                generator=self.generator,
+                on_token=on_token,
+            )
         except _AllStopped:
             pass
         for row in layers:
             self.exit_layers.extend(row)
-        return [postprocess_generated_text(self.tokenizer.decode(t, skip_special_tokens=True), until, None)
-                for t in tokens]
+        return [
+            postprocess_generated_text(self.tokenizer.decode(t, skip_special_tokens=True), until, None) for t in tokens
+        ]
 
     def exit_summary(self) -> dict[str, Any]:
         """Exits of the tokens generated so far: {"tokens", "early_exit_rate", "als", "offset"}."""
         L, n = self.model.num_layers, len(self.exit_layers)
-        return {"tokens": n, "offset": None if self.offset == -math.inf else self.offset,
-                "early_exit_rate": metrics.early_exit_rate(self.exit_layers, L) if n else None,
-                "als": metrics.average_layer_savings(self.exit_layers, L) if n else None}
+        return {
+            "tokens": n,
+            "offset": None if self.offset == -math.inf else self.offset,
+            "early_exit_rate": metrics.early_exit_rate(self.exit_layers, L) if n else None,
+            "als": metrics.average_layer_savings(self.exit_layers, L) if n else None,
+        }
 
 
 class _AllStopped(Exception):

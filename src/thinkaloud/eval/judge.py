@@ -52,9 +52,24 @@ from typing import Any, Protocol
 
 from thinkaloud.eval.rubrics import RUBRICS, check_rubric, judge_messages
 
-__all__ = ["CRITERIA", "RUBRICS", "Judge", "Judgement", "JudgeParseError", "JudgeResult", "JudgeUnavailable",
-           "HFJudge", "OpenAIJudge", "coherence_summary", "judge_many", "judge_messages", "judge_one",
-           "make_judge", "parse_judge_spec", "parse_judgement"]
+__all__ = [
+    "CRITERIA",
+    "RUBRICS",
+    "Judge",
+    "Judgement",
+    "JudgeParseError",
+    "JudgeResult",
+    "JudgeUnavailable",
+    "HFJudge",
+    "OpenAIJudge",
+    "coherence_summary",
+    "judge_many",
+    "judge_messages",
+    "judge_one",
+    "make_judge",
+    "parse_judge_spec",
+    "parse_judgement",
+]
 
 CRITERIA = ("coherence", "completeness", "clarity", "no_repetition", "overall")
 
@@ -244,8 +259,14 @@ class HFJudge:
 
     concurrency = 1
 
-    def __init__(self, model: Any, tokenizer: Any, max_new_tokens: int = 256, chat_template_kwargs: dict | None = None,
-                 rubric: str = "ours"):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_new_tokens: int = 256,
+        chat_template_kwargs: dict | None = None,
+        rubric: str = "ours",
+    ):
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("the judge's tokenizer has no chat template; use an instruction-tuned model")
         self.rubric = check_rubric(rubric)
@@ -338,8 +359,10 @@ def parse_judge_spec(spec: str) -> tuple[str, str, str | None]:
             return "openai", url, model
     elif kind == "hf" and rest:
         return "hf", rest, None
-    raise ValueError(f"judge must be 'openai:<base_url>#<model>' (e.g. openai:http://localhost:8000/v1#qwen) "
-                     f"or 'hf:<model path or alias>', got {spec!r}")
+    raise ValueError(
+        f"judge must be 'openai:<base_url>#<model>' (e.g. openai:http://localhost:8000/v1#qwen) "
+        f"or 'hf:<model path or alias>', got {spec!r}"
+    )
 
 
 def make_judge(spec: str, concurrency: int = 4, device: str | None = None, rubric: str = "ours") -> Judge:

@@ -97,13 +97,20 @@ def ridge_fit(stats: RidgeStats, alpha: float, columns: slice = slice(None)) -> 
 def squared_error(stats: RidgeStats, w: torch.Tensor, b: torch.Tensor, columns: slice = slice(None)) -> float:
     """Σ ‖y − xW − b‖² over the examples summed in ``stats`` (output ``columns``), from the sums alone."""
     sxy, sy, syy = stats.sxy[:, columns], stats.sy[columns], stats.syy[columns]
-    total = (syy.sum() - 2 * (w * sxy).sum() - 2 * (b * sy).sum() + (w * (stats.sxx @ w)).sum()
-             + 2 * (b * (stats.sx @ w)).sum() + stats.n * (b * b).sum())
+    total = (
+        syy.sum()
+        - 2 * (w * sxy).sum()
+        - 2 * (b * sy).sum()
+        + (w * (stats.sxx @ w)).sum()
+        + 2 * (b * (stats.sx @ w)).sum()
+        + stats.n * (b * b).sum()
+    )
     return float(total)
 
 
-def select_and_fit(fit: RidgeStats, val: RidgeStats, alphas: Sequence[float], blocks: Sequence[slice] = (slice(None),)
-                   ) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+def select_and_fit(
+    fit: RidgeStats, val: RidgeStats, alphas: Sequence[float], blocks: Sequence[slice] = (slice(None),)
+) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
     """Per block of output columns: the α with the least validation error, then the map refitted on
     fit + validation → [(W, b, α)] (one solve per α for all blocks, one refit per distinct chosen α)."""
     errors = []  # (alphas, blocks)
@@ -116,17 +123,19 @@ def select_and_fit(fit: RidgeStats, val: RidgeStats, alphas: Sequence[float], bl
     return [(refit[a][0][:, cols], refit[a][1][cols], a) for a, cols in zip(best, blocks)]
 
 
-def top1(readout: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, tokens: torch.Tensor,
-         budget: int | None = None) -> torch.Tensor:
+def top1(
+    readout: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, tokens: torch.Tensor, budget: int | None = None
+) -> torch.Tensor:
     """Whether each state's top-1 readout is its token: h (N, C), tokens (N,) → (N,) bool, the (n, V)
     logits built ``budget // V`` rows at a time (default about 2^24 logits on CPU, 2^28 on GPU)."""
     vocab = readout(h[:1]).shape[-1]
     rows = max(1, (budget or ((1 << 28) if h.is_cuda else (1 << 24))) // vocab)
-    return torch.cat([readout(h[s:s + rows]).argmax(-1) == tokens[s:s + rows] for s in range(0, h.shape[0], rows)])
+    return torch.cat([readout(h[s : s + rows]).argmax(-1) == tokens[s : s + rows] for s in range(0, h.shape[0], rows)])
 
 
-def _examples(model, responses: Sequence[Response], K: int) -> tuple[dict[int, torch.Tensor], torch.Tensor,
-                                                                      torch.Tensor, torch.Tensor]:
+def _examples(
+    model, responses: Sequence[Response], K: int
+) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """One teacher-forced pass → inputs {layer: (N, C)}, targets (N, K·C) (k-major blocks), tokens (N, K)
     and the batch row of each example (N,)."""
     L = model.num_layers
@@ -150,8 +159,14 @@ def _split(n: int) -> tuple[list[int], list[int], list[int]]:
 
 
 @torch.no_grad()
-def future_lens(model, responses: Sequence[Response], *, distances: Sequence[int] = DISTANCES,
-                alphas: Sequence[float] = ALPHAS, batch_size: int = 8) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def future_lens(
+    model,
+    responses: Sequence[Response],
+    *,
+    distances: Sequence[int] = DISTANCES,
+    alphas: Sequence[float] = ALPHAS,
+    batch_size: int = 8,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fit and evaluate the future lens on ``responses`` (the model's own, with their recorded exits) →
     (summary with the layer × k table, one dict per response), both JSON-serialisable."""
     distances = sorted(int(k) for k in distances)
@@ -161,8 +176,9 @@ def future_lens(model, responses: Sequence[Response], *, distances: Sequence[int
         raise ValueError(f"alphas must be positive, got {alphas}")
     fit_ids, val_ids, test_ids = _split(len(responses))
     if not val_ids or not test_ids:
-        raise ValueError(f"the future lens needs at least 3 responses (fit, validation, held out), "
-                         f"got {len(responses)}")
+        raise ValueError(
+            f"the future lens needs at least 3 responses (fit, validation, held out), got {len(responses)}"
+        )
     K, L, C = max(distances), model.num_layers, model.hf_config.hidden_size
     layers = list(model.layers) + [L]
     was_training = model.training
@@ -211,16 +227,28 @@ def future_lens(model, responses: Sequence[Response], *, distances: Sequence[int
     n_test = int(counts.sum())
     table = (hits.sum(0).double() / n_test).tolist() if n_test else None  # (layers, K+1)
     split = {i: "fit" for i in fit_ids} | {i: "validation" for i in val_ids} | {i: "test" for i in test_ids}
-    records = [{"split": split[i], "n_tokens": int(counts[i]) if split[i] == "test" else None,
-                "accuracy": (hits[i, :, :-1].double() / int(counts[i])).tolist()
-                if split[i] == "test" and counts[i] else None} for i in range(len(responses))]
+    records = [
+        {
+            "split": split[i],
+            "n_tokens": int(counts[i]) if split[i] == "test" else None,
+            "accuracy": (hits[i, :, :-1].double() / int(counts[i])).tolist()
+            if split[i] == "test" and counts[i]
+            else None,
+        }
+        for i in range(len(responses))
+    ]
     summary = {
-        "measure": "future_lens", "layers": layers, "num_layers": L, "distances": distances,
+        "measure": "future_lens",
+        "layers": layers,
+        "num_layers": L,
+        "distances": distances,
         "accuracy": None if table is None else [row[:-1] for row in table],
         "logit_lens": None if table is None else [row[-1] for row in table],
         "constant": None if table is None else [float(constant_hits[k - 1]) / n_test for k in distances],
         "alpha": [[alpha[e, k] for k in distances] for e in layers],
-        "n_fit_responses": len(fit_ids) + len(val_ids), "n_fit_tokens": n_fit,
-        "n_test_responses": len(test_ids), "n_test_tokens": n_test,
+        "n_fit_responses": len(fit_ids) + len(val_ids),
+        "n_fit_tokens": n_fit,
+        "n_test_responses": len(test_ids),
+        "n_test_tokens": n_test,
     }
     return summary, records

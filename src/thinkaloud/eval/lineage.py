@@ -103,11 +103,21 @@ def _sft(run: Path, cfg: dict[str, Any]) -> Lineage:
     kl = float(cfg["kl_factor"])
     calib = _find(str(cfg["calib"]), run)
     if calib is None or not (calib / MANIFEST_FILE).is_file():
-        return Lineage("sft", f"sft run {run}", kl_factor=kl,
-                       notes=(f"calibration {cfg['calib']} not found: its task and items are unknown",))
+        return Lineage(
+            "sft",
+            f"sft run {run}",
+            kl_factor=kl,
+            notes=(f"calibration {cfg['calib']} not found: its task and items are unknown",),
+        )
     manifest = json.loads((calib / MANIFEST_FILE).read_text()).get("config", {})
-    return Lineage("sft", f"sft run {run}", kl_factor=kl, task=manifest.get("task"), calib=str(calib),
-                   calib_split=manifest.get("split"))
+    return Lineage(
+        "sft",
+        f"sft run {run}",
+        kl_factor=kl,
+        task=manifest.get("task"),
+        calib=str(calib),
+        calib_split=manifest.get("split"),
+    )
 
 
 def _rl(out: Path, cfg: dict[str, Any], depth: int) -> Lineage:
@@ -117,8 +127,16 @@ def _rl(out: Path, cfg: dict[str, Any], depth: int) -> Lineage:
     notes = parent.notes
     if found is None and parent.stage == "base" and ("/" in start or start.startswith(".")):
         notes += (f"the RL run started from {start}, which is not here; taken as a base model",)
-    return Lineage("rl", parent.origin, kl_factor=parent.kl_factor, task=cfg.get("task") or parent.task,
-                   calib=parent.calib, calib_split=parent.calib_split, via=parent.via + (str(out),), notes=notes)
+    return Lineage(
+        "rl",
+        parent.origin,
+        kl_factor=parent.kl_factor,
+        task=cfg.get("task") or parent.task,
+        calib=parent.calib,
+        calib_split=parent.calib_split,
+        via=parent.via + (str(out),),
+        notes=notes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -142,6 +160,8 @@ def check_no_leakage(calib: str | None, items: Sequence[Item], what: str = "the 
     ids = overlapping_items(calib, list(items))
     if ids:
         shown = ", ".join(ids[:5]) + (", …" if len(ids) > 5 else "")
-        raise LeakageError(f"{len(ids)} of the {len(items)} eval items are in the calibration {calib} that {what} "
-                           f"({shown}); evaluate on unseen items: another --split or --seed, or another task file")
+        raise LeakageError(
+            f"{len(ids)} of the {len(items)} eval items are in the calibration {calib} that {what} "
+            f"({shown}); evaluate on unseen items: another --split or --seed, or another task file"
+        )
     return None

@@ -53,8 +53,7 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
     if p == 1.0:
         return 0.0
     log_p, log_q, log_nf = math.log(p), math.log1p(-p), math.lgamma(n + 1)
-    terms = [log_nf - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
-             for i in range(k + 1)]
+    terms = [log_nf - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q for i in range(k + 1)]
     top = max(terms)
     return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))
 
@@ -107,8 +106,7 @@ class LTTResult:
         return self.rejected - 1 if self.rejected else None
 
 
-def learn_then_test(losses: Sequence[Sequence[float]], epsilon: float, delta: float,
-                    binary: bool = False) -> LTTResult:
+def learn_then_test(losses: Sequence[Sequence[float]], epsilon: float, delta: float, binary: bool = False) -> LTTResult:
     """Per-setting losses (K settings × n items, conservative first) → risks, p-values and the choice."""
     _check_level("epsilon", epsilon)
     _check_level("delta", delta)

@@ -23,8 +23,13 @@ def plot_agreement_curves(summaries: Mapping[str, Mapping[str, Any]]) -> Figure:
     shown = {label: s for label, s in summaries.items() if s.get("agreement")}
     cmap = colormaps["viridis"]
     for i, (label, s) in enumerate(shown.items()):
-        ax.plot([100 * f for f in s["fractions"]], [100 * a for a in s["agreement"]], "o-",
-                color=cmap(0.85 * i / max(len(shown) - 1, 1)), label=f"{label} (AOC {s['aoc']:.2f}, n={s['n']})")
+        ax.plot(
+            [100 * f for f in s["fractions"]],
+            [100 * a for a in s["agreement"]],
+            "o-",
+            color=cmap(0.85 * i / max(len(shown) - 1, 1)),
+            label=f"{label} (AOC {s['aoc']:.2f}, n={s['n']})",
+        )
     if not shown:
         ax.text(0.5, 0.5, "no responses with an extractable answer", transform=ax.transAxes, ha="center", va="center")
     ax.set_xlabel("fraction of the written reasoning shown (%)")
@@ -48,8 +53,13 @@ def plot_lens_heatmap(summary: Mapping[str, Any], title: str = "Future lens") ->
         rows = [list(r) + [ll] for r, ll in zip(summary["accuracy"], summary["logit_lens"])]  # (layers, K+1)
     fig = Figure(figsize=(1.3 * (len(ks) + 1) + 2.2, 0.45 * len(layers) + 1.8), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow([[float("nan") if v is None else 100 * v for v in r] for r in rows], cmap="viridis",
-                      vmin=0, vmax=100, aspect="auto")
+    image = ax.imshow(
+        [[float("nan") if v is None else 100 * v for v in r] for r in rows],
+        cmap="viridis",
+        vmin=0,
+        vmax=100,
+        aspect="auto",
+    )
     for i, r in enumerate(rows):
         for j, v in enumerate(r):
             text = "—" if v is None else f"{100 * v:.0f}"
@@ -81,8 +91,10 @@ def plot_fluency(summaries: Mapping[str, Mapping[str, Any]]) -> Figure:
     left.set_ylabel("base-model NLL per token (nats)")
     left.set_title("Likelihood under the base model")
     width = 0.4
-    for shift, key, name, color in ((-width / 2, "rep4", "repeated 4-grams", "#b5de2b"),
-                                    (width / 2, "distinct2", "distinct bigrams", "#21918c")):
+    for shift, key, name, color in (
+        (-width / 2, "rep4", "repeated 4-grams", "#b5de2b"),
+        (width / 2, "distinct2", "distinct bigrams", "#21918c"),
+    ):
         values = [summaries[k].get(key) for k in labels]
         right.bar([i + shift for i in x], [100 * (v or 0.0) for v in values], width, color=color, label=name)
     right.set_xticks(list(x), labels, rotation=30, ha="right")
@@ -108,8 +120,15 @@ def plot_fluency_distributions(values: Mapping[str, Sequence[float]]) -> Figure:
             vs = shown[label]
             jitter = [i + 0.18 * ((j * 0.618) % 1 - 0.5) for j in range(len(vs))]  # deterministic spread
             ax.plot(jitter, vs, "o", color="#3b528b", alpha=0.45, markersize=3)
-            ax.plot([i], [sum(vs) / len(vs)], "D", color="#fde725", markeredgecolor="black", markersize=7,
-                    label="mean" if i == 1 else None)
+            ax.plot(
+                [i],
+                [sum(vs) / len(vs)],
+                "D",
+                color="#fde725",
+                markeredgecolor="black",
+                markersize=7,
+                label="mean" if i == 1 else None,
+            )
         ax.legend(loc="upper left")
     else:
         ax.text(0.5, 0.5, "no fluency values", transform=ax.transAxes, ha="center", va="center")

@@ -95,15 +95,18 @@ def apply_measure(measure: Measure, ctx: EvalContext, summary: dict[str, Any]) -
     summary.update(result.summary)
     if result.records is not None:
         if len(result.records) != len(ctx.records):
-            raise RuntimeError(f"{getattr(measure, '__name__', measure)} returned {len(result.records)} record "
-                               f"fields for {len(ctx.records)} records")
+            raise RuntimeError(
+                f"{getattr(measure, '__name__', measure)} returned {len(result.records)} record "
+                f"fields for {len(ctx.records)} records"
+            )
         for record, extra in zip(ctx.records, result.records):
             record.update(extra)
 
 
 def progress(console: Console) -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console)
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -129,8 +132,12 @@ def target_measure(ctx: EvalContext) -> MeasureResult:
             bars.advance(bar, len(b.items))
     target_hist = metrics.target_histogram(torch.cat(parts), E + [L])
     exit_hist = metrics.exit_histogram(ctx.layers, E, num_layers=L)
-    return MeasureResult({"target_hist": {str(k): v for k, v in target_hist.items()},
-                          "tv_distance": metrics.tv_distance(exit_hist, target_hist)})
+    return MeasureResult(
+        {
+            "target_hist": {str(k): v for k, v in target_hist.items()},
+            "tv_distance": metrics.tv_distance(exit_hist, target_hist),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -146,6 +153,11 @@ def judge_measure(ctx: EvalContext) -> MeasureResult:
     pairs = [(item.question, r["completion"]) for item, r in zip(ctx.items, ctx.records)]
     with ctx.console.status(f"judging {len(pairs)} responses with {config.judge} ({config.rubric} rubric)…"):
         results = judging.judge_many(judge, pairs)
-    fields = [{"judge": res.judgement.as_dict() if res.judgement else None,
-               "judge_missing": res.missing if res.judgement is None else None} for res in results]
+    fields = [
+        {
+            "judge": res.judgement.as_dict() if res.judgement else None,
+            "judge_missing": res.missing if res.judgement is None else None,
+        }
+        for res in results
+    ]
     return MeasureResult({"coherence": {**judging.coherence_summary(results), "rubric": config.rubric}}, fields)

@@ -56,8 +56,15 @@ def plot_exit_histogram(
     shift = width / 2 if target else 0.0
     ax.bar([i - shift for i in x], [model.get(ly, 0.0) for ly in layers], width, color=MODEL_COLOR, label="model")
     if target:
-        ax.bar([i + shift for i in x], [target.get(ly, 0.0) for ly in layers], width, color=TARGET_COLOR,
-               edgecolor="#636363", hatch="//", label="target")
+        ax.bar(
+            [i + shift for i in x],
+            [target.get(ly, 0.0) for ly in layers],
+            width,
+            color=TARGET_COLOR,
+            edgecolor="#636363",
+            hatch="//",
+            label="target",
+        )
         title = f"{title} (TV distance {tv_distance(model, target):.3f})"
     ax.set_xticks(list(x), [f"{ly}\n(no exit)" if ly == num_layers else str(ly) for ly in layers])
     ax.set_xlabel(f"exit layer (of L = {num_layers})")
@@ -78,7 +85,9 @@ def plot_coherence_distributions(scores: Mapping[str, Sequence[int]]) -> Figure:
         shares = [sum(1 for v in s if v == score) / len(s) for score in range(1, 11)]
         offset = (i - (len(present) - 1) / 2) * width
         mean = sum(s) / len(s)
-        ax.bar([score + offset for score in range(1, 11)], shares, width, label=f"{label} (mean {mean:.1f}, n={len(s)})")
+        ax.bar(
+            [score + offset for score in range(1, 11)], shares, width, label=f"{label} (mean {mean:.1f}, n={len(s)})"
+        )
     if not present:
         ax.text(0.5, 0.5, "no coherence scores", transform=ax.transAxes, ha="center", va="center")
     ax.set_xticks(range(1, 11))
@@ -107,12 +116,18 @@ def plot_als_coherence_tradeoff(sweep_rows: Sequence[Mapping[str, Any]]) -> Figu
     so in the title; rows lacking a y value are left out and counted in the title.
     """
     has_coherence = any(r.get("coherence") is not None for r in sweep_rows)
-    ys = ["coherence"] if has_coherence else [k for k in ("early_exit_rate", "accuracy")
-                                                if any(r.get(k) is not None for r in sweep_rows)]
+    ys = (
+        ["coherence"]
+        if has_coherence
+        else [k for k in ("early_exit_rate", "accuracy") if any(r.get(k) is not None for r in sweep_rows)]
+    )
     ys = ys or ["early_exit_rate"]
     fig = Figure(figsize=(5.6 * len(ys), 4.2), layout="constrained")
-    names = {"coherence": "coherence (mean overall score, 1–10)", "early_exit_rate": "early-exit rate (%)",
-             "accuracy": "accuracy (%)"}
+    names = {
+        "coherence": "coherence (mean overall score, 1–10)",
+        "early_exit_rate": "early-exit rate (%)",
+        "accuracy": "accuracy (%)",
+    }
     omitted = 0
     for i, key in enumerate(ys):
         ax = fig.add_subplot(1, len(ys), i + 1)
@@ -134,8 +149,11 @@ def plot_als_coherence_tradeoff(sweep_rows: Sequence[Mapping[str, Any]]) -> Figu
         ax.margins(x=0.15, y=0.15)
         ax.grid(alpha=0.3)
         ax.legend(title="KL factor", loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
-    title = "Coherence vs layer savings" if has_coherence else "No coherence scores: ALS vs " + " and ".join(
-        names[k].split(" (")[0] for k in ys)
+    title = (
+        "Coherence vs layer savings"
+        if has_coherence
+        else "No coherence scores: ALS vs " + " and ".join(names[k].split(" (")[0] for k in ys)
+    )
     if omitted:
         title += f" ({omitted} rows without values omitted)"
     fig.suptitle(title)
@@ -151,8 +169,9 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
-def plot_rl_dynamics(log_rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None = None,
-                     title: str = "RL dynamics") -> Figure:
+def plot_rl_dynamics(
+    log_rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None = None, title: str = "RL dynamics"
+) -> Figure:
     """Accuracy, average compute (mean depth fraction), the fluency proxy (base-model NLL per token, if
     logged) and coherence (if logged) per RL step.
 
@@ -176,13 +195,26 @@ def plot_rl_dynamics(log_rows: Sequence[Mapping[str, Any]], base: Mapping[str, A
             for step, value in points:
                 by_step[step].append(value)
             if points:
-                ax.plot(*zip(*points), color=MODEL_COLOR, alpha=0.3, linewidth=0.8,
-                        label=f"individual runs ({len(runs)})" if j == 0 else None)
+                ax.plot(
+                    *zip(*points),
+                    color=MODEL_COLOR,
+                    alpha=0.3,
+                    linewidth=0.8,
+                    label=f"individual runs ({len(runs)})" if j == 0 else None,
+                )
         steps = sorted(by_step)
         if steps:
             means, ses = zip(*(_mean_se(by_step[s]) for s in steps))
-            ax.errorbar(steps, means, yerr=ses, color=MODEL_COLOR, linewidth=1.8, capsize=2,
-                        errorevery=max(1, len(steps) // 25), label="mean ± 1 SE")
+            ax.errorbar(
+                steps,
+                means,
+                yerr=ses,
+                color=MODEL_COLOR,
+                linewidth=1.8,
+                capsize=2,
+                errorevery=max(1, len(steps) // 25),
+                label="mean ± 1 SE",
+            )
         if base and base.get(key) is not None:
             ax.axhline(float(base[key]), **BASE_STYLE, label="base model")
         ax.set_xlabel("RL step")

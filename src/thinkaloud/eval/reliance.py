@@ -54,22 +54,31 @@ AnswerFn = Callable[[list[list[int]]], list[str]]
 """Context token ids (prompt + cut reasoning + cue), one list per context → the text written after each."""
 
 
-def model_answerer(model, tokenizer: Any, *, offset: float, max_new_tokens: int = ANSWER_TOKENS,
-                   batch_size: int = 16, seed: int = 0) -> AnswerFn:
+def model_answerer(
+    model, tokenizer: Any, *, offset: float, max_new_tokens: int = ANSWER_TOKENS, batch_size: int = 16, seed: int = 0
+) -> AnswerFn:
     """The eval's generation as an :data:`AnswerFn`: greedy tokens, exits sampled with ``offset``.
 
     Contexts are sorted by length before batching (less padding) and the answers returned in order.
     """
+
     def answer(contexts: list[list[int]]) -> list[str]:
         generator = torch.Generator(device=model.device).manual_seed(seed)
         order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
         out: list[str] = [""] * len(contexts)
         for rows in chunked(order, batch_size):
             ids, mask = left_pad([contexts[i] for i in rows], pad_id(tokenizer), model.device)  # (b, P)
-            gen = model.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=False, offset=offset,
-                                 pad_token_id=tokenizer.pad_token_id, generator=generator)
+            gen = model.generate(
+                ids,
+                mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                offset=offset,
+                pad_token_id=tokenizer.pad_token_id,
+                generator=generator,
+            )
             for b, i in enumerate(rows):
-                out[i] = tokenizer.decode(gen.new_tokens[b, :int(gen.lengths[b])].tolist(), skip_special_tokens=True)
+                out[i] = tokenizer.decode(gen.new_tokens[b, : int(gen.lengths[b])].tolist(), skip_special_tokens=True)
         return out
 
     return answer
@@ -98,8 +107,9 @@ def reasoning_tokens(tokenizer: Any, response_ids: Sequence[int], completion: st
 
 def area_over_curve(fractions: Sequence[float], agreement: Sequence[float]) -> float:
     """∫ (1 − agreement) df by the trapezoid rule."""
-    return sum((f1 - f0) * ((1 - a0) + (1 - a1)) / 2
-               for (f0, f1), (a0, a1) in zip(pairwise(fractions), pairwise(agreement)))
+    return sum(
+        (f1 - f0) * ((1 - a0) + (1 - a1)) / 2 for (f0, f1), (a0, a1) in zip(pairwise(fractions), pairwise(agreement))
+    )
 
 
 def first_line(text: str) -> str:
@@ -112,8 +122,14 @@ def same_answer(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and norm(a) == norm(b)
 
 
-def early_answering(task: Task, responses: Sequence[Response], tokenizer: Any, answer_fn: AnswerFn, *,
-                    fractions: Sequence[float] = FRACTIONS) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def early_answering(
+    task: Task,
+    responses: Sequence[Response],
+    tokenizer: Any,
+    answer_fn: AnswerFn,
+    *,
+    fractions: Sequence[float] = FRACTIONS,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Early answering over ``responses`` → (summary, one dict per response), both JSON-serialisable.
 
     ``answer_fn`` writes the short answers (:func:`model_answerer` for a model; anything with the same
@@ -125,8 +141,9 @@ def early_answering(task: Task, responses: Sequence[Response], tokenizer: Any, a
         raise ValueError(f"fractions must increase strictly from 0 to 1, got {fractions}")
     cue = getattr(task, "answer_cue", None)
     if not cue or not callable(getattr(task, "split_answer", None)):
-        raise TypeError(f"task {getattr(task, 'name', task)!r} needs an answer_cue and a split_answer() "
-                        "for early answering")
+        raise TypeError(
+            f"task {getattr(task, 'name', task)!r} needs an answer_cue and a split_answer() for early answering"
+        )
 
     records: list[dict[str, Any]] = []
     contexts: list[list[int]] = []
@@ -135,8 +152,15 @@ def early_answering(task: Task, responses: Sequence[Response], tokenizer: Any, a
     for r in responses:
         completion = tokenizer.decode(r.response_ids, skip_special_tokens=True)
         split = task.split_answer(completion)
-        record: dict[str, Any] = {"included": split is not None, "reasoning_tokens": None, "full_answer": None,
-                                  "answers": None, "agree": None, "score_f0": None, "score_f1": None}
+        record: dict[str, Any] = {
+            "included": split is not None,
+            "reasoning_tokens": None,
+            "full_answer": None,
+            "answers": None,
+            "agree": None,
+            "score_f0": None,
+            "score_f1": None,
+        }
         records.append(record)
         if split is None:
             continue
@@ -159,7 +183,7 @@ def early_answering(task: Task, responses: Sequence[Response], tokenizer: Any, a
     F = len(fractions)
     included = [(r, rec) for r, rec in zip(responses, records) if rec["included"]]
     for j, (r, rec) in enumerate(included):
-        texts = [f"{cue} {first_line(w)}" for w in written[j * F:(j + 1) * F]]
+        texts = [f"{cue} {first_line(w)}" for w in written[j * F : (j + 1) * F]]
         rec["answers"] = [task.extract_answer(t) for t in texts]
         rec["agree"] = [same_answer(a, rec["full_answer"]) for a in rec["answers"]]
         if r.item is not None:
@@ -171,13 +195,24 @@ def early_answering(task: Task, responses: Sequence[Response], tokenizer: Any, a
     mean = lambda xs: sum(xs) / len(xs) if xs else None
     acc0 = mean([rec["score_f0"] for _, rec in scored])
     acc1 = mean([rec["score_f1"] for _, rec in scored])
-    full = mean([float(task.score(r.item, tokenizer.decode(r.response_ids, skip_special_tokens=True)))
-                 for r, _ in included if r.item is not None])
+    full = mean(
+        [
+            float(task.score(r.item, tokenizer.decode(r.response_ids, skip_special_tokens=True)))
+            for r, _ in included
+            if r.item is not None
+        ]
+    )
     summary = {
-        "measure": "early_answering", "fractions": fractions, "agreement": agreement,
+        "measure": "early_answering",
+        "fractions": fractions,
+        "agreement": agreement,
         "aoc": area_over_curve(fractions, agreement) if agreement is not None else None,
-        "accuracy_f0": acc0, "accuracy_f1": acc1,
-        "accuracy_gain": None if acc0 is None or acc1 is None else acc1 - acc0, "accuracy_full": full,
-        "n": n, "n_skipped": len(responses) - n, "answer_cue": cue,
+        "accuracy_f0": acc0,
+        "accuracy_f1": acc1,
+        "accuracy_gain": None if acc0 is None or acc1 is None else acc1 - acc0,
+        "accuracy_full": full,
+        "n": n,
+        "n_skipped": len(responses) - n,
+        "answer_cue": cue,
     }
     return summary, records

@@ -56,13 +56,19 @@ Table = tuple[list[str], list[list[str]]]  # (headers, rows of cells)
 
 
 def detect_kind(path: Path) -> str:
-    """"eval" (summary.json), "sweep" (sweep.json) or "rl" (log.jsonl)."""
-    for name, kind in (("summary.json", "eval"), ("sweep.json", "sweep"), ("log.jsonl", "rl"),
-                       ("findings.json", "findings")):
+    """ "eval" (summary.json), "sweep" (sweep.json) or "rl" (log.jsonl)."""
+    for name, kind in (
+        ("summary.json", "eval"),
+        ("sweep.json", "sweep"),
+        ("log.jsonl", "rl"),
+        ("findings.json", "findings"),
+    ):
         if (path / name).is_file():
             return kind
-    raise ValueError(f"{path} is not an eval, sweep, RL or findings directory (no summary.json, sweep.json, "
-                     "log.jsonl or findings.json)")
+    raise ValueError(
+        f"{path} is not an eval, sweep, RL or findings directory (no summary.json, sweep.json, "
+        "log.jsonl or findings.json)"
+    )
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -124,24 +130,70 @@ class _Builder:
 def _eval_section(b: _Builder, dirs: Sequence[Path], n_examples: int, max_tokens: int) -> None:
     loaded = [(d, json.loads((d / "summary.json").read_text()), _records(d)) for d in dirs]
     sec = Section("Evaluations")
-    headers = ["label", "model", "task", "n", "offset", "target F", "accuracy", "early-exit rate", "ALS",
-               "mean length", "tokens/s", "decode ms/token", "speedup vs base", "FLOP savings", "TV distance",
-               "coherence", "base NLL (proxy)", "rep-4 (proxy)", "distinct-2 (proxy)"]
-    rows = [[str(s.get("label", d.name)), str(s.get("model", "")), str(s.get("task", "")), str(s.get("n", "")),
-             _num(s.get("offset"), "g"), _num(s.get("kl_factor"), "g"), _pct(s.get("accuracy")),
-             _pct(s.get("early_exit_rate")), _pct(s.get("als")), _num(s.get("mean_length"), ".1f"),
-             _num(s.get("tokens_per_s"), ".1f"), _num(s.get("decode_ms_per_token"), ".2f"),
-             _num(s.get("speedup_vs_base"), ".2f"), _pct(s.get("flop_savings")), _num(s.get("tv_distance"), ".3f"),
-             _coherence_cell(s.get("coherence")), _num(_field(s, "fluency", "base_nll"), ".3f"),
-             _pct(_field(s, "fluency", "rep4")), _pct(_field(s, "fluency", "distinct2"))] for d, s, _ in loaded]
+    headers = [
+        "label",
+        "model",
+        "task",
+        "n",
+        "offset",
+        "target F",
+        "accuracy",
+        "early-exit rate",
+        "ALS",
+        "mean length",
+        "tokens/s",
+        "decode ms/token",
+        "speedup vs base",
+        "FLOP savings",
+        "TV distance",
+        "coherence",
+        "base NLL (proxy)",
+        "rep-4 (proxy)",
+        "distinct-2 (proxy)",
+    ]
+    rows = [
+        [
+            str(s.get("label", d.name)),
+            str(s.get("model", "")),
+            str(s.get("task", "")),
+            str(s.get("n", "")),
+            _num(s.get("offset"), "g"),
+            _num(s.get("kl_factor"), "g"),
+            _pct(s.get("accuracy")),
+            _pct(s.get("early_exit_rate")),
+            _pct(s.get("als")),
+            _num(s.get("mean_length"), ".1f"),
+            _num(s.get("tokens_per_s"), ".1f"),
+            _num(s.get("decode_ms_per_token"), ".2f"),
+            _num(s.get("speedup_vs_base"), ".2f"),
+            _pct(s.get("flop_savings")),
+            _num(s.get("tv_distance"), ".3f"),
+            _coherence_cell(s.get("coherence")),
+            _num(_field(s, "fluency", "base_nll"), ".3f"),
+            _pct(_field(s, "fluency", "rep4")),
+            _pct(_field(s, "fluency", "distinct2")),
+        ]
+        for d, s, _ in loaded
+    ]
     sec.blocks.append(("table", (headers, rows)))
-    notes = [f"{s.get('label', d.name)}: target F={s['target']['kl_factor']:g} ({s['target']['source']})"
-             for d, s, _ in loaded if s.get("target")]
-    notes += [f"{s.get('label', d.name)}: coherence judged with the {s['coherence']['rubric']} rubric"
-              for d, s, _ in loaded if (s.get("coherence") or {}).get("rubric")]
+    notes = [
+        f"{s.get('label', d.name)}: target F={s['target']['kl_factor']:g} ({s['target']['source']})"
+        for d, s, _ in loaded
+        if s.get("target")
+    ]
+    notes += [
+        f"{s.get('label', d.name)}: coherence judged with the {s['coherence']['rubric']} rubric"
+        for d, s, _ in loaded
+        if (s.get("coherence") or {}).get("rubric")
+    ]
     if notes:
-        sec.blocks.append(("text", "; ".join(notes) + ". tokens/s includes prefill; decode ms/token and the "
-                           "speedup (base decode time per token ÷ the model's, same prompts) do not."))
+        sec.blocks.append(
+            (
+                "text",
+                "; ".join(notes) + ". tokens/s includes prefill; decode ms/token and the "
+                "speedup (base decode time per token ÷ the model's, same prompts) do not.",
+            )
+        )
     if any(s.get("fluency") for _, s, _ in loaded):
         sec.blocks.append(("text", FLUENCY_NOTE))
     scores: dict[str, list[int]] = {}
@@ -149,8 +201,9 @@ def _eval_section(b: _Builder, dirs: Sequence[Path], n_examples: int, max_tokens
         label = str(s.get("label", d.name))
         stem = f"{i:02d}_{_slug(label)}"
         if s.get("exit_hist"):
-            fig = plots.plot_exit_histogram(s["exit_hist"], s.get("target_hist"), int(s["num_layers"]),
-                                            title=f"Exit layers: {label}")
+            fig = plots.plot_exit_histogram(
+                s["exit_hist"], s.get("target_hist"), int(s["num_layers"]), title=f"Exit layers: {label}"
+            )
             where = "" if d.name == label else f" ({d.name})"
             b.figure(sec, fig, f"exit_hist_{stem}", f"Exit-layer histogram of {label}{where}")
         scores[_unique(label, scores)] = _overall_scores(s, records)
@@ -163,16 +216,22 @@ def _eval_section(b: _Builder, dirs: Sequence[Path], n_examples: int, max_tokens
             atomic_write_text(page, viz.tokens_html(*args, title=title))
             sec.blocks.append(("tokens", (title, viz.tokens_fragment(*args, title=title), page)))
     if any(scores.values()):
-        b.figure(sec, plots.plot_coherence_distributions(scores), "coherence_distributions",
-                 "Distribution of the judge's overall score per model")
+        b.figure(
+            sec,
+            plots.plot_coherence_distributions(scores),
+            "coherence_distributions",
+            "Distribution of the judge's overall score per model",
+        )
     b.sections.append(sec)
     _externalisation_section(b, [(str(s.get("label", d.name)), s) for d, s, _ in loaded])
 
 
-FLUENCY_NOTE = ("Fluency proxies (no judge): base NLL = the base model's mean negative log-likelihood per token of "
-                "the responses (adapter off, no exits; lower = more natural to the base model); rep-4 = share of "
-                "repeated token 4-grams; distinct-2 = distinct token bigrams / bigrams. Proxies, not coherence: "
-                "bland or repetitive text also has a low NLL.")
+FLUENCY_NOTE = (
+    "Fluency proxies (no judge): base NLL = the base model's mean negative log-likelihood per token of "
+    "the responses (adapter off, no exits; lower = more natural to the base model); rep-4 = share of "
+    "repeated token 4-grams; distinct-2 = distinct token bigrams / bigrams. Proxies, not coherence: "
+    "bland or repetitive text also has a low NLL."
+)
 
 
 def _externalisation_section(b: _Builder, labelled: list[tuple[str, dict[str, Any]]]) -> None:
@@ -188,28 +247,69 @@ def _externalisation_section(b: _Builder, labelled: list[tuple[str, dict[str, An
         return
     sec = Section("Externalisation: reliance on the written reasoning, future lens, fluency proxies")
     if reliance:
-        rows = [[name, str(r.get("n", "")), str(r.get("n_skipped", "")), _num(r.get("aoc"), ".3f"),
-                 " ".join(_pct(a) for a in r["agreement"] or []), _pct(r.get("accuracy_f0")),
-                 _pct(r.get("accuracy_f1")), _pct(r.get("accuracy_gain")), _pct(r.get("accuracy_full"))]
-                for name, r in reliance.items()]
-        sec.blocks.append(("table", (["model", "responses", "no answer", "area over curve",
-                                     "agreement at f = " + ", ".join(f"{f:g}" for f in next(iter(reliance.values()))
-                                                                      ["fractions"]),
-                                     "accuracy f=0", "accuracy f=1", "gain", "accuracy (full)"], rows)))
-        sec.blocks.append(("text", "Early answering (Lanham et al. 2023): the reasoning is cut after a fraction f of "
-                           "its tokens, the answer cue appended, and the same model answers at once. Area over the "
-                           "curve: 0 = the answer does not depend on the written reasoning; higher = it does. It "
-                           "shows dependence on the visible text, not that the text is how the answer was computed."))
-        b.figure(sec, measure_plots.plot_agreement_curves(reliance), "agreement_curves",
-                 "Early answering: agreement with the full response's answer per fraction of the reasoning shown")
+        rows = [
+            [
+                name,
+                str(r.get("n", "")),
+                str(r.get("n_skipped", "")),
+                _num(r.get("aoc"), ".3f"),
+                " ".join(_pct(a) for a in r["agreement"] or []),
+                _pct(r.get("accuracy_f0")),
+                _pct(r.get("accuracy_f1")),
+                _pct(r.get("accuracy_gain")),
+                _pct(r.get("accuracy_full")),
+            ]
+            for name, r in reliance.items()
+        ]
+        sec.blocks.append(
+            (
+                "table",
+                (
+                    [
+                        "model",
+                        "responses",
+                        "no answer",
+                        "area over curve",
+                        "agreement at f = " + ", ".join(f"{f:g}" for f in next(iter(reliance.values()))["fractions"]),
+                        "accuracy f=0",
+                        "accuracy f=1",
+                        "gain",
+                        "accuracy (full)",
+                    ],
+                    rows,
+                ),
+            )
+        )
+        sec.blocks.append(
+            (
+                "text",
+                "Early answering (Lanham et al. 2023): the reasoning is cut after a fraction f of "
+                "its tokens, the answer cue appended, and the same model answers at once. Area over the "
+                "curve: 0 = the answer does not depend on the written reasoning; higher = it does. It "
+                "shows dependence on the visible text, not that the text is how the answer was computed.",
+            )
+        )
+        b.figure(
+            sec,
+            measure_plots.plot_agreement_curves(reliance),
+            "agreement_curves",
+            "Early answering: agreement with the full response's answer per fraction of the reasoning shown",
+        )
     for i, (name, summary) in enumerate(lens):
-        b.figure(sec, measure_plots.plot_lens_heatmap(summary, title=f"Future lens: {name}"),
-                 f"future_lens_{i:02d}_{_slug(name)}",
-                 f"Future lens of {name} (Pal et al. 2023, linear): held-out top-1 accuracy of token t+k read from "
-                 "layer ℓ at position t; k = 1 is a tuned logit lens. A linear probe is a lower bound.")
+        b.figure(
+            sec,
+            measure_plots.plot_lens_heatmap(summary, title=f"Future lens: {name}"),
+            f"future_lens_{i:02d}_{_slug(name)}",
+            f"Future lens of {name} (Pal et al. 2023, linear): held-out top-1 accuracy of token t+k read from "
+            "layer ℓ at position t; k = 1 is a tuned logit lens. A linear probe is a lower bound.",
+        )
     if fluency:
-        b.figure(sec, measure_plots.plot_fluency(fluency), "fluency_proxies",
-                 "Fluency proxies per model (no judge): base-model NLL per token and repetition")
+        b.figure(
+            sec,
+            measure_plots.plot_fluency(fluency),
+            "fluency_proxies",
+            "Fluency proxies per model (no judge): base-model NLL per token and repetition",
+        )
     b.sections.append(sec)
 
 
@@ -236,17 +336,48 @@ def _overall_scores(summary: dict[str, Any], records: list[dict[str, Any]]) -> l
 def _sweep_section(b: _Builder, d: Path, index: int) -> None:
     rows = json.loads((d / "sweep.json").read_text())["rows"]
     sec = Section(f"KL-factor sweep: {d.name}")
-    table = [[str(r.get("label", "")), _num(r.get("kl_factor"), "g"), _num(r.get("coherence")),
-              _num(r.get("base_nll"), ".3f"), _pct(r.get("rep4")),
-              _pct(r.get("early_exit_rate")), _pct(r.get("als")), _pct(r.get("accuracy")),
-              _num(r.get("tv_distance"), ".3f"), _num(r.get("speedup_vs_base"), ".2f")] for r in rows]
-    sec.blocks.append(("table", (["label", "KL factor", "coherence", "base NLL (proxy)", "rep-4 (proxy)",
-                                  "early-exit rate", "ALS", "accuracy", "TV to target", "decode speedup"], table)))
+    table = [
+        [
+            str(r.get("label", "")),
+            _num(r.get("kl_factor"), "g"),
+            _num(r.get("coherence")),
+            _num(r.get("base_nll"), ".3f"),
+            _pct(r.get("rep4")),
+            _pct(r.get("early_exit_rate")),
+            _pct(r.get("als")),
+            _pct(r.get("accuracy")),
+            _num(r.get("tv_distance"), ".3f"),
+            _num(r.get("speedup_vs_base"), ".2f"),
+        ]
+        for r in rows
+    ]
+    sec.blocks.append(
+        (
+            "table",
+            (
+                [
+                    "label",
+                    "KL factor",
+                    "coherence",
+                    "base NLL (proxy)",
+                    "rep-4 (proxy)",
+                    "early-exit rate",
+                    "ALS",
+                    "accuracy",
+                    "TV to target",
+                    "decode speedup",
+                ],
+                table,
+            ),
+        )
+    )
     if any(r.get("base_nll") is not None for r in rows):
         sec.blocks.append(("text", FLUENCY_NOTE))
-    caption = ("Coherence against average layer savings across KL factors"
-               if any(r.get("coherence") is not None for r in rows)
-               else "No coherence scores in this sweep: early-exit rate and accuracy against average layer savings")
+    caption = (
+        "Coherence against average layer savings across KL factors"
+        if any(r.get("coherence") is not None for r in rows)
+        else "No coherence scores in this sweep: early-exit rate and accuracy against average layer savings"
+    )
     b.figure(sec, plots.plot_als_coherence_tradeoff(rows), f"tradeoff_{index:02d}_{_slug(d.name)}", caption)
     b.sections.append(sec)
 
@@ -261,21 +392,36 @@ def _rl_section(b: _Builder, d: Path, index: int) -> None:
     if base:
         table.append(["base model"] + [_num(base.get(k), ".3f") for k in keys])
     steps = sorted({int(r["step"]) for r in log})
-    sec.blocks.append(("text", f"{len(runs)} runs, steps {steps[0]}–{steps[-1]}. Means across runs at the first "
-                       "and the last step where each metric was logged (step after @):" if steps else "empty log"))
+    sec.blocks.append(
+        (
+            "text",
+            f"{len(runs)} runs, steps {steps[0]}–{steps[-1]}. Means across runs at the first "
+            "and the last step where each metric was logged (step after @):"
+            if steps
+            else "empty log",
+        )
+    )
     sec.blocks.append(("table", ([""] + keys, table)))
     if log:
-        b.figure(sec, plots.plot_rl_dynamics(log, base), f"rl_dynamics_{index:02d}_{_slug(d.name)}",
-                 "Training batches: accuracy, average compute, fluency proxy (base-model NLL of the sampled "
-                 "completions) and coherence if judged, per RL step (thin: runs; thick: mean ± 1 SE; dashed: base)")
+        b.figure(
+            sec,
+            plots.plot_rl_dynamics(log, base),
+            f"rl_dynamics_{index:02d}_{_slug(d.name)}",
+            "Training batches: accuracy, average compute, fluency proxy (base-model NLL of the sampled "
+            "completions) and coherence if judged, per RL step (thin: runs; thick: mean ± 1 SE; dashed: base)",
+        )
     heldout = _read_jsonl(d / "heldout.jsonl") if (d / "heldout.jsonl").is_file() else []
     if heldout:
         ref = d / "heldout_base.json"
-        b.figure(sec, plots.plot_rl_dynamics(heldout, json.loads(ref.read_text()) if ref.is_file() else None,
-                                             title="RL dynamics on held-out prompts"),
-                 f"rl_heldout_{index:02d}_{_slug(d.name)}",
-                 f"Held-out prompts ({heldout[0].get('n', '?')} fixed prompts, greedy tokens, exits sampled; step 0 "
-                 "= the starting model): accuracy, average compute and fluency proxy per evaluated step")
+        b.figure(
+            sec,
+            plots.plot_rl_dynamics(
+                heldout, json.loads(ref.read_text()) if ref.is_file() else None, title="RL dynamics on held-out prompts"
+            ),
+            f"rl_heldout_{index:02d}_{_slug(d.name)}",
+            f"Held-out prompts ({heldout[0].get('n', '?')} fixed prompts, greedy tokens, exits sampled; step 0 "
+            "= the starting model): accuracy, average compute and fluency proxy per evaluated step",
+        )
     b.sections.append(sec)
 
 
@@ -284,9 +430,15 @@ def _findings_section(b: _Builder, d: Path, index: int) -> None:
     data = json.loads((d / "findings.json").read_text())
     sec = Section(str(data.get("title", f"Findings: {d.name}")))
     if data.get("findings"):
-        sec.blocks.append(("table", (["finding", "measured (95% CI)", "verdict"],
-                                     [[str(f["finding"]), str(f["measured"]), str(f["verdict"])]
-                                      for f in data["findings"]])))
+        sec.blocks.append(
+            (
+                "table",
+                (
+                    ["finding", "measured (95% CI)", "verdict"],
+                    [[str(f["finding"]), str(f["measured"]), str(f["verdict"])] for f in data["findings"]],
+                ),
+            )
+        )
     sec.blocks += [("text", str(note)) for note in data.get("notes", [])]
     for t in data.get("tables", []):
         sec.blocks += [("text", str(t.get("title", ""))), ("table", (list(t["headers"]), t["rows"]))]
@@ -341,8 +493,12 @@ def _render_md(b: _Builder, sources: Sequence[Path]) -> str:
             elif kind == "text":
                 parts += [block, ""]
             elif kind == "figure":
-                parts += [f"![{block.caption}](figures/{block.name}.png)", "",
-                          f"*{block.caption}* ([SVG](figures/{block.name}.svg))", ""]
+                parts += [
+                    f"![{block.caption}](figures/{block.name}.png)",
+                    "",
+                    f"*{block.caption}* ([SVG](figures/{block.name}.svg))",
+                    "",
+                ]
             elif kind == "tokens":
                 title, _fragment, page = block
                 parts += [f"Token view: [{title}]({page.relative_to(b.out).as_posix()})", ""]
@@ -362,8 +518,10 @@ code { background: #f3f3f3; padding: 0 .2em; }
 
 
 def _render_html(b: _Builder, sources: Sequence[Path]) -> str:
-    parts = ["<h1>thinkaloud evaluation report</h1>",
-             "<p>Sources: " + ", ".join(f"<code>{html.escape(str(p))}</code>" for p in sources) + "</p>"]
+    parts = [
+        "<h1>thinkaloud evaluation report</h1>",
+        "<p>Sources: " + ", ".join(f"<code>{html.escape(str(p))}</code>" for p in sources) + "</p>",
+    ]
     for sec in b.sections:
         parts.append(f"<h2>{html.escape(sec.title)}</h2>")
         for kind, block in sec.blocks:
@@ -373,18 +531,22 @@ def _render_html(b: _Builder, sources: Sequence[Path]) -> str:
                 parts.append(f"<p>{html.escape(block)}</p>")
             elif kind == "figure":
                 data = base64.b64encode(block.png).decode("ascii")
-                parts.append(f'<figure><img alt="{html.escape(block.caption, quote=True)}" '
-                             f'src="data:image/png;base64,{data}"><figcaption>{html.escape(block.caption)}'
-                             "</figcaption></figure>")
+                parts.append(
+                    f'<figure><img alt="{html.escape(block.caption, quote=True)}" '
+                    f'src="data:image/png;base64,{data}"><figcaption>{html.escape(block.caption)}'
+                    "</figcaption></figure>"
+                )
             elif kind == "tokens":
                 parts.append(block[1])
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>thinkaloud evaluation report'
-            f"</title><style>{_PAGE_CSS}{viz.TOKENS_CSS}</style></head>\n<body>\n" + "\n".join(parts)
-            + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>thinkaloud evaluation report'
+        f"</title><style>{_PAGE_CSS}{viz.TOKENS_CSS}</style></head>\n<body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
 
 
-def build_report(dirs: Sequence[str | Path], out: str | Path, n_examples: int = 1,
-                 max_example_tokens: int = 400) -> tuple[Path, Path]:
+def build_report(
+    dirs: Sequence[str | Path], out: str | Path, n_examples: int = 1, max_example_tokens: int = 400
+) -> tuple[Path, Path]:
     """Write the report for ``dirs`` into ``out``; returns (report.md, report.html).
 
     n_examples: token views per eval directory (its first records); max_example_tokens: tokens shown

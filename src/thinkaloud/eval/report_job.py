@@ -34,10 +34,20 @@ def default_out(dirs: list[str]) -> Path:
 class ReportConfig:
     """Build report.md and report.html from eval, sweep and RL directories."""
 
-    dirs: list[str] = field(metadata={"positional": True, "help": "result directories (eval: summary.json, sweep: "
-                                      "sweep.json, RL: log.jsonl), as arguments or --dirs a,b"})
-    out: str | None = field(default=None, metadata={"help": "output directory for report.md, report.html, figures/, "
-                                                            "tokens/ (default: report/ in the folders' common parent)"})
+    dirs: list[str] = field(
+        metadata={
+            "positional": True,
+            "help": "result directories (eval: summary.json, sweep: "
+            "sweep.json, RL: log.jsonl), as arguments or --dirs a,b",
+        }
+    )
+    out: str | None = field(
+        default=None,
+        metadata={
+            "help": "output directory for report.md, report.html, figures/, "
+            "tokens/ (default: report/ in the folders' common parent)"
+        },
+    )
     examples: int = field(default=1, metadata={"help": "token views per eval directory"})
     max_example_tokens: int = field(default=400, metadata={"help": "tokens shown per token view"})
 
@@ -60,7 +70,8 @@ def report(config: ReportConfig) -> tuple[Path, Path]:
     console = Console()
     with console.status(f"building the report of {len(config.dirs)} directories…"):
         out = config.out if config.out is not None else default_out(config.dirs)  # set by __post_init__
-        md, page = build_report(config.dirs, out, n_examples=config.examples,
-                                max_example_tokens=config.max_example_tokens)
+        md, page = build_report(
+            config.dirs, out, n_examples=config.examples, max_example_tokens=config.max_example_tokens
+        )
     console.print(f"Wrote {md}\nWrote {page}")
     return md, page

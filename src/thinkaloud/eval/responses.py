@@ -50,8 +50,14 @@ def from_generation(gen: GenerationOutput, items: Sequence[Item] | None = None) 
     for b in range(gen.sequences.shape[0]):
         n = int(gen.lengths[b])
         prompt = gen.sequences[b, :P][gen.attention_mask[b, :P].bool()].tolist()
-        out.append(Response(prompt, gen.new_tokens[b, :n].tolist(), gen.exit_layers[b, :n].tolist(),
-                            None if items is None else items[b]))
+        out.append(
+            Response(
+                prompt,
+                gen.new_tokens[b, :n].tolist(),
+                gen.exit_layers[b, :n].tolist(),
+                None if items is None else items[b],
+            )
+        )
     return out
 
 
@@ -71,8 +77,9 @@ class TeacherBatch:
         return self.ids.shape[1] - self.lengths
 
 
-def teacher_batch(responses: Sequence[Response], pad: int, num_layers: int,
-                  device: torch.device | str = "cpu") -> TeacherBatch:
+def teacher_batch(
+    responses: Sequence[Response], pad: int, num_layers: int, device: torch.device | str = "cpu"
+) -> TeacherBatch:
     """Responses → a left-padded batch for a teacher-forced pass (see :class:`TeacherBatch`)."""
     ids, mask = left_pad([r.prompt_ids + r.response_ids for r in responses], pad, device)  # (B, T) each
     B, T = ids.shape
@@ -81,7 +88,7 @@ def teacher_batch(responses: Sequence[Response], pad: int, num_layers: int,
     for b, r in enumerate(responses):
         n = len(r.response_ids)
         if r.exit_layers is not None and n:
-            exits[b, T - n - 1:T - 1] = torch.tensor(r.exit_layers, dtype=torch.long)  # predicting positions
+            exits[b, T - n - 1 : T - 1] = torch.tensor(r.exit_layers, dtype=torch.long)  # predicting positions
     return TeacherBatch(ids, mask, exits, lengths)
 
 
@@ -90,4 +97,4 @@ def chunked(seq: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     if size < 1:
         raise ValueError(f"batch size must be >= 1, got {size}")
     for s in range(0, len(seq), size):
-        yield seq[s:s + size]
+        yield seq[s : s + size]

@@ -65,13 +65,15 @@ from thinkaloud.model.recorded import describe_record, record_offset, recorded_v
 
 RISKS = {
     "token": "per item, the fraction of completion tokens whose top-1 token with exits sampled at the offset differs "
-             "from the full-depth top-1, teacher-forced on the model's own full-depth greedy rollout",
+    "from the full-depth top-1, teacher-forced on the model's own full-depth greedy rollout",
     "answer": "per item, 1 if the final answer of a greedy generation with exits sampled at the offset differs from "
-              "the full-depth greedy generation's answer, else 0",
+    "the full-depth greedy generation's answer, else 0",
 }
-GUARANTEE = ("with probability >= 1 - delta over the calibration items, the risk at the chosen offset is <= epsilon "
-             "on new items of the same task and split, at the same max-new-tokens, with these weights; not on "
-             "another task or distribution, nor at another generation length")
+GUARANTEE = (
+    "with probability >= 1 - delta over the calibration items, the risk at the chosen offset is <= epsilon "
+    "on new items of the same task and split, at the same max-new-tokens, with these weights; not on "
+    "another task or distribution, nor at another generation length"
+)
 MAX_OFFSETS = 200
 
 
@@ -98,24 +100,36 @@ class RiskConfig:
     out: str = field(metadata={"help": "output directory (risk.json, risk.png)"})
     epsilon: float = field(metadata={"help": "target risk ε in (0, 1)"})
     delta: float = field(default=0.1, metadata={"help": "allowed failure probability δ in (0, 1)"})
-    risk: str = field(default="token", metadata={
-        "help": "token: share of completion tokens whose top-1 differs from full depth (teacher-forced); "
-                "answer: the final answer differs from full depth's"})
-    task: str | None = field(default=None, metadata={
-        "help": f"task spec (default: the run's training task, else {DEFAULT_TASK})"})
+    risk: str = field(
+        default="token",
+        metadata={
+            "help": "token: share of completion tokens whose top-1 differs from full depth (teacher-forced); "
+            "answer: the final answer differs from full depth's"
+        },
+    )
+    task: str | None = field(
+        default=None, metadata={"help": f"task spec (default: the run's training task, else {DEFAULT_TASK})"}
+    )
     n: int = field(default=64, metadata={"help": "calibration items"})
     split: str = field(default="validation", metadata={"help": f"calibration split, one of {', '.join(SPLITS)}"})
     val_n: int | None = field(default=None, metadata={"help": "validation items (default: n)"})
     val_split: str = field(default="test", metadata={"help": "validation split, disjoint from --split"})
-    offsets: str = field(default="-4:8:1", metadata={
-        "help": "offsets LO:HI:STEP, tested from LO up (write --offsets=-4:8:1 when LO is negative)"})
-    max_new_tokens: int = field(default=128, metadata={"help": "generation budget per item; the guarantee is "
-                                                               "for this budget"})
+    offsets: str = field(
+        default="-4:8:1",
+        metadata={"help": "offsets LO:HI:STEP, tested from LO up (write --offsets=-4:8:1 when LO is negative)"},
+    )
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "generation budget per item; the guarantee is for this budget"}
+    )
     batch_size: int = field(default=8, metadata={"help": "items per forward pass / generation"})
     seed: int = field(default=0, metadata={"help": "selects the items and seeds the exit sampling"})
-    save: bool = field(default=False, metadata={
-        "help": "record the chosen offset in the model folder's thinkaloud.json (eval and generation use it "
-                "when no offset is given)"})
+    save: bool = field(
+        default=False,
+        metadata={
+            "help": "record the chosen offset in the model folder's thinkaloud.json (eval and generation use it "
+            "when no offset is given)"
+        },
+    )
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available, else cpu)"})
 
     def __post_init__(self) -> None:
@@ -159,21 +173,25 @@ class OffsetStats:
 
     def summary(self, model) -> dict[str, float]:
         L = model.num_layers
-        return {"als": metrics.average_layer_savings(self.layers, L),
-                "early_exit_rate": metrics.early_exit_rate(self.layers, L),
-                "flop_savings": metrics.flop_savings(self.layers, context=self.context,
-                                                     **metrics.model_dims(model.hf_config))}
+        return {
+            "als": metrics.average_layer_savings(self.layers, L),
+            "early_exit_rate": metrics.early_exit_rate(self.layers, L),
+            "flop_savings": metrics.flop_savings(
+                self.layers, context=self.context, **metrics.model_dims(model.hf_config)
+            ),
+        }
 
 
 def _answers(loaded: Loaded, task: Task, gen: GenerationOutput) -> list[str | None]:
-    texts = loaded.tokenizer.batch_decode([gen.new_tokens[i, :int(gen.lengths[i])].tolist()
-                                           for i in range(len(gen.lengths))], skip_special_tokens=True)
+    texts = loaded.tokenizer.batch_decode(
+        [gen.new_tokens[i, : int(gen.lengths[i])].tolist() for i in range(len(gen.lengths))], skip_special_tokens=True
+    )
     return [task.extract_answer(text) for text in texts]
 
 
 def _per_item(gen: GenerationOutput, layers: torch.Tensor) -> tuple[list[list[int]], list[list[int]]]:
     """(b, N) exit layers of the new tokens → per item the layers and the context lengths, padding dropped."""
-    real_prompt = gen.attention_mask[:, :gen.prompt_length].sum(-1).tolist()
+    real_prompt = gen.attention_mask[:, : gen.prompt_length].sum(-1).tolist()
     out_layers, out_context = [], []
     for i, n in enumerate(gen.lengths.tolist()):
         out_layers.append(layers[i, :n].tolist())
@@ -182,16 +200,23 @@ def _per_item(gen: GenerationOutput, layers: torch.Tensor) -> tuple[list[list[in
 
 
 @torch.no_grad()
-def rollouts(loaded: Loaded, task: Task, items: list[Item], *, max_new_tokens: int, batch_size: int,
-             device: str) -> Rollouts:
+def rollouts(
+    loaded: Loaded, task: Task, items: list[Item], *, max_new_tokens: int, batch_size: int, device: str
+) -> Rollouts:
     """Greedy generations at full depth (offset −∞, adapter on) and their teacher-forced top-1 tokens."""
     model, tokenizer = loaded.model, loaded.tokenizer
     batches, top1, answers = [], [], []
     for s in range(0, len(items), batch_size):
-        prompts = [task.prompt(item, tokenizer) for item in items[s:s + batch_size]]
+        prompts = [task.prompt(item, tokenizer) for item in items[s : s + batch_size]]
         ids, mask = encode_prompts(tokenizer, prompts, device)  # (b, P) each
-        gen = model.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=False, offset=-math.inf,
-                             pad_token_id=tokenizer.pad_token_id)
+        gen = model.generate(
+            ids,
+            mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            offset=-math.inf,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         logits = model(gen.sequences, gen.attention_mask, exit_layers=None).logits  # (b, P+N, V)
         batches.append(gen)
         top1.append(logits[:, gen.predicting_positions()].argmax(-1))  # (b, N)
@@ -206,8 +231,14 @@ def token_stats(model, roll: Rollouts, offset: float, seed: int) -> OffsetStats:
     generator = torch.Generator(device=model.device).manual_seed(seed)
     stats = OffsetStats([], [], [])
     for gen, ref in zip(roll.batches, roll.top1):
-        out = model(gen.sequences, gen.attention_mask, exit_layers="sample", offset=offset, generator=generator,
-                    exits_from=gen.prompt_length - 1)
+        out = model(
+            gen.sequences,
+            gen.attention_mask,
+            exit_layers="sample",
+            offset=offset,
+            generator=generator,
+            exits_from=gen.prompt_length - 1,
+        )
         sl = gen.predicting_positions()
         top = out.logits[:, sl].argmax(-1)  # (b, N)
         completion = gen.completion_mask  # (b, N)
@@ -220,8 +251,9 @@ def token_stats(model, roll: Rollouts, offset: float, seed: int) -> OffsetStats:
 
 
 @torch.no_grad()
-def answer_stats(loaded: Loaded, task: Task, roll: Rollouts, offset: float, seed: int,
-                 max_new_tokens: int) -> OffsetStats:
+def answer_stats(
+    loaded: Loaded, task: Task, roll: Rollouts, offset: float, seed: int, max_new_tokens: int
+) -> OffsetStats:
     """Answer risk at ``offset``: per item, 1 if a greedy generation with sampled exits answers differently
     from the full-depth generation."""
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -229,8 +261,15 @@ def answer_stats(loaded: Loaded, task: Task, roll: Rollouts, offset: float, seed
     stats, k = OffsetStats([], [], []), 0
     for ref in roll.batches:
         P = ref.prompt_length
-        gen = model.generate(ref.sequences[:, :P], ref.attention_mask[:, :P], max_new_tokens=max_new_tokens,
-                             do_sample=False, offset=offset, pad_token_id=tokenizer.pad_token_id, generator=generator)
+        gen = model.generate(
+            ref.sequences[:, :P],
+            ref.attention_mask[:, :P],
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            offset=offset,
+            pad_token_id=tokenizer.pad_token_id,
+            generator=generator,
+        )
         for answer in _answers(loaded, task, gen):
             stats.losses.append(float(answer != roll.answers[k]))
             k += 1
@@ -261,8 +300,10 @@ def choose_offset(config: RiskConfig) -> dict[str, Any]:
         console.print(f"[yellow]{note}")
     save_dir = saved_model_dir(config.model) if config.save else None
     if config.save and save_dir is None:
-        raise UserError(f"--save needs a run or saved model folder; {config.model} is a base model, with no trained "
-                        "exit heads to record an offset for")
+        raise UserError(
+            f"--save needs a run or saved model folder; {config.model} is a base model, with no trained "
+            "exit heads to record an offset for"
+        )
     task_spec = config.task or origin.task or DEFAULT_TASK
     with as_user_errors(ValueError, OSError):  # e.g. a task file without the validation split
         task = get_task(task_spec)
@@ -276,11 +317,16 @@ def choose_offset(config: RiskConfig) -> dict[str, Any]:
     with console.status(f"loading {config.model}…"):
         loaded = load_model(config.model, device=device)
     if loaded.is_base:
-        console.print(f"[yellow]{config.model} is a base model: its fresh exit heads exit with the same probability "
-                      "everywhere (σ(bias + offset))")
+        console.print(
+            f"[yellow]{config.model} is a base model: its fresh exit heads exit with the same probability "
+            "everywhere (σ(bias + offset))"
+        )
     model = loaded.model
-    gen_args: dict[str, Any] = {"max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
-                                "device": device}
+    gen_args: dict[str, Any] = {
+        "max_new_tokens": config.max_new_tokens,
+        "batch_size": config.batch_size,
+        "device": device,
+    }
     with progress(console) as bars:
         bar = bars.add_task(f"{config.risk} risk per offset", total=len(offsets) + 1)
         roll = rollouts(loaded, task, items, **gen_args)
@@ -289,37 +335,78 @@ def choose_offset(config: RiskConfig) -> dict[str, Any]:
         for offset in offsets:
             per_offset.append(offset_stats(loaded, task, roll, offset, config))
             bars.advance(bar)
-    ltt = learn_then_test([s.losses for s in per_offset], config.epsilon, config.delta,
-                          binary=config.risk == "answer")
+    ltt = learn_then_test([s.losses for s in per_offset], config.epsilon, config.delta, binary=config.risk == "answer")
     chosen = None if ltt.chosen is None else offsets[ltt.chosen]
 
     if chosen is None:
-        validation = {"offset": None, "risk": 0.0, "als": 0.0, "early_exit_rate": 0.0, "flop_savings": 0.0,
-                      "note": "no offset accepted: exits off, identical to full depth"}
+        validation = {
+            "offset": None,
+            "risk": 0.0,
+            "als": 0.0,
+            "early_exit_rate": 0.0,
+            "flop_savings": 0.0,
+            "note": "no offset accepted: exits off, identical to full depth",
+        }
     else:
         with console.status(f"validation on {len(val_items)} {config.val_split} items…"):
             val_stats = offset_stats(loaded, task, rollouts(loaded, task, val_items, **gen_args), chosen, config)
-        validation = {"offset": chosen, "risk": math.fsum(val_stats.losses) / len(val_stats.losses),
-                      **val_stats.summary(model)}
+        validation = {
+            "offset": chosen,
+            "risk": math.fsum(val_stats.losses) / len(val_stats.losses),
+            **val_stats.summary(model),
+        }
     result: dict[str, Any] = {
-        "model": config.model, "task": task_spec, "risk": config.risk, "risk_definition": RISKS[config.risk],
-        "epsilon": config.epsilon, "delta": config.delta, "n": len(items), "split": config.split, "seed": config.seed,
-        "max_new_tokens": config.max_new_tokens, "num_layers": model.num_layers, "exit_layers": list(model.layers),
+        "model": config.model,
+        "task": task_spec,
+        "risk": config.risk,
+        "risk_definition": RISKS[config.risk],
+        "epsilon": config.epsilon,
+        "delta": config.delta,
+        "n": len(items),
+        "split": config.split,
+        "seed": config.seed,
+        "max_new_tokens": config.max_new_tokens,
+        "num_layers": model.num_layers,
+        "exit_layers": list(model.layers),
         "p_value": "Hoeffding-Bentkus" + (" (0/1 losses: exact binomial tail)" if config.risk == "answer" else ""),
         "testing": "fixed sequence, offsets ascending (most conservative first), stop at the first non-rejection",
-        "chosen_offset": chosen, "exits_off": chosen is None, "accepted": offsets[:ltt.rejected],
+        "chosen_offset": chosen,
+        "exits_off": chosen is None,
+        "accepted": offsets[: ltt.rejected],
         "first_failure": offsets[ltt.rejected] if ltt.rejected < len(offsets) else None,
-        "offsets": [{"offset": o, "risk": r, "p_value": p, "accepted": j < ltt.rejected, "tested": j <= ltt.rejected,
-                     **s.summary(model)}
-                    for j, (o, r, p, s) in enumerate(zip(offsets, ltt.risks, ltt.p_values, per_offset))],
+        "offsets": [
+            {
+                "offset": o,
+                "risk": r,
+                "p_value": p,
+                "accepted": j < ltt.rejected,
+                "tested": j <= ltt.rejected,
+                **s.summary(model),
+            }
+            for j, (o, r, p, s) in enumerate(zip(offsets, ltt.risks, ltt.p_values, per_offset))
+        ],
         "validation": {"split": config.val_split, "n": len(val_items), **validation},
-        "guarantee": GUARANTEE, "saved_to": None, "seconds": None,
+        "guarantee": GUARANTEE,
+        "saved_to": None,
+        "seconds": None,
     }
     if save_dir is not None:
-        record_offset(save_dir, chosen, {
-            "risk": config.risk, "epsilon": config.epsilon, "delta": config.delta, "task": task_spec,
-            "split": config.split, "n": len(items), "seed": config.seed, "max_new_tokens": config.max_new_tokens,
-            "validation_risk": validation["risk"], "validation_n": len(val_items)})
+        record_offset(
+            save_dir,
+            chosen,
+            {
+                "risk": config.risk,
+                "epsilon": config.epsilon,
+                "delta": config.delta,
+                "task": task_spec,
+                "split": config.split,
+                "n": len(items),
+                "seed": config.seed,
+                "max_new_tokens": config.max_new_tokens,
+                "validation_risk": validation["risk"],
+                "validation_n": len(val_items),
+            },
+        )
         result["saved_to"] = str(save_dir)
     result["seconds"] = time.perf_counter() - start
     atomic_write_json(out / "risk.json", result)
@@ -341,8 +428,12 @@ def _plot(result: dict[str, Any], path_without_ext: Path) -> None:
     ax.plot(x, [r["risk"] for r in rows], "o-", color=MODEL_COLOR, label=f"{result['risk']} risk (empirical)")
     ax.axhline(result["epsilon"], color="firebrick", linestyle="--", label=f"ε = {result['epsilon']:g}")
     if result["chosen_offset"] is not None:
-        ax.axvline(result["chosen_offset"], color="black", linestyle=":",
-                   label=f"chosen offset {result['chosen_offset']:g} (δ = {result['delta']:g})")
+        ax.axvline(
+            result["chosen_offset"],
+            color="black",
+            linestyle=":",
+            label=f"chosen offset {result['chosen_offset']:g} (δ = {result['delta']:g})",
+        )
     ax.set_xlabel("offset (added to every exit logit)")
     ax.set_ylabel(f"{result['risk']} risk")
     ax.set_ylim(bottom=0)
@@ -358,25 +449,36 @@ def _plot(result: dict[str, Any], path_without_ext: Path) -> None:
 
 
 def _print(console: Console, result: dict[str, Any], out: Path) -> None:
-    table = Table(title=f"{result['risk']} risk per offset (ε = {result['epsilon']:g}, δ = {result['delta']:g}, "
-                        f"n = {result['n']})")
+    table = Table(
+        title=f"{result['risk']} risk per offset (ε = {result['epsilon']:g}, δ = {result['delta']:g}, "
+        f"n = {result['n']})"
+    )
     for header in ("offset", "risk", "p-value", "accepted", "ALS", "FLOP savings"):
         table.add_column(header, justify="right")
     for r in result["offsets"]:
         verdict = "yes" if r["accepted"] else ("no" if r["tested"] else "not tested")
-        table.add_row(f"{r['offset']:g}", f"{r['risk']:.3f}", f"{r['p_value']:.3g}", verdict,
-                      f"{r['als']:.1%}", f"{r['flop_savings']:.1%}")
+        table.add_row(
+            f"{r['offset']:g}",
+            f"{r['risk']:.3f}",
+            f"{r['p_value']:.3g}",
+            verdict,
+            f"{r['als']:.1%}",
+            f"{r['flop_savings']:.1%}",
+        )
     console.print(table)
     val = result["validation"]
     if result["chosen_offset"] is None:
         console.print("[yellow]no offset accepted: the answer is exits off (offset −∞)")
     else:
         row = next(r for r in result["offsets"] if r["offset"] == result["chosen_offset"])
-        console.print(f"chosen offset [bold]{result['chosen_offset']:g}[/]: ALS {row['als']:.1%}, FLOP savings "
-                      f"{row['flop_savings']:.1%}; validation ({val['split']}, n = {val['n']}): risk {val['risk']:.3f}")
+        console.print(
+            f"chosen offset [bold]{result['chosen_offset']:g}[/]: ALS {row['als']:.1%}, FLOP savings "
+            f"{row['flop_savings']:.1%}; validation ({val['split']}, n = {val['n']}): risk {val['risk']:.3f}"
+        )
     if result["saved_to"]:
-        console.print(f"recorded in {result['saved_to']}/thinkaloud.json: eval and generation use it when no offset "
-                      "is given")
+        console.print(
+            f"recorded in {result['saved_to']}/thinkaloud.json: eval and generation use it when no offset is given"
+        )
     console.print(f"wrote {out / 'risk.json'} and {out / 'risk.png'} ({result['seconds']:.0f} s)")
 
 
@@ -384,8 +486,9 @@ def _print(console: Console, result: dict[str, Any], out: Path) -> None:
 # The offset eval generates with
 
 
-def eval_offset(requested: float | None, loaded: Loaded, task: str,
-                max_new_tokens: int) -> tuple[float, str, list[str]]:
+def eval_offset(
+    requested: float | None, loaded: Loaded, task: str, max_new_tokens: int
+) -> tuple[float, str, list[str]]:
     """(offset, where it comes from, notes) for an eval: the given one, else the one recorded with the model
     (noting a task or generation length other than the guarantee's), else 0; a base model never exits."""
     if loaded.is_base:
@@ -401,6 +504,8 @@ def eval_offset(requested: float | None, loaded: Loaded, task: str,
     if entry.get("task") != task:
         notes.append(f"the recorded offset's guarantee is for {entry.get('task')}, not {task}: it does not carry over")
     if entry.get("max_new_tokens") != max_new_tokens:
-        notes.append(f"the recorded offset's guarantee is for max-new-tokens {entry.get('max_new_tokens')}, not "
-                     f"{max_new_tokens}: it does not carry over to another generation length")
+        notes.append(
+            f"the recorded offset's guarantee is for max-new-tokens {entry.get('max_new_tokens')}, not "
+            f"{max_new_tokens}: it does not carry over to another generation length"
+        )
     return recorded_value(entry), f"recorded with the model, {describe_record(entry)}", notes

@@ -30,7 +30,8 @@ RUBRICS = ("ours", "paper")
 _JSON_REPLY = """Reply with exactly one JSON object and nothing else, with exactly these five integer keys:
 {"coherence": <1-10>, "completeness": <1-10>, "clarity": <1-10>, "no_repetition": <1-10>, "overall": <1-10>}"""
 
-OURS_SYSTEM = """You are a strict, careful grader of the writing quality of AI-generated responses.
+OURS_SYSTEM = (
+    """You are a strict, careful grader of the writing quality of AI-generated responses.
 
 You will see a QUESTION and a RESPONSE. Judge the RESPONSE only as text: do not grade whether the final
 answer is correct, only whether the text is well formed. Score each criterion with an integer from 1
@@ -49,7 +50,9 @@ Formatting is expected and must NOT lower any score: role tags (such as "assista
 special tokens, and reasoning wrappers such as <think> ... </think> are part of the format. Judge the
 text inside them. A long chain of thought is fine as long as it is coherent and not repetitive.
 
-""" + _JSON_REPLY
+"""
+    + _JSON_REPLY
+)
 
 OURS_USER = """QUESTION:
 <<<
@@ -63,7 +66,8 @@ RESPONSE:
 
 Reply with the JSON object only."""
 
-PAPER_SYSTEM = """You evaluate the coherence and quality of an AI assistant's chain of thought and response to a
+PAPER_SYSTEM = (
+    """You evaluate the coherence and quality of an AI assistant's chain of thought and response to a
 question. Reasoning may explore or meander, as long as it stays consistent with itself.
 
 Score each criterion with an integer from 1 to 10:
@@ -84,7 +88,9 @@ Wrappers: the response may contain markup such as angle-bracket role tags (for e
 <|Assistant|>, <|im_start|>) and <think>. These wrappers are expected and must not lower the coherence,
 clarity or no_repetition scores.
 
-""" + _JSON_REPLY
+"""
+    + _JSON_REPLY
+)
 
 PAPER_USER = """Original question:
 <<<

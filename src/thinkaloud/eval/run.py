@@ -75,8 +75,17 @@ from thinkaloud.eval.terminal import print_results
 from thinkaloud.io import atomic_write_json, atomic_write_text
 from thinkaloud.model.loading import RUN_MODEL_DIR, Loaded, default_device, load_model
 
-__all__ = ["EvalConfig", "ReportConfig", "evaluate", "make_judge", "measures_for", "parse_judge_spec", "report",
-           "resolve_target", "token_strings"]
+__all__ = [
+    "EvalConfig",
+    "ReportConfig",
+    "evaluate",
+    "make_judge",
+    "measures_for",
+    "parse_judge_spec",
+    "report",
+    "resolve_target",
+    "token_strings",
+]
 
 BASE_LABEL = "base"
 DEFAULT_KL_FACTOR = 1.0
@@ -86,49 +95,92 @@ DEFAULT_KL_FACTOR = 1.0
 class EvalConfig:
     """Generate with exits on a task, score, and write an eval directory (records, summary, token view)."""
 
-    model: str = field(metadata={"help": "a run folder, a saved early-exit model, or a base model (alias such "
-                                         "as smollm2-135m, local HF folder); a base model runs without exits"})
+    model: str = field(
+        metadata={
+            "help": "a run folder, a saved early-exit model, or a base model (alias such "
+            "as smollm2-135m, local HF folder); a base model runs without exits"
+        }
+    )
     out: str = field(metadata={"help": "output directory (records.jsonl, summary.json, config.json, tokens.html)"})
-    task: str | None = field(default=None, metadata={
-        "help": f"task spec: gsm8k[:<path>], rg:<dataset>, tom (default: the run's training task, else "
-                f"{DEFAULT_TASK}; paper: gsm8k)"})
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": f"task spec: gsm8k[:<path>], rg:<dataset>, tom (default: the run's training task, else "
+            f"{DEFAULT_TASK}; paper: gsm8k)"
+        },
+    )
     n: int = field(default=32, metadata={"help": "number of items (paper: 50 GSM8K prompts)"})
     seed: int = field(default=0, metadata={"help": "selects the items and seeds exit and token sampling"})
     split: str = field(default="test", metadata={"help": f"item split, one of {', '.join(SPLITS)}"})
-    offset: float | None = field(default=None, metadata={
-        "help": "added to every exit logit: positive = earlier exits, --offset=-inf = no exits (default: the offset "
-                "recorded with the model by `thinkaloud risk --save`, else 0; a base model always runs without exits)"})
+    offset: float | None = field(
+        default=None,
+        metadata={
+            "help": "added to every exit logit: positive = earlier exits, --offset=-inf = no exits (default: the offset "
+            "recorded with the model by `thinkaloud risk --save`, else 0; a base model always runs without exits)"
+        },
+    )
     max_new_tokens: int = field(default=128, metadata={"help": "generation budget per item (paper: up to 400)"})
     batch_size: int = field(default=16, metadata={"help": "items generated together"})
-    do_sample: bool = field(default=False, metadata={"help": "sample tokens (else greedy tokens); exits are "
-                                                             "always sampled layer by layer"})
+    do_sample: bool = field(
+        default=False, metadata={"help": "sample tokens (else greedy tokens); exits are always sampled layer by layer"}
+    )
     temperature: float = field(default=1.0, metadata={"help": "token sampling temperature (with --do-sample)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (with --do-sample)"})
-    target: bool = field(default=True, metadata={
-        "help": "compare the exits with the calibration target q* = 2σ(−F·D), computed on the same completions "
-                "with the adapter off (target histogram + TV distance)"})
-    kl_factor: float | None = field(default=None, metadata={
-        "help": "KL factor F of the target (default: the run's, read from its saved config; 1.0 for a base "
-                "model or an unknown run)"})
-    judge: str | None = field(default=None, metadata={
-        "help": "coherence judge: 'openai:<base_url>#<model>' (key from $OPENAI_API_KEY, if set) or "
-                "'hf:<model path or alias>'; unset = no judge (paper: GPT-5)"})
-    rubric: str = field(default="ours", metadata={
-        "help": f"judge rubric, one of {', '.join(RUBRICS)}: 'ours' grades the writing only; 'paper' is the "
-                "write-up's (also asks for a correct, explicit chain of thought and penalises factual mistakes)"})
+    target: bool = field(
+        default=True,
+        metadata={
+            "help": "compare the exits with the calibration target q* = 2σ(−F·D), computed on the same completions "
+            "with the adapter off (target histogram + TV distance)"
+        },
+    )
+    kl_factor: float | None = field(
+        default=None,
+        metadata={
+            "help": "KL factor F of the target (default: the run's, read from its saved config; 1.0 for a base "
+            "model or an unknown run)"
+        },
+    )
+    judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "coherence judge: 'openai:<base_url>#<model>' (key from $OPENAI_API_KEY, if set) or "
+            "'hf:<model path or alias>'; unset = no judge (paper: GPT-5)"
+        },
+    )
+    rubric: str = field(
+        default="ours",
+        metadata={
+            "help": f"judge rubric, one of {', '.join(RUBRICS)}: 'ours' grades the writing only; 'paper' is the "
+            "write-up's (also asks for a correct, explicit chain of thought and penalises factual mistakes)"
+        },
+    )
     judge_concurrency: int = field(default=4, metadata={"help": "parallel requests to an openai judge"})
-    speed_baseline: bool = field(default=True, metadata={
-        "help": "also time the base model (adapter off, no exits, greedy) on the same prompt batches: "
-                "speedup_vs_base = base decode s/token ÷ model decode s/token"})
-    lenient_answers: bool = field(default=False, metadata={
-        "help": "lenient answer extraction (fall back to e.g. the last number); default: strict, only the "
-                "format the prompt asks for"})
-    measures: list[str] = field(default_factory=lambda: list(DEFAULT_MEASURES), metadata={
-        "help": f"externalisation measures, comma-separated, of {', '.join(MEASURES)} ('' for none): reliance = "
-                "early answering on cut reasoning, lens = linear future lens, fluency = base-model NLL and "
-                "repetition (default: fluency; reliance + lens cost 1.4–2× the eval's generation on a CPU)"})
-    label: str | None = field(default=None, metadata={"help": "name in reports (default: 'base' for a base "
-                                                              "model, else the model folder's name)"})
+    speed_baseline: bool = field(
+        default=True,
+        metadata={
+            "help": "also time the base model (adapter off, no exits, greedy) on the same prompt batches: "
+            "speedup_vs_base = base decode s/token ÷ model decode s/token"
+        },
+    )
+    lenient_answers: bool = field(
+        default=False,
+        metadata={
+            "help": "lenient answer extraction (fall back to e.g. the last number); default: strict, only the "
+            "format the prompt asks for"
+        },
+    )
+    measures: list[str] = field(
+        default_factory=lambda: list(DEFAULT_MEASURES),
+        metadata={
+            "help": f"externalisation measures, comma-separated, of {', '.join(MEASURES)} ('' for none): reliance = "
+            "early answering on cut reasoning, lens = linear future lens, fluency = base-model NLL and "
+            "repetition (default: fluency; reliance + lens cost 1.4–2× the eval's generation on a CPU)"
+        },
+    )
+    label: str | None = field(
+        default=None,
+        metadata={"help": "name in reports (default: 'base' for a base model, else the model folder's name)"},
+    )
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available, else cpu)"})
     show: int = field(default=1, metadata={"help": "responses to print in the terminal, coloured by exit layer"})
 
@@ -143,8 +195,10 @@ class EvalConfig:
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.kl_factor is not None and not self.kl_factor > 0:
-            raise ValueError(f"kl_factor must be > 0 (the target q* = 2σ(−F·D) is 1 everywhere at F = 0), "
-                             f"got {self.kl_factor}; leave it unset to use the run's")
+            raise ValueError(
+                f"kl_factor must be > 0 (the target q* = 2σ(−F·D) is 1 everywhere at F = 0), "
+                f"got {self.kl_factor}; leave it unset to use the run's"
+            )
         if self.offset is not None and (math.isnan(self.offset) or self.offset == math.inf):
             raise ValueError(f"offset must be a number or -inf, got {self.offset}")
         if self.show < 0:
@@ -163,8 +217,7 @@ def resolve_target(config: EvalConfig, origin: Lineage) -> dict[str, Any] | None
         return {"kl_factor": float(config.kl_factor), "source": "kl_factor given"}
     if origin.kl_factor is not None:
         return {"kl_factor": origin.kl_factor, "source": origin.source}
-    return {"kl_factor": DEFAULT_KL_FACTOR,
-            "source": f"default (no KL factor in the lineage: {origin.source})"}
+    return {"kl_factor": DEFAULT_KL_FACTOR, "source": f"default (no KL factor in the lineage: {origin.source})"}
 
 
 def measures_for(config: EvalConfig) -> list[Measure]:
@@ -176,8 +229,9 @@ def measures_for(config: EvalConfig) -> list[Measure]:
 # Generation
 
 
-def _generate_all(loaded: Loaded, task: Task, items: list[Item], config: EvalConfig, offset: float,
-                  device: str, console: Console) -> tuple[list[GenBatch], float]:
+def _generate_all(
+    loaded: Loaded, task: Task, items: list[Item], config: EvalConfig, offset: float, device: str, console: Console
+) -> tuple[list[GenBatch], float]:
     """Generate every item in batches → (batches, seconds spent inside generate)."""
     tokenizer = loaded.tokenizer
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -185,7 +239,7 @@ def _generate_all(loaded: Loaded, task: Task, items: list[Item], config: EvalCon
     with progress(console) as bars:
         bar = bars.add_task("generating", total=len(items))
         for s in range(0, len(items), config.batch_size):
-            chunk = items[s:s + config.batch_size]
+            chunk = items[s : s + config.batch_size]
             prompts = [task.prompt(item, tokenizer) for item in chunk]
             ids, mask = encode_prompts(tokenizer, prompts, device)  # (b, P) each
             if s == 0 and device.startswith("cuda"):
@@ -193,17 +247,26 @@ def _generate_all(loaded: Loaded, task: Task, items: list[Item], config: EvalCon
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            gen = loaded.model.generate(ids, mask, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
-                                        temperature=config.temperature, top_p=config.top_p, offset=offset,
-                                        pad_token_id=tokenizer.pad_token_id, generator=generator)
+            gen = loaded.model.generate(
+                ids,
+                mask,
+                max_new_tokens=config.max_new_tokens,
+                do_sample=config.do_sample,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                offset=offset,
+                pad_token_id=tokenizer.pad_token_id,
+                generator=generator,
+            )
             seconds += time.perf_counter() - t0  # generate ends synchronised (its last timestamp)
             batches.append(GenBatch(chunk, prompts, gen, mask.sum(-1).cpu()))
             bars.advance(bar, len(chunk))
     return batches, seconds
 
 
-def _records(loaded: Loaded, task: Task,
-             batches: list[GenBatch]) -> tuple[list[dict], list[list[int]], list[list[int]]]:
+def _records(
+    loaded: Loaded, task: Task, batches: list[GenBatch]
+) -> tuple[list[dict], list[list[int]], list[list[int]]]:
     """(records, exit layers per record, attended context length per token per record)."""
     tokenizer = loaded.tokenizer
     records, layers_per_record, context_per_record = [], [], []
@@ -213,9 +276,16 @@ def _records(loaded: Loaded, task: Task,
             ids = b.gen.new_tokens[i, :n].tolist()
             layers = b.gen.exit_layers[i, :n].tolist()
             completion: str = tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[assignment]  # one sequence: a str
-            records.append({"id": item.id, "prompt": b.prompts[i], "completion": completion,
-                            "tokens": token_strings(tokenizer, ids), "exit_layers": layers,
-                            "score": float(task.score(item, completion))})
+            records.append(
+                {
+                    "id": item.id,
+                    "prompt": b.prompts[i],
+                    "completion": completion,
+                    "tokens": token_strings(tokenizer, ids),
+                    "exit_layers": layers,
+                    "score": float(task.score(item, completion)),
+                }
+            )
             layers_per_record.append(layers)
             context_per_record.append([int(b.prompt_lengths[i]) + k for k in range(n)])  # positions attended
     return records, layers_per_record, context_per_record
@@ -263,10 +333,18 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     records, layers, context = _records(loaded, task, batches)
     n_tokens = sum(len(x) for x in layers)
     summary: dict[str, Any] = {
-        "model": config.model, "label": label, "stage": origin.stage, "task": task_spec, "split": config.split,
-        "n": len(records), "num_layers": L, "exit_layers": E, "offset": None if offset == -math.inf else offset,
+        "model": config.model,
+        "label": label,
+        "stage": origin.stage,
+        "task": task_spec,
+        "split": config.split,
+        "n": len(records),
+        "num_layers": L,
+        "exit_layers": E,
+        "offset": None if offset == -math.inf else offset,
         "offset_source": offset_source,
-        "kl_factor": None if target is None else target["kl_factor"], "target": target,
+        "kl_factor": None if target is None else target["kl_factor"],
+        "target": target,
         "accuracy": sum(r["score"] for r in records) / len(records),
         "early_exit_rate": metrics.early_exit_rate(layers, L),
         "als": metrics.average_layer_savings(layers, L),
@@ -280,13 +358,21 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         apply_measure(measure, ctx, summary)
 
     atomic_write_text(out / "records.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    atomic_write_json(out / "config.json", {**asdict(config), "offset": summary["offset"], "device": device,
-                                            "exit_sampling": "sampled (Bernoulli per exit layer)",
-                                            "resolved": {"task": task_spec, "target": target,
-                                                         "lineage": origin.as_dict()}})
+    atomic_write_json(
+        out / "config.json",
+        {
+            **asdict(config),
+            "offset": summary["offset"],
+            "device": device,
+            "exit_sampling": "sampled (Bernoulli per exit layer)",
+            "resolved": {"task": task_spec, "target": target, "lineage": origin.as_dict()},
+        },
+    )
     atomic_write_json(out / "summary.json", summary)
     first = records[0]
-    atomic_write_text(out / "tokens.html", viz.tokens_html(first["tokens"], first["exit_layers"], E, L,
-                                                           title=f"{label} · {first['id']}"))
+    atomic_write_text(
+        out / "tokens.html",
+        viz.tokens_html(first["tokens"], first["exit_layers"], E, L, title=f"{label} · {first['id']}"),
+    )
     print_results(console, summary, records, items, config, out)
     return summary

@@ -37,9 +37,13 @@ def timing(gens: Sequence[GenerationOutput]) -> dict[str, Any]:
     prefill = sum(g.prefill_seconds for g in gens)
     decode = sum(g.decode_seconds for g in gens)
     tokens = sum(g.decode_tokens for g in gens)
-    return {"prefill_s": prefill, "decode_s": decode, "decode_tokens": tokens,
-            "decode_ms_per_token": 1000 * decode / tokens if tokens else None,
-            "n_tokens": sum(int(g.lengths.sum()) for g in gens)}
+    return {
+        "prefill_s": prefill,
+        "decode_s": decode,
+        "decode_tokens": tokens,
+        "decode_ms_per_token": 1000 * decode / tokens if tokens else None,
+        "n_tokens": sum(int(g.lengths.sum()) for g in gens),
+    }
 
 
 def speedup(model: dict[str, Any], base: dict[str, Any]) -> float | None:
@@ -56,8 +60,16 @@ def base_generations(ctx: EvalContext) -> list[GenerationOutput]:
         bar = bars.add_task("base model speed", total=len(ctx.items))
         for b in ctx.batches:
             ids, mask = b.prompt_ids  # (b, P) each
-            gens.append(model.generate(ids, mask, max_new_tokens=ctx.config.max_new_tokens, do_sample=False,
-                                       offset=-math.inf, pad_token_id=tokenizer.pad_token_id))
+            gens.append(
+                model.generate(
+                    ids,
+                    mask,
+                    max_new_tokens=ctx.config.max_new_tokens,
+                    do_sample=False,
+                    offset=-math.inf,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            )
             bars.advance(bar, len(b.items))
     return gens
 
@@ -78,5 +90,6 @@ def speed_measure(ctx: EvalContext) -> MeasureResult:
 
 def warm_up(ctx_model: Any, ids, mask, pad_token_id: int | None) -> None:
     """One short untimed generation (on CUDA: kernel selection and allocator warm-up happen here)."""
-    ctx_model.generate(ids[:1], mask[:1], max_new_tokens=2, do_sample=False, offset=-math.inf,
-                       pad_token_id=pad_token_id)
+    ctx_model.generate(
+        ids[:1], mask[:1], max_new_tokens=2, do_sample=False, offset=-math.inf, pad_token_id=pad_token_id
+    )

@@ -40,7 +40,7 @@ def legend(layers: Sequence[int], num_layers: int) -> Text:
 
 
 def stats_line(exit_layers: Sequence[int], num_layers: int, seconds: float) -> str:
-    """"N tokens · exit rate x% · ALS y% · z tokens/s" (ALS and exit rate over every generated token)."""
+    """ "N tokens · exit rate x% · ALS y% · z tokens/s" (ALS and exit rate over every generated token)."""
     n = len(exit_layers)
     if n == 0:
         return "0 tokens"
@@ -53,8 +53,9 @@ def stats_line(exit_layers: Sequence[int], num_layers: int, seconds: float) -> s
 class TokenStream:
     """Print one response as it is generated; ``push`` each token, ``finish`` at the end."""
 
-    def __init__(self, tokenizer: Any, console: Console, layers: Sequence[int], num_layers: int,
-                 stop_ids: Iterable[int] = ()):
+    def __init__(
+        self, tokenizer: Any, console: Console, layers: Sequence[int], num_layers: int, stop_ids: Iterable[int] = ()
+    ):
         self.tokenizer, self.console, self.num_layers = tokenizer, console, num_layers
         self.colors = viz.layer_colors(layers, num_layers)
         self.stop_ids = {int(i) for i in stop_ids}
@@ -81,13 +82,17 @@ class TokenStream:
             return
         self._pending = 0
         if text.startswith(self._done):
-            piece = text[len(self._done):]
+            piece = text[len(self._done) :]
         else:  # the tokenizer rewrote earlier text: show this token's own string
             piece = self.tokenizer.convert_tokens_to_string(self.tokenizer.convert_ids_to_tokens([int(token_id)]))
         self._done = text
         bg = self.colors.get(int(exit_layer), viz.NO_EXIT_COLOR)
-        self.console.print(Text(piece.translate(VISIBLE), style=f"{viz.text_color(bg)} on {bg}"), end="", soft_wrap=True,
-                           highlight=False)
+        self.console.print(
+            Text(piece.translate(VISIBLE), style=f"{viz.text_color(bg)} on {bg}"),
+            end="",
+            soft_wrap=True,
+            highlight=False,
+        )
 
     @property
     def seconds(self) -> float:

@@ -25,22 +25,34 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     coherence, target = s.get("coherence"), s.get("target")
     base = s.get("speed_baseline") or {}
     rows = [
-        ("accuracy", _pct(s["accuracy"])), ("early-exit rate", _pct(s["early_exit_rate"])), ("ALS", _pct(s["als"])),
+        ("accuracy", _pct(s["accuracy"])),
+        ("early-exit rate", _pct(s["early_exit_rate"])),
+        ("ALS", _pct(s["als"])),
         ("mean length (tokens)", f"{s['mean_length']:.1f}"),
         ("tokens/s (prefill included)", _num(s["tokens_per_s"], ".1f")),
         ("prefill (s, all batches)", _num(s.get("prefill_s"), ".3f")),
         ("decode ms/token", _num(s.get("decode_ms_per_token"), ".2f")),
-        ("decode ms/token, base model", base["skipped"] if "skipped" in base
-         else _num(base.get("decode_ms_per_token"), ".2f")),
-        ("measured speedup vs base (decode)", "—" if s.get("speedup_vs_base") is None
-         else f"{s['speedup_vs_base']:.2f}×"),
+        (
+            "decode ms/token, base model",
+            base["skipped"] if "skipped" in base else _num(base.get("decode_ms_per_token"), ".2f"),
+        ),
+        (
+            "measured speedup vs base (decode)",
+            "—" if s.get("speedup_vs_base") is None else f"{s['speedup_vs_base']:.2f}×",
+        ),
         ("FLOP savings (analytic)", _pct(s["flop_savings"])),
-        ("TV distance to target" + (f" (F={target['kl_factor']:g})" if target else ""),
-         _num(s.get("tv_distance"), ".3f")),
+        (
+            "TV distance to target" + (f" (F={target['kl_factor']:g})" if target else ""),
+            _num(s.get("tv_distance"), ".3f"),
+        ),
     ]
     if coherence and coherence.get("mean") is not None:
-        rows.append((f"coherence (judge overall, {coherence.get('rubric', 'ours')} rubric)",
-                     f"{coherence['mean']:.2f} (n={coherence['n_judged']}, {coherence['n_missing']} missing)"))
+        rows.append(
+            (
+                f"coherence (judge overall, {coherence.get('rubric', 'ours')} rubric)",
+                f"{coherence['mean']:.2f} (n={coherence['n_judged']}, {coherence['n_missing']} missing)",
+            )
+        )
     elif coherence:
         rows.append(("coherence (judge overall)", f"— ({coherence['n_missing']} missing)"))
     return rows + measure_rows(s)
@@ -51,32 +63,48 @@ def measure_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     flu, rel, lens = s.get("fluency"), s.get("reliance"), s.get("lens")
     if flu:
-        rows += [("fluency proxy: base-model NLL (nats/token)", _num(flu.get("base_nll"), ".3f")),
-                 ("fluency proxy: repeated 4-grams / distinct bigrams",
-                  f"{_pct(flu.get('rep4'))} / {_pct(flu.get('distinct2'))}")]
+        rows += [
+            ("fluency proxy: base-model NLL (nats/token)", _num(flu.get("base_nll"), ".3f")),
+            (
+                "fluency proxy: repeated 4-grams / distinct bigrams",
+                f"{_pct(flu.get('rep4'))} / {_pct(flu.get('distinct2'))}",
+            ),
+        ]
     if rel:
-        rows += [("reliance: area over the agreement curve", _num(rel.get("aoc"), ".3f")
-                  + f" (n={rel.get('n')}, {rel.get('n_skipped')} without an answer)"),
-                 ("reliance: accuracy at f=0 → f=1", f"{_pct(rel.get('accuracy_f0'))} → {_pct(rel.get('accuracy_f1'))}")]
+        rows += [
+            (
+                "reliance: area over the agreement curve",
+                _num(rel.get("aoc"), ".3f") + f" (n={rel.get('n')}, {rel.get('n_skipped')} without an answer)",
+            ),
+            ("reliance: accuracy at f=0 → f=1", f"{_pct(rel.get('accuracy_f0'))} → {_pct(rel.get('accuracy_f1'))}"),
+        ]
     if lens and lens.get("accuracy"):
-        rows.append(("future lens: top-1 at k=2 (first exit layer, last layer)",
-                     f"{_pct(lens['accuracy'][0][1] if len(lens['distances']) > 1 else None)}, "
-                     f"{_pct(lens['accuracy'][-1][1] if len(lens['distances']) > 1 else None)}"))
+        rows.append(
+            (
+                "future lens: top-1 at k=2 (first exit layer, last layer)",
+                f"{_pct(lens['accuracy'][0][1] if len(lens['distances']) > 1 else None)}, "
+                f"{_pct(lens['accuracy'][-1][1] if len(lens['distances']) > 1 else None)}",
+            )
+        )
     elif lens:
         rows.append(("future lens", lens.get("skipped", "—")))
     return rows
 
 
-def print_results(console: Console, s: dict[str, Any], records: list[dict[str, Any]], items: list[Item], config: Any,
-                  out: Path) -> None:
+def print_results(
+    console: Console, s: dict[str, Any], records: list[dict[str, Any]], items: list[Item], config: Any, out: Path
+) -> None:
     E, L = s["exit_layers"], s["num_layers"]
-    for r, item in list(zip(records, items))[:config.show]:
+    for r, item in list(zip(records, items))[: config.show]:
         console.rule(f"{s['label']} · {r['id']} · reference {item.answer!r} · score {r['score']:g}")
         viz.render_terminal(r["tokens"], r["exit_layers"], E, L, console=console)
     tokens = "greedy" if not config.do_sample else f"sampled (T={config.temperature:g}, top-p={config.top_p:g})"
     exits = "none (offset −∞)" if s["offset"] is None else f"sampled, offset {s['offset']:g}"
-    console.print(f"[bold]{s['label']}[/bold]: {s['model']} on {s['task']} ({s['split']}) · n={s['n']} · "
-                  f"tokens {tokens} · exits {exits}", highlight=False)
+    console.print(
+        f"[bold]{s['label']}[/bold]: {s['model']} on {s['task']} ({s['split']}) · n={s['n']} · "
+        f"tokens {tokens} · exits {exits}",
+        highlight=False,
+    )
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")

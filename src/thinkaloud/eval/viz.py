@@ -93,7 +93,6 @@ def tokens_fragment(
     )
 
 
-
 def tokens_html(
     tokens: Sequence[str],
     exit_layers: Sequence[int],

@@ -37,13 +37,45 @@ CARD_FILE = "README.md"
 HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*/[A-Za-z0-9_][\w.-]*")
 RUN_CONFIG = "config.yaml"
-SFT_KEYS = ("calib", "model", "kl_factor", "exit_loss", "distill_kl", "steps", "batch_size", "head_lr", "lora_lr",
-            "seed")
-RL_KEYS = ("model", "task", "lam", "beta", "k", "prompts_per_step", "steps", "offset", "max_new_tokens", "head_lr",
-           "lora_lr", "runs", "seed")
-EVAL_KEYS = (("task", "task"), ("split", "split"), ("n", "items"), ("offset", "offset"), ("accuracy", "accuracy"),
-             ("early_exit_rate", "early-exit rate"), ("als", "ALS (average layer savings)"),
-             ("flop_savings", "FLOP savings"), ("tokens_per_s", "tokens/s"), ("speedup_vs_base", "decode speedup vs base"))
+SFT_KEYS = (
+    "calib",
+    "model",
+    "kl_factor",
+    "exit_loss",
+    "distill_kl",
+    "steps",
+    "batch_size",
+    "head_lr",
+    "lora_lr",
+    "seed",
+)
+RL_KEYS = (
+    "model",
+    "task",
+    "lam",
+    "beta",
+    "k",
+    "prompts_per_step",
+    "steps",
+    "offset",
+    "max_new_tokens",
+    "head_lr",
+    "lora_lr",
+    "runs",
+    "seed",
+)
+EVAL_KEYS = (
+    ("task", "task"),
+    ("split", "split"),
+    ("n", "items"),
+    ("offset", "offset"),
+    ("accuracy", "accuracy"),
+    ("early_exit_rate", "early-exit rate"),
+    ("als", "ALS (average layer savings)"),
+    ("flop_savings", "FLOP savings"),
+    ("tokens_per_s", "tokens/s"),
+    ("speedup_vs_base", "decode speedup vs base"),
+)
 
 
 @dataclass
@@ -51,9 +83,14 @@ class CardConfig:
     """Write (or rewrite) the model card README.md of a saved model, with an eval's metrics."""
 
     model: str = field(metadata={"help": "a run folder or a saved early-exit model folder"})
-    evals: list[str] = field(default_factory=list, metadata={
-        "help": "eval folders (summary.json); the last one given goes on the card (default: the newest found in "
-                "the run folder)", "positional": True})
+    evals: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "eval folders (summary.json); the last one given goes on the card (default: the newest found in "
+            "the run folder)",
+            "positional": True,
+        },
+    )
 
 
 def hub_base_model(source: str) -> str | None:
@@ -132,27 +169,40 @@ def _metric(key: str, x: Any) -> str:
     return _value(x)
 
 
-def render_card(meta: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any] | None,
-                name: str = "this model") -> str:
+def render_card(
+    meta: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any] | None, name: str = "this model"
+) -> str:
     """The whole README.md."""
     ec = meta.get("exit_config", {})
     L = meta["num_layers"]
     base = str(meta["base_model"])
     hub = hub_base_model(base)
-    lines = ["---", yaml.safe_dump(front_matter(meta, training["stage"]), sort_keys=False).rstrip(), "---", "",
-             f"# {name}: early exits for {hub or base}", "",
-             (f"An early-exit adapter made with thinkaloud {meta.get('thinkaloud_version', '')}: LoRA on the base "
-              "model plus one scalar exit head per exit layer. A token that exits at layer ℓ freezes its residual "
-              "stream there (exit = freeze): the layers above skip it and the model's own final norm and unembedding "
-              "read it out, so the answer itself shows the reasoning."), "",
-             "| | |", "|---|---|",
-             f"| base model | `{base}`" + (f" (hub: `{hub}`)" if hub and hub != base else "") + " |",
-             f"| base model hash (unembedding) | `{meta.get('unembedding_hash')}` |",
-             f"| decoder layers L | {L} |",
-             f"| exit layers | {', '.join(str(x) for x in meta['exit_layers'])} (no exit = {L}) |",
-             (f"| LoRA | r={ec.get('lora_r')}, alpha={ec.get('lora_alpha')}, dropout={_value(ec.get('lora_dropout'))}, "
-              f"targets {', '.join(ec.get('lora_target_modules') or [])} |"),
-             f"| training stage | {training['stage']} |"]
+    lines = [
+        "---",
+        yaml.safe_dump(front_matter(meta, training["stage"]), sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {name}: early exits for {hub or base}",
+        "",
+        (
+            f"An early-exit adapter made with thinkaloud {meta.get('thinkaloud_version', '')}: LoRA on the base "
+            "model plus one scalar exit head per exit layer. A token that exits at layer ℓ freezes its residual "
+            "stream there (exit = freeze): the layers above skip it and the model's own final norm and unembedding "
+            "read it out, so the answer itself shows the reasoning."
+        ),
+        "",
+        "| | |",
+        "|---|---|",
+        f"| base model | `{base}`" + (f" (hub: `{hub}`)" if hub and hub != base else "") + " |",
+        f"| base model hash (unembedding) | `{meta.get('unembedding_hash')}` |",
+        f"| decoder layers L | {L} |",
+        f"| exit layers | {', '.join(str(x) for x in meta['exit_layers'])} (no exit = {L}) |",
+        (
+            f"| LoRA | r={ec.get('lora_r')}, alpha={ec.get('lora_alpha')}, dropout={_value(ec.get('lora_dropout'))}, "
+            f"targets {', '.join(ec.get('lora_target_modules') or [])} |"
+        ),
+        f"| training stage | {training['stage']} |",
+    ]
     for key, value in training["settings"].items():
         lines.append(f"| {training['stage']}: {key} | {_value(value)} |")
     risk = meta.get(RISK_KEY)
@@ -165,21 +215,35 @@ def render_card(meta: dict[str, Any], training: dict[str, Any], evaluation: dict
         coherence = evaluation.get("coherence") or {}
         if coherence.get("mean") is not None:
             lines.append(f"| coherence (judge overall, 1–10) | {coherence['mean']:.2f} |")
-    lines += ["", "## Use", "", "```bash",
-              "thinkaloud chat --model PATH                      # streamed, coloured by exit layer",
-              "thinkaloud generate --model PATH \"Why is the sky blue?\" --json",
-              "python -m thinkaloud.eval.harness --model thinkaloud --model_args model=PATH --tasks TASK",
-              "```", "", "```python", "from thinkaloud import EarlyExitModel", "",
-              "model = EarlyExitModel.from_pretrained(\"PATH\")  # loads the base model, then heads + adapter",
-              "out = model.generate(input_ids, attention_mask, max_new_tokens=64, offset=0.0)",
-              "```", "",
-              (f"Files: `{META_FILE}` (base model, hash, exit layers, settings), `exit_heads.safetensors`, "
-               "`adapter/` (peft LoRA)."), ""]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```bash",
+        "thinkaloud chat --model PATH                      # streamed, coloured by exit layer",
+        'thinkaloud generate --model PATH "Why is the sky blue?" --json',
+        "python -m thinkaloud.eval.harness --model thinkaloud --model_args model=PATH --tasks TASK",
+        "```",
+        "",
+        "```python",
+        "from thinkaloud import EarlyExitModel",
+        "",
+        'model = EarlyExitModel.from_pretrained("PATH")  # loads the base model, then heads + adapter',
+        "out = model.generate(input_ids, attention_mask, max_new_tokens=64, offset=0.0)",
+        "```",
+        "",
+        (
+            f"Files: `{META_FILE}` (base model, hash, exit layers, settings), `exit_heads.safetensors`, "
+            "`adapter/` (peft LoRA)."
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
-def write_card(directory: Path, meta: dict[str, Any] | None = None, home: Path | None = None,
-               evals: list[str] | None = None) -> Path:
+def write_card(
+    directory: Path, meta: dict[str, Any] | None = None, home: Path | None = None, evals: list[str] | None = None
+) -> Path:
     """Write ``directory/README.md``; ``home`` is where the folder will live (its run config and evals are read
     there; default ``directory``), ``meta`` its ``thinkaloud.json`` (default: read from ``directory``)."""
     directory = Path(directory)

@@ -111,8 +111,16 @@ def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 class _ExitRun:
     """State of one teacher-forced pass, advanced by the decoder-layer hooks in layer order."""
 
-    def __init__(self, model: EarlyExitModel, mask: torch.Tensor, spec: ExitSpec, offset: float,
-                 generator: torch.Generator | None, capture: bool, exits_from: torch.Tensor | None = None):
+    def __init__(
+        self,
+        model: EarlyExitModel,
+        mask: torch.Tensor,
+        spec: ExitSpec,
+        offset: float,
+        generator: torch.Generator | None,
+        capture: bool,
+        exits_from: torch.Tensor | None = None,
+    ):
         B, T = mask.shape
         L = model.num_layers
         self.model, self.mask, self.offset, self.generator = model, mask.bool(), float(offset), generator
@@ -180,8 +188,14 @@ class EarlyExitModel(nn.Module):
 
     # ----------------------------------------------------------------------------------- building
     @classmethod
-    def from_base(cls, model_or_path: nn.Module | str | os.PathLike, config: ExitConfig | None = None,
-                  *, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> EarlyExitModel:
+    def from_base(
+        cls,
+        model_or_path: nn.Module | str | os.PathLike,
+        config: ExitConfig | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> EarlyExitModel:
         """Wrap a loaded ``PreTrainedModel`` (or load one from a local path or alias) with fresh heads + LoRA."""
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -189,9 +203,14 @@ class EarlyExitModel(nn.Module):
         base, source = _load_base(model_or_path, dtype=dtype, device=device)
         arch.check_supported(base.config)
         layers = config.resolve_layers(base.config.num_hidden_layers)
-        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                          target_modules=arch.lora_target_modules(base.config, config.lora_target_modules),
-                          bias="none", task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=arch.lora_target_modules(base.config, config.lora_target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
         peft_model = get_peft_model(base, lora)
         assert isinstance(peft_model, PeftModel)  # not a PeftMixedModel: that takes mixed=True
         heads = ExitHeads(base.config.hidden_size, layers, config.head_init_bias)
@@ -225,6 +244,7 @@ class EarlyExitModel(nn.Module):
         def hook(module, args, kwargs):
             if self._run is not None:
                 self._run.before(args[0] if args else kwargs["hidden_states"])
+
         return hook
 
     def _post_hook(self, j: int):
@@ -233,6 +253,7 @@ class EarlyExitModel(nn.Module):
                 return None
             out = self._run.after(j, arch._layer_output(output))
             return (out, *output[1:]) if isinstance(output, tuple) else out
+
         return hook
 
     @contextlib.contextmanager
@@ -245,15 +266,25 @@ class EarlyExitModel(nn.Module):
 
     def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The wrapped decoder's own forward → final-normed last hidden state (B, T, C)."""
-        out = arch.decoder(self.peft)(input_ids=input_ids, attention_mask=attention_mask,
-                                      position_ids=default_position_ids(attention_mask), use_cache=False)
+        out = arch.decoder(self.peft)(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=default_position_ids(attention_mask),
+            use_cache=False,
+        )
         return out.last_hidden_state
 
     # ----------------------------------------------------------------------------------- forward
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                exit_layers: ExitSpec = None, offset: float = 0.0,
-                generator: torch.Generator | None = None, all_exits: bool = False,
-                exits_from: int | torch.Tensor | None = None) -> ExitForwardOutput | AllExitsOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        exit_layers: ExitSpec = None,
+        offset: float = 0.0,
+        generator: torch.Generator | None = None,
+        all_exits: bool = False,
+        exits_from: int | torch.Tensor | None = None,
+    ) -> ExitForwardOutput | AllExitsOutput:
         """Teacher-forced pass with exits.
 
         exit_layers: None → no exits (every position runs all L layers); a (B, T) tensor → exits
@@ -278,7 +309,9 @@ class EarlyExitModel(nn.Module):
         if isinstance(exit_layers, str) and exit_layers != "sample":
             raise ValueError(f"exit_layers must be None, a (B, T) tensor or 'sample', got {exit_layers!r}")
         if isinstance(exit_layers, torch.Tensor) and exit_layers.shape != input_ids.shape:
-            raise ValueError(f"exit_layers shape {tuple(exit_layers.shape)} != input_ids shape {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"exit_layers shape {tuple(exit_layers.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
         start = _check_exits_from(exits_from, input_ids)
         run = _ExitRun(self, attention_mask, exit_layers, offset, generator, capture=False, exits_from=start)
         with self._running(run):
@@ -294,15 +327,21 @@ class EarlyExitModel(nn.Module):
         return run, final
 
     @torch.no_grad()
-    def exit_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                    exit_layers: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def exit_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        exit_layers: torch.Tensor | None = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Teacher-forced pass with prescribed exits (a (B, T) tensor, or None for none) → the residual
         stream at every exit layer (m tensors (B, T, C)) and the last hidden state *before* the final
         norm (B, T, C), the state that the final norm + readout read. Under freeze, a position that
         exited at e has its layer-e state at every deeper exit layer and as its last hidden state."""
         input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
         if exit_layers is not None and exit_layers.shape != input_ids.shape:
-            raise ValueError(f"exit_layers shape {tuple(exit_layers.shape)} != input_ids shape {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"exit_layers shape {tuple(exit_layers.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
         run = _ExitRun(self, attention_mask, exit_layers, 0.0, None, capture=True)
         last: list[torch.Tensor] = []  # the final norm's input
         hook = arch.final_norm(self.peft).register_forward_pre_hook(lambda module, args: last.append(args[0]))
@@ -321,8 +360,9 @@ class EarlyExitModel(nn.Module):
         states = [norm(run.captured[e]) for e in self.layers] + [final]
         return AllExitsOutput(exit_logprobs=exit_log_distribution(z, offset), states=states)
 
-    def exit_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      offset: float = 0.0) -> torch.Tensor:
+    def exit_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, offset: float = 0.0
+    ) -> torch.Tensor:
         """The full log-distribution over exit layers, (B, T, m+1) (last column = no exit, layer L).
 
         Computed in a pass without exits, so each position's distribution is conditioned on a
@@ -332,8 +372,13 @@ class EarlyExitModel(nn.Module):
         return self._all_exits(input_ids, attention_mask, offset).exit_logprobs
 
     @torch.no_grad()
-    def layer_kl(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 positions: torch.Tensor | None = None, chunk_size: int | None = None) -> torch.Tensor:
+    def layer_kl(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
         """KL(p_L ‖ p_ℓ) per position and exit layer with the logit lens (the model's final norm + readout).
 
         Returns (B, T, m) float32; positions not selected (``positions`` mask, default the attention
@@ -343,8 +388,15 @@ class EarlyExitModel(nn.Module):
         input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
         run, final = self._capture(input_ids, attention_mask)  # final: (B, T, C)
         select = attention_mask.bool() if positions is None else positions.bool() & attention_mask.bool()
-        return lens_kl([run.captured[e] for e in self.layers], final, select, arch.final_norm(self.peft),
-                       lambda normed: arch.readout(self.peft, normed), self.hf_config.vocab_size, chunk_size)
+        return lens_kl(
+            [run.captured[e] for e in self.layers],
+            final,
+            select,
+            arch.final_norm(self.peft),
+            lambda normed: arch.readout(self.peft, normed),
+            self.hf_config.vocab_size,
+            chunk_size,
+        )
 
     # ------------------------------------------------------------------------------- generation
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
@@ -356,7 +408,9 @@ class EarlyExitModel(nn.Module):
 
         if "offset" not in kwargs and self.risk_control is not None:
             kwargs["offset"] = recorded_value(self.risk_control)
-            logger.info("generating with the recorded offset %s (%s)", kwargs["offset"], describe_record(self.risk_control))
+            logger.info(
+                "generating with the recorded offset %s (%s)", kwargs["offset"], describe_record(self.risk_control)
+            )
         return generate(self, input_ids, attention_mask, **kwargs)
 
     # ---------------------------------------------------------------------------- save and load
@@ -396,9 +450,15 @@ class EarlyExitModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, base: nn.Module | str | None = None, *,
-                        dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-                        is_trainable: bool = True) -> EarlyExitModel:
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        base: nn.Module | str | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        is_trainable: bool = True,
+    ) -> EarlyExitModel:
         """Load heads + adapter saved by :meth:`save_pretrained` onto ``base`` (default: the recorded one)."""
         from peft import PeftModel
         from safetensors.torch import load_file
@@ -435,7 +495,9 @@ def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) 
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
     return input_ids, attention_mask.to(input_ids.device)
 
 
@@ -449,16 +511,22 @@ def _check_exits_from(exits_from: int | torch.Tensor | None, input_ids: torch.Te
     return start.long().expand(B)
 
 
-def _load_base(model_or_path: nn.Module | str | os.PathLike, *, dtype: torch.dtype | None = None,
-               device: str | torch.device | None = None) -> tuple[PreTrainedModel, str]:
+def _load_base(
+    model_or_path: nn.Module | str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[PreTrainedModel, str]:
     """A loaded model is used as is (a multimodal Gemma 3 through its text model); a string is an alias, a
     local path or a hub id."""
     from transformers import PreTrainedModel
 
     if isinstance(model_or_path, nn.Module):
         if not isinstance(model_or_path, PreTrainedModel):
-            raise TypeError(f"expected a loaded transformers model (a PreTrainedModel), a path or an alias; got a "
-                            f"{type(model_or_path).__name__}")
+            raise TypeError(
+                f"expected a loaded transformers model (a PreTrainedModel), a path or an alias; got a "
+                f"{type(model_or_path).__name__}"
+            )
         source = getattr(model_or_path.config, "_name_or_path", "") or model_or_path.config.model_type
         if device is not None:  # in place; transformers' @wraps(nn.Module.to) is typed as unbound (self first)
             model_or_path.to(device)  # type: ignore[arg-type]

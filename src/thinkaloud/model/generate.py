@@ -78,7 +78,7 @@ class GenerationOutput:
     @property
     def new_tokens(self) -> torch.Tensor:
         """(B, N) generated tokens."""
-        return self.sequences[:, self.prompt_length:]
+        return self.sequences[:, self.prompt_length :]
 
     @property
     def completion_mask(self) -> torch.Tensor:
@@ -91,7 +91,7 @@ class GenerationOutput:
         exit that produced new token n; every other position has no exit (L)."""
         B, N = self.exit_layers.shape
         full = torch.full_like(self.sequences, self.num_layers)
-        full[:, self.prompt_length - 1:self.prompt_length - 1 + N] = self.exit_layers
+        full[:, self.prompt_length - 1 : self.prompt_length - 1 + N] = self.exit_layers
         return full
 
     def predicting_positions(self) -> slice:
@@ -102,8 +102,16 @@ class GenerationOutput:
 class KVCache:
     """Preallocated keys and values for every layer: (B, H_kv, S, D) each."""
 
-    def __init__(self, num_layers: int, batch: int, kv_heads: int, size: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        num_layers: int,
+        batch: int,
+        kv_heads: int,
+        size: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
         self.k = [torch.zeros(batch, kv_heads, size, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros_like(k) for k in self.k]
 
@@ -141,8 +149,9 @@ class _RowView:
         return k, v
 
 
-def _masks(key_valid: torch.Tensor, start: int, t: int, windows: Sequence[int | None],
-           dtype: torch.dtype) -> dict[int | None, torch.Tensor]:
+def _masks(
+    key_valid: torch.Tensor, start: int, t: int, windows: Sequence[int | None], dtype: torch.dtype
+) -> dict[int | None, torch.Tensor]:
     """Additive attention masks (b, 1, t, start+t) for queries at columns start..start+t-1, one per
     distinct sliding window. A query always sees itself (padding rows stay finite)."""
     end = start + t
@@ -158,8 +167,9 @@ def _masks(key_valid: torch.Tensor, start: int, t: int, windows: Sequence[int | 
     return out
 
 
-def _sample(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
-            generator: torch.Generator | None) -> torch.Tensor:
+def _sample(
+    logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
     """logits (b, V) → tokens (b,)."""
     if not do_sample:
         return logits.argmax(-1)
@@ -186,11 +196,22 @@ def _stop_ids(model, stop_token_ids) -> list[int]:
 
 
 @torch.no_grad()
-def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-             max_new_tokens: int = 128, do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0,
-             offset: float = 0.0, stop_token_ids: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             generator: torch.Generator | None = None, seed: int | None = None,
-             on_token: Callable[..., None] | None = None) -> GenerationOutput:
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int = 128,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    offset: float = 0.0,
+    stop_token_ids: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    on_token: Callable[..., None] | None = None,
+) -> GenerationOutput:
     """Sample up to ``max_new_tokens`` per row with exits; ``offset=-inf`` is plain (LoRA) generation.
 
     input_ids/attention_mask: (B, P), left-padded. ``stop_token_ids`` default to the model's EOS.
@@ -205,9 +226,20 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     was_training = model.training
     model.eval()
     try:
-        return _generate(model, input_ids, attention_mask.to(input_ids.device).long(), max_new_tokens, do_sample,
-                         temperature, top_p, float(offset), _stop_ids(model, stop_token_ids), pad_token_id, generator,
-                         on_token)
+        return _generate(
+            model,
+            input_ids,
+            attention_mask.to(input_ids.device).long(),
+            max_new_tokens,
+            do_sample,
+            temperature,
+            top_p,
+            float(offset),
+            _stop_ids(model, stop_token_ids),
+            pad_token_id,
+            generator,
+            on_token,
+        )
     finally:
         model.train(was_training)
 
@@ -216,7 +248,9 @@ def _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
     empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
     if empty:
         raise ValueError(f"empty prompt in row(s) {empty}")
@@ -227,16 +261,30 @@ def _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top
     context = getattr(model.hf_config, "max_position_embeddings", None)
     longest = int(attention_mask.sum(-1).max())
     if context is not None and longest + max_new_tokens > context:
-        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model "
-                         f"context of {context} tokens")
+        raise ValueError(
+            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model "
+            f"context of {context} tokens"
+        )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (use do_sample=False for greedy), got {temperature}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
-def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p, offset,
-              stop_ids, pad_token_id, generator, on_token=None) -> GenerationOutput:
+def _generate(
+    model,
+    input_ids,
+    attention_mask,
+    max_new_tokens,
+    do_sample,
+    temperature,
+    top_p,
+    offset,
+    stop_ids,
+    pad_token_id,
+    generator,
+    on_token=None,
+) -> GenerationOutput:
     B, P = input_ids.shape
     L = model.num_layers
     device = input_ids.device
@@ -250,8 +298,11 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
     spec = arch.kv_spec(cfg)
     dtype = embed_tokens.weight.dtype
     use_exits = offset != -math.inf
-    pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None
-                                                         else (stop_ids[0] if stop_ids else 0))
+    pad = (
+        pad_token_id
+        if pad_token_id is not None
+        else (cfg.pad_token_id if cfg.pad_token_id is not None else (stop_ids[0] if stop_ids else 0))
+    )
     stop = torch.tensor(stop_ids, device=device, dtype=torch.long)
 
     cache = KVCache(L, B, spec.num_kv_heads, P + max_new_tokens, spec.head_dim, dtype, device)
@@ -265,8 +316,14 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
         masks: Mapping[int | None, torch.Tensor | None] = _masks(key_valid, 0, P - 1, windows, dtype)  # per window
         view = cache.view(None, 0)
         for i, layer in enumerate(layers):
-            h = arch.call_layer(layer, h, attention_mask=masks[windows[i]], position_ids=positions[:, :-1],
-                                position_embeddings=pe[i], **{cache_kw: view})
+            h = arch.call_layer(
+                layer,
+                h,
+                attention_mask=masks[windows[i]],
+                position_ids=positions[:, :-1],
+                position_embeddings=pe[i],
+                **{cache_kw: view},
+            )
 
     new_tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
     exit_layers = torch.full((B, max_new_tokens), L, dtype=torch.long, device=device)
@@ -279,8 +336,9 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
     pos = positions[:, -1]  # (b,)
     # Additive key bias of the active rows, (b, S): padding masked. A decode query at column `col`
     # sees keys 0..col, so its mask is a slice; windowed layers (rare) get theirs built per step.
-    key_bias = torch.zeros(B, key_valid.shape[1], dtype=dtype, device=device).masked_fill(~key_valid,
-                                                                                        torch.finfo(dtype).min)
+    key_bias = torch.zeros(B, key_valid.shape[1], dtype=dtype, device=device).masked_fill(
+        ~key_valid, torch.finfo(dtype).min
+    )
     windowed = any(w is not None for w in windows)
     # Without padding a single decode query may attend to every key so far: no mask at all, which
     # lets SDPA take its fastest kernel (HF's own generate does the same).
@@ -291,7 +349,7 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
         b = rows.numel()
         h = embed_tokens(token)[:, None]  # (b, 1, C)
         pe = arch.position_embeddings(model.peft, h, pos[:, None])  # per layer (cos, sin), (b, 1, D) each
-        masks = {None: None if unmasked else key_bias[:, None, None, :col + 1]}  # (b, 1, 1, col+1)
+        masks = {None: None if unmasked else key_bias[:, None, None, : col + 1]}  # (b, 1, 1, col+1)
         if windowed:
             masks = _masks(key_valid[rows], col, 1, windows, dtype)
         live = torch.ones(b, dtype=torch.bool, device=device)
@@ -302,8 +360,14 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
         for i, layer in enumerate(layers):
             j, (cos, sin) = i + 1, pe[i]
             if still is None or done is None:
-                h = arch.call_layer(layer, h, attention_mask=masks[windows[i]], position_ids=pos[:, None],
-                                    position_embeddings=(cos, sin), **{cache_kw: cache.view(None, col)})
+                h = arch.call_layer(
+                    layer,
+                    h,
+                    attention_mask=masks[windows[i]],
+                    position_ids=pos[:, None],
+                    position_embeddings=(cos, sin),
+                    **{cache_kw: cache.view(None, col)},
+                )
             elif not still.numel():  # every row has exited: K/V from the frozen states only
                 k, v = arch.frozen_kv(layer, h, cos, sin)  # (b, H_kv, 1, D)
                 cache.write(i, None, col, k, v)
@@ -312,9 +376,14 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
                 cache.write(i, done, col, k, v)
                 if still.numel():
                     mask = masks[windows[i]]
-                    h_live = arch.call_layer(layer, h[still], attention_mask=None if mask is None else mask[still],
-                                             position_ids=pos[still, None], **{cache_kw: cache.view(still, col)},
-                                             position_embeddings=(cos[still], sin[still]))
+                    h_live = arch.call_layer(
+                        layer,
+                        h[still],
+                        attention_mask=None if mask is None else mask[still],
+                        position_ids=pos[still, None],
+                        **{cache_kw: cache.view(still, col)},
+                        position_embeddings=(cos[still], sin[still]),
+                    )
                     h = h.index_copy(0, still, h_live)
             if use_exits and j in model.layer_to_head and (still is None or still.numel()):
                 z = model.heads(h[:, 0], model.layer_to_head[j]) + offset  # (b,)
@@ -355,8 +424,14 @@ def _generate(model, input_ids, attention_mask, max_new_tokens, do_sample, tempe
     return GenerationOutput(
         sequences=torch.cat([input_ids, new_tokens], dim=1),
         attention_mask=torch.cat([attention_mask, new_mask.long()], dim=1),
-        prompt_length=P, exit_layers=exit_layers, token_logprobs=token_lp, exit_logprobs=exit_lp,
-        lengths=lengths, num_layers=L, prefill_seconds=t_first - t_start, decode_seconds=t_end - t_first,
+        prompt_length=P,
+        exit_layers=exit_layers,
+        token_logprobs=token_lp,
+        exit_logprobs=exit_lp,
+        lengths=lengths,
+        num_layers=L,
+        prefill_seconds=t_first - t_start,
+        decode_seconds=t_end - t_first,
     )
 
 

@@ -16,9 +16,15 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def lens_kl(states: list[torch.Tensor], final: torch.Tensor, select: torch.Tensor,
-            norm: Callable[[torch.Tensor], torch.Tensor], readout: Callable[[torch.Tensor], torch.Tensor],
-            vocab_size: int, chunk_size: int | None = None) -> torch.Tensor:
+def lens_kl(
+    states: list[torch.Tensor],
+    final: torch.Tensor,
+    select: torch.Tensor,
+    norm: Callable[[torch.Tensor], torch.Tensor],
+    readout: Callable[[torch.Tensor], torch.Tensor],
+    vocab_size: int,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
     """Residual streams at the m exit layers (each (B, T, C), not normed), the final-normed last hidden
     state (B, T, C) and a (B, T) bool selection → (B, T, m) float32 KL(p_L ‖ p_ℓ), NaN where not selected.
     ``readout`` maps final-normed states (..., C) to logits (..., V) (``thinkaloud.model.arch.readout``).
@@ -35,14 +41,14 @@ def lens_kl(states: list[torch.Tensor], final: torch.Tensor, select: torch.Tenso
     last = flat(final)
     out = torch.full((idx.numel(), m), float("nan"), device=final.device)
     for s in range(0, idx.numel(), chunk):
-        rows = idx[s:s + chunk]
+        rows = idx[s : s + chunk]
         logp_final = F.log_softmax(readout(last[rows]).float(), dim=-1)  # (n, V)
         p_final = logp_final.exp()
         neg_entropy = (p_final * logp_final).sum(-1)  # (n,)  Σ p log p
         lens = torch.stack([norm(h[rows]) for h in states])  # (m, n, C): logit lens inputs
         logits = readout(lens).float()  # (m, n, V), one matmul for all exit layers
         cross = torch.einsum("nv,mnv->mn", p_final, logits)  # (m, n)
-        out[s:s + chunk] = (neg_entropy[None] - cross + torch.logsumexp(logits, dim=-1)).T
+        out[s : s + chunk] = (neg_entropy[None] - cross + torch.logsumexp(logits, dim=-1)).T
     result = torch.full((*select.shape, m), float("nan"), device=final.device)
     result.view(-1, m)[idx] = out
     return result

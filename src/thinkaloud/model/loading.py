@@ -65,8 +65,10 @@ def check_model_spec(spec: str) -> None:
         raise ModelNotFoundError(f"not a model folder (a file): {spec}")
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ModelNotFoundError(f"{spec} is neither a thinkaloud run/model folder ({META_FILE}) nor a "
-                                 "Hugging Face model folder (config.json)")
+        raise ModelNotFoundError(
+            f"{spec} is neither a thinkaloud run/model folder ({META_FILE}) nor a "
+            "Hugging Face model folder (config.json)"
+        )
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (ValueError, AttributeError):
@@ -74,8 +76,9 @@ def check_model_spec(spec: str) -> None:
     arch.check_supported(SimpleNamespace(model_type=model_type))
 
 
-def load_model(spec: str, *, exit_config: ExitConfig | None = None, dtype: torch.dtype | None = None,
-               device: str | None = None) -> Loaded:
+def load_model(
+    spec: str, *, exit_config: ExitConfig | None = None, dtype: torch.dtype | None = None, device: str | None = None
+) -> Loaded:
     check_model_spec(spec)
     saved = saved_model_dir(spec)
     if saved is not None:
@@ -89,8 +92,10 @@ def load_model(spec: str, *, exit_config: ExitConfig | None = None, dtype: torch
         if isinstance(e, UserError) or spec in ALIASES or looks_like_path(spec):
             raise
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelNotFoundError(f"cannot load model {spec!r}: not an alias ({', '.join(ALIASES)}), "
-                                 f"not a local folder, and from the hub: {first_line}") from e
+        raise ModelNotFoundError(
+            f"cannot load model {spec!r}: not an alias ({', '.join(ALIASES)}), "
+            f"not a local folder, and from the hub: {first_line}"
+        ) from e
     return Loaded(model.eval(), tokenizer, True, spec)
 
 

@@ -53,7 +53,11 @@ def record_offset(directory: str | os.PathLike, offset: float | None, info: dict
     exits_off = offset is None or offset == -math.inf
     if offset is not None and not exits_off and not math.isfinite(offset):
         raise ValueError(f"offset must be a number, -inf or None, got {offset}")
-    entry = {"offset": None if offset is None or exits_off else float(offset), **info, "weights": weights_fingerprint(directory)}
+    entry = {
+        "offset": None if offset is None or exits_off else float(offset),
+        **info,
+        "weights": weights_fingerprint(directory),
+    }
     atomic_write_json(directory / META_FILE, {**meta, RISK_KEY: entry})
     return entry
 
@@ -65,8 +69,11 @@ def recorded_offset(directory: str | os.PathLike) -> dict | None:
     if entry is None:
         return None
     if entry.get("weights") != weights_fingerprint(directory):
-        warnings.warn(f"{directory}: the recorded offset was chosen for other weights (the model was saved again "
-                      "since); it is ignored — run `thinkaloud risk --save` again", stacklevel=2)
+        warnings.warn(
+            f"{directory}: the recorded offset was chosen for other weights (the model was saved again "
+            "since); it is ignored — run `thinkaloud risk --save` again",
+            stacklevel=2,
+        )
         return None
     return entry
 
@@ -78,6 +85,8 @@ def recorded_value(entry: dict) -> float:
 
 def describe_record(entry: dict) -> str:
     """One line: how a recorded offset was chosen."""
-    return (f"chosen by `thinkaloud risk`: {entry.get('risk', '?')} risk <= {entry.get('epsilon')} with probability "
-            f">= 1 - {entry.get('delta')} on {entry.get('task', '?')} (split {entry.get('split', '?')}, "
-            f"n={entry.get('n', '?')}, max-new-tokens {entry.get('max_new_tokens', '?')})")
+    return (
+        f"chosen by `thinkaloud risk`: {entry.get('risk', '?')} risk <= {entry.get('epsilon')} with probability "
+        f">= 1 - {entry.get('delta')} on {entry.get('task', '?')} (split {entry.get('split', '?')}, "
+        f"n={entry.get('n', '?')}, max-new-tokens {entry.get('max_new_tokens', '?')})"
+    )

@@ -41,8 +41,10 @@ def make_optimizer(model, *, head_lr: float, lora_lr: float, weight_decay: float
     lora = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("heads.")]
     if not heads or not lora:
         raise ValueError("expected trainable exit heads and LoRA parameters")
-    return torch.optim.AdamW([{"params": heads, "lr": head_lr, "name": "heads"},
-                              {"params": lora, "lr": lora_lr, "name": "lora"}], weight_decay=weight_decay)
+    return torch.optim.AdamW(
+        [{"params": heads, "lr": head_lr, "name": "heads"}, {"params": lora, "lr": lora_lr, "name": "lora"}],
+        weight_decay=weight_decay,
+    )
 
 
 def _rng_state() -> dict[str, Any]:
@@ -59,8 +61,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(out: Path, step: int, model, optimizer, extra: dict[str, Any] | None = None,
-                    keep: int = 2) -> Path:
+def save_checkpoint(out: Path, step: int, model, optimizer, extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
     """``out/checkpoints/step-000123/`` with trainable weights, optimiser, RNG and ``extra``; atomically."""
     root = Path(out) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -68,8 +69,16 @@ def save_checkpoint(out: Path, step: int, model, optimizer, extra: dict[str, Any
     tmp = root / f".step-{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    torch.save({"step": step, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-                "rng": _rng_state(), "extra": extra or {}}, tmp / "state.pt")
+    torch.save(
+        {
+            "step": step,
+            "trainable": trainable_state(model),
+            "optimizer": optimizer.state_dict(),
+            "rng": _rng_state(),
+            "extra": extra or {},
+        },
+        tmp / "state.pt",
+    )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     atomic_write_json(root / "latest.json", {"step": step, "path": final.name})
@@ -127,8 +136,11 @@ class JsonlLog:
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, row: dict[str, Any]) -> None:

@@ -21,7 +21,9 @@ def distill_kl(teacher_logp: torch.Tensor, student_logits: torch.Tensor, directi
     raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
 
 
-def sample_exit_index(log_targets: torch.Tensor, samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_exit_index(
+    log_targets: torch.Tensor, samples: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """log target distribution (N, m+1) → sampled outcome indices (samples, N)."""
     probs = log_targets.exp()  # (N, m+1)
     return torch.multinomial(probs, samples, replacement=True, generator=generator).T  # (samples, N)
@@ -32,8 +34,9 @@ def exit_cross_entropy(student_exit_logp: torch.Tensor) -> torch.Tensor:
     return -student_exit_logp
 
 
-def expected_exit_loss(log_targets: torch.Tensor, student_exit_logp: torch.Tensor,
-                       per_outcome_distill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def expected_exit_loss(
+    log_targets: torch.Tensor, student_exit_logp: torch.Tensor, per_outcome_distill: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact expectation over exit layers instead of samples.
 
     log_targets (N, m+1); student_exit_logp (N, m+1); per_outcome_distill (N, m+1) the distillation

@@ -99,53 +99,100 @@ MODEL_DIR = "model"
 class RLConfig:
     """Stage 2: RL of LoRA + exit heads for earlier exits (leave-one-out REINFORCE)."""
 
-    model: str = field(metadata={"help": "a run folder from `thinkaloud sft` (its model/), a saved model folder, or a "
-                                         "base model (alias such as smollm2-135m, local path): fresh exit heads"})
+    model: str = field(
+        metadata={
+            "help": "a run folder from `thinkaloud sft` (its model/), a saved model folder, or a "
+            "base model (alias such as smollm2-135m, local path): fresh exit heads"
+        }
+    )
     out: str = field(metadata={"help": "output folder (log.jsonl, base.json, figures/, model/ or run-<r>/model)"})
-    task: str = field(default=DEFAULT_TASK, metadata={"help": "task spec: gsm8k[:path], rg:<dataset>, tom (the "
-                                                                 "paper's RL figure: tom)"})
-    lam: float = field(default=1.5, metadata={"help": "λ: weight of the compute penalty mean_t(ℓ_t/L), the "
-                                                       "eagerness dial (paper: 1.5)"})
+    task: str = field(
+        default=DEFAULT_TASK,
+        metadata={"help": "task spec: gsm8k[:path], rg:<dataset>, tom (the paper's RL figure: tom)"},
+    )
+    lam: float = field(
+        default=1.5,
+        metadata={"help": "λ: weight of the compute penalty mean_t(ℓ_t/L), the eagerness dial (paper: 1.5)"},
+    )
     beta: float = field(default=0.25, metadata={"help": "β: weight of the KL penalty to the base model (paper: 0.25)"})
     k: int = field(default=4, metadata={"help": "completions per prompt (the leave-one-out group size, >= 2)"})
     prompts_per_step: int = field(default=2, metadata={"help": "prompts per step (per process)"})
     steps: int = field(default=50, metadata={"help": "RL steps (one optimiser update each)"})
     runs: int = field(default=1, metadata={"help": "independent runs with seeds seed, seed+1, …"})
     seed: int = field(default=0, metadata={"help": "seed of the first run; also selects the prompt stream"})
-    offset: float = field(default=0.0, metadata={"help": "exit-logit offset while sampling and training "
-                                                          "(>0: earlier exits); the saved heads do not include it"})
+    offset: float = field(
+        default=0.0,
+        metadata={
+            "help": "exit-logit offset while sampling and training "
+            "(>0: earlier exits); the saved heads do not include it"
+        },
+    )
     max_new_tokens: int = field(default=64, metadata={"help": "completion length cap (paper: up to 400)"})
-    head_lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the exit heads (paper: 1e-5; "
-                                                          "higher here so that short runs move the heads)"})
+    head_lr: float = field(
+        default=1e-3,
+        metadata={
+            "help": "AdamW learning rate of the exit heads (paper: 1e-5; higher here so that short runs move the heads)"
+        },
+    )
     lora_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the LoRA adapter (paper: 1e-4)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient-norm clip (0: off)"})
     normalize_advantages: bool = field(default=False, metadata={"help": "divide advantages by their std over the step"})
-    format_penalty: float = field(default=0.0, metadata={"help": "subtracted from the task reward when no answer "
-                                                                  "can be extracted: with strict answers (default), any "
-                                                                  "response without an answer marker (prototype: 1)"})
-    lenient_answers: bool = field(default=False, metadata={"help": "lenient answer extraction (fallbacks such as the "
-                                                                    "last number or line) instead of strict markers"})
+    format_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "subtracted from the task reward when no answer "
+            "can be extracted: with strict answers (default), any "
+            "response without an answer marker (prototype: 1)"
+        },
+    )
+    lenient_answers: bool = field(
+        default=False,
+        metadata={
+            "help": "lenient answer extraction (fallbacks such as the last number or line) instead of strict markers"
+        },
+    )
     split: str = field(default="train", metadata={"help": "task split the prompts come from"})
-    pool: int | None = field(default=None, metadata={"help": "distinct prompts in the stream, cycled (default: "
-                                                              "steps × prompts per step × processes)"})
-    base_prompts: int = field(default=8, metadata={"help": "first prompts of the stream on which the base model "
-                                                            "(adapter off, no exits) is measured, K samples each; 0: skip"})
+    pool: int | None = field(
+        default=None,
+        metadata={"help": "distinct prompts in the stream, cycled (default: steps × prompts per step × processes)"},
+    )
+    base_prompts: int = field(
+        default=8,
+        metadata={
+            "help": "first prompts of the stream on which the base model "
+            "(adapter off, no exits) is measured, K samples each; 0: skip"
+        },
+    )
     save_every: int = field(default=5, metadata={"help": "checkpoint every N steps (and at the last step)"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoints in --out"})
     exit_every: int = field(default=5, metadata={"help": "fresh heads only: exit layers every N layers (paper: 5)"})
     head_init_bias: float = field(default=-6.0, metadata={"help": "fresh heads only: initial exit-logit bias"})
-    device: str | None = field(default=None, metadata={"help": "cpu | cuda (default: cuda if available; "
-                                                                  "`accelerate launch` sets it per process)"})
-    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 (bfloat16 makes the on-policy "
-                                                             "recomputation approximate; see logprob_err)"})
-    onpolicy_tol: float = field(default=1e-3, metadata={"help": "warn when recomputed log-probs differ from the "
-                                                                 "sampled ones by more than this"})
-    judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible judge endpoint (…/v1) for "
-                                                                    "the coherence curve; unset: no coherence"})
+    device: str | None = field(
+        default=None,
+        metadata={"help": "cpu | cuda (default: cuda if available; `accelerate launch` sets it per process)"},
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "float32 or bfloat16 (bfloat16 makes the on-policy recomputation approximate; see logprob_err)"
+        },
+    )
+    onpolicy_tol: float = field(
+        default=1e-3, metadata={"help": "warn when recomputed log-probs differ from the sampled ones by more than this"}
+    )
+    judge_url: str | None = field(
+        default=None,
+        metadata={"help": "OpenAI-compatible judge endpoint (…/v1) for the coherence curve; unset: no coherence"},
+    )
     judge_model: str | None = field(default=None, metadata={"help": "judge model name at --judge-url"})
     judge_every: int = field(default=1, metadata={"help": "judge the completions of every N-th step"})
-    eval_every: int = field(default=0, metadata={"help": "evaluate each run on --eval-n fixed held-out prompts at "
-                                                          "step 0, every N steps and the last (0: off): heldout.jsonl"})
+    eval_every: int = field(
+        default=0,
+        metadata={
+            "help": "evaluate each run on --eval-n fixed held-out prompts at "
+            "step 0, every N steps and the last (0: off): heldout.jsonl"
+        },
+    )
     eval_n: int = field(default=16, metadata={"help": "held-out prompts of --eval-split (greedy tokens)"})
     eval_split: str = field(default="test", metadata={"help": "split of the held-out prompts (not --split)"})
 
@@ -156,8 +203,10 @@ class RLConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_every < 0 or self.eval_n < 1 or self.eval_split not in SPLITS:
-            raise ValueError(f"need eval_every >= 0, eval_n >= 1 and eval_split in {SPLITS}, got {self.eval_every}, "
-                             f"{self.eval_n}, {self.eval_split!r}")
+            raise ValueError(
+                f"need eval_every >= 0, eval_n >= 1 and eval_split in {SPLITS}, got {self.eval_every}, "
+                f"{self.eval_n}, {self.eval_split!r}"
+            )
         if self.eval_every and self.eval_split == self.split:
             raise ValueError(f"eval_split must differ from split {self.split!r}: the held-out prompts are held out")
         if self.base_prompts < 0 or (self.pool is not None and self.pool < 1):
@@ -214,8 +263,11 @@ def rl_run(ctx: _Context, run: int) -> None:
     L = policy.num_layers
     log = JsonlLog(folder / LOG_FILE, resume_step=start if cfg.resume else None) if acc.is_main_process else None
     # held-out rows of step s are written before checkpoint s: keep those up to the checkpoint (none without)
-    heldout_log = (JsonlLog(folder / HELDOUT_FILE, resume_step=(start or -1) if cfg.resume else None)
-                   if acc.is_main_process and ctx.heldout is not None else None)
+    heldout_log = (
+        JsonlLog(folder / HELDOUT_FILE, resume_step=(start or -1) if cfg.resume else None)
+        if acc.is_main_process and ctx.heldout is not None
+        else None
+    )
     if start == 0:
         log_heldout(ctx, policy, run, 0, heldout_log)
     warned = False
@@ -242,11 +294,16 @@ def rl_run(ctx: _Context, run: int) -> None:
         optimizer.step()
         optimizer.zero_grad()
 
-        err = max((token_lp.detach() - out.token_logprobs)[mask].abs().max().item(),
-                  (exit_lp.detach() - out.exit_logprobs)[mask].abs().max().item())
+        err = max(
+            (token_lp.detach() - out.token_logprobs)[mask].abs().max().item(),
+            (exit_lp.detach() - out.exit_logprobs)[mask].abs().max().item(),
+        )
         if err > cfg.onpolicy_tol and not warned:
-            warnings.warn(f"step {step}: recomputed log-probs differ from the sampled ones by {err:.2e} "
-                          f"(> onpolicy_tol={cfg.onpolicy_tol}); the update is slightly off-policy", stacklevel=2)
+            warnings.warn(
+                f"step {step}: recomputed log-probs differ from the sampled ones by {err:.2e} "
+                f"(> onpolicy_tol={cfg.onpolicy_tol}); the update is slightly off-policy",
+                stacklevel=2,
+            )
             warned = True
         row = step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err, ref_lp)
         row["coherence"] = _coherence(ctx, rows, scored) if step % cfg.judge_every == 0 else None
@@ -293,10 +350,11 @@ def measure_base(ctx: _Context, model) -> dict[str, Any]:
     chunk = cfg.prompts_per_step * cfg.k
     accuracy, lengths, coherence, nll = [], [], [], []
     for s in range(0, len(rows), chunk):
-        part = rows[s:s + chunk]
+        part = rows[s : s + chunk]
         with model.disable_adapter():
-            out = sample_rollouts(model, part, ctx.env, max_new_tokens=cfg.max_new_tokens, offset=-math.inf,
-                                  generator=g)
+            out = sample_rollouts(
+                model, part, ctx.env, max_new_tokens=cfg.max_new_tokens, offset=-math.inf, generator=g
+            )
         scored = ctx.env.score(part, out)
         accuracy += scored.accuracy.tolist()
         lengths += out.lengths.tolist()
@@ -304,18 +362,33 @@ def measure_base(ctx: _Context, model) -> dict[str, Any]:
         c = _coherence(ctx, part, scored)
         if c is not None:
             coherence.append(c)
-    return {"accuracy": sum(accuracy) / len(accuracy), "depth_frac": 1.0, "als": 0.0, "early_exit_rate": 0.0,
-            "length": sum(lengths) / len(lengths), "coherence": sum(coherence) / len(coherence) if coherence else None,
-            "base_nll": sum(nll) / len(nll),
-            "n": len(rows), "prompts": cfg.base_prompts, "offset": "-inf", "adapter": "disabled"}
+    return {
+        "accuracy": sum(accuracy) / len(accuracy),
+        "depth_frac": 1.0,
+        "als": 0.0,
+        "early_exit_rate": 0.0,
+        "length": sum(lengths) / len(lengths),
+        "coherence": sum(coherence) / len(coherence) if coherence else None,
+        "base_nll": sum(nll) / len(nll),
+        "n": len(rows),
+        "prompts": cfg.base_prompts,
+        "offset": "-inf",
+        "adapter": "disabled",
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
 # Entry point
 
 
-def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[], Any] | None = None,
-             on_step: Callable[[int, int, dict], None] | None = None, heldout_env: Env | None = None) -> Path:
+def train_rl(
+    config: RLConfig,
+    *,
+    env: Env | None = None,
+    make_model: Callable[[], Any] | None = None,
+    on_step: Callable[[int, int, dict], None] | None = None,
+    heldout_env: Env | None = None,
+) -> Path:
     """Run ``config.runs`` RL runs into ``config.out``; returns the output folder.
 
     Python API: ``env`` replaces the task (prompt stream and reward: e.g. a reward on token ids with no
@@ -352,11 +425,18 @@ def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[
             base_name = json.loads((saved / META_FILE).read_text())["base_model"] if saved else config.model
             pool = config.pool or config.steps * config.prompts_per_step * accelerator.num_processes
             task = get_task(config.task, lenient=config.lenient_answers)
-            env = TaskEnv(task, load_tokenizer(base_name), seed=config.seed, pool=max(pool, config.base_prompts),
-                          split=config.split, format_penalty=config.format_penalty)
+            env = TaskEnv(
+                task,
+                load_tokenizer(base_name),
+                seed=config.seed,
+                pool=max(pool, config.base_prompts),
+                split=config.split,
+                format_penalty=config.format_penalty,
+            )
             if config.eval_every and heldout_env is None:
-                heldout_env = TaskEnv(task, env.tokenizer, seed=config.seed, pool=config.eval_n,
-                                      split=config.eval_split)
+                heldout_env = TaskEnv(
+                    task, env.tokenizer, seed=config.seed, pool=config.eval_n, split=config.eval_split
+                )
     elif env is None:
         raise ValueError("a custom make_model needs a custom env (no tokenizer to render the task with)")
 
@@ -371,9 +451,13 @@ def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[
     ctx = _Context(config, out, env, accelerator, make_model, console, judge, on_step, heldout_env)
 
     if accelerator.is_main_process:
-        console.print(f"RL: {config.model} on {config.task}, λ={config.lam:g}, β={config.beta:g}, K={config.k}, "
-                      f"{config.runs} run(s) × {config.steps} steps, {accelerator.num_processes} process(es) on "
-                      f"{accelerator.device}", highlight=False, soft_wrap=True)
+        console.print(
+            f"RL: {config.model} on {config.task}, λ={config.lam:g}, β={config.beta:g}, K={config.k}, "
+            f"{config.runs} run(s) × {config.steps} steps, {accelerator.num_processes} process(es) on "
+            f"{accelerator.device}",
+            highlight=False,
+            soft_wrap=True,
+        )
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         if config.base_prompts and not (out / BASE_FILE).exists():
@@ -382,8 +466,9 @@ def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[
                 base = measure_base(ctx, base_model)
                 del base_model
             atomic_write_json(out / BASE_FILE, base)
-            console.print(f"base model: accuracy {base['accuracy']:.3f}, mean length {base['length']:.1f} "
-                          f"({base['n']} samples)")
+            console.print(
+                f"base model: accuracy {base['accuracy']:.3f}, mean length {base['length']:.1f} ({base['n']} samples)"
+            )
         if heldout_env is not None and not (out / HELDOUT_BASE_FILE).exists():
             atomic_write_json(out / HELDOUT_BASE_FILE, evaluate_heldout_base(ctx, make_model().eval()))
     accelerator.wait_for_everyone()
@@ -394,6 +479,8 @@ def train_rl(config: RLConfig, *, env: Env | None = None, make_model: Callable[[
             write_outputs(out, config.runs)
     if accelerator.is_main_process:
         print_table(console, out, config.runs)
-        console.print(f"[bold]Done.[/bold] log {out / LOG_FILE}, figure {out / FIGURE}.png, model "
-                      f"{out / MODEL_DIR if config.runs == 1 else out / 'run-<r>' / MODEL_DIR}")
+        console.print(
+            f"[bold]Done.[/bold] log {out / LOG_FILE}, figure {out / FIGURE}.png, model "
+            f"{out / MODEL_DIR if config.runs == 1 else out / 'run-<r>' / MODEL_DIR}"
+        )
     return out

@@ -43,8 +43,17 @@ def due(step: int, every: int, last: int) -> bool:
 
 
 @torch.no_grad()
-def evaluate_policy(policy, env: Env, prompts: Sequence[Prompt], *, max_new_tokens: int, offset: float, seed: int,
-                    batch_size: int, base: bool = False) -> dict[str, Any]:
+def evaluate_policy(
+    policy,
+    env: Env,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int,
+    offset: float,
+    seed: int,
+    batch_size: int,
+    base: bool = False,
+) -> dict[str, Any]:
     """Greedy completions of ``prompts`` by ``policy`` (exits sampled at ``offset``; ``base``: adapter off
     and no exits) → {"n", "accuracy", "depth_frac", "als", "early_exit_rate", "length", "base_nll",
     "prompt_accuracy", "prompt_depth_frac"} (the last two: one value per prompt, for paired comparisons)."""
@@ -53,8 +62,13 @@ def evaluate_policy(policy, env: Env, prompts: Sequence[Prompt], *, max_new_toke
     accuracy, depth_per_prompt, lengths, nll, tokens, depth, exited = [], [], 0, 0.0, 0, 0.0, 0
     for chunk in chunked(list(prompts), batch_size):
         ids, mask = left_pad([p.ids for p in chunk], env.pad_token_id, policy.device)  # (b, P)
-        kw = dict(max_new_tokens=max_new_tokens, do_sample=False, stop_token_ids=env.stop_token_ids,
-                  pad_token_id=env.pad_token_id, generator=generator)
+        kw = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            stop_token_ids=env.stop_token_ids,
+            pad_token_id=env.pad_token_id,
+            generator=generator,
+        )
         if base:
             with policy.disable_adapter():
                 out = policy.generate(ids, mask, offset=-math.inf, **kw)
@@ -70,9 +84,17 @@ def evaluate_policy(policy, env: Env, prompts: Sequence[Prompt], *, max_new_toke
         nll += sum(total for total, _ in response_nll(policy, from_generation(out)))
         tokens += layers.numel()
     n = len(prompts)
-    return {"n": n, "accuracy": sum(accuracy) / n, "depth_frac": depth / tokens, "als": 1.0 - depth / tokens,
-            "early_exit_rate": exited / tokens, "length": lengths / n, "base_nll": nll / tokens,
-            "prompt_accuracy": accuracy, "prompt_depth_frac": depth_per_prompt}
+    return {
+        "n": n,
+        "accuracy": sum(accuracy) / n,
+        "depth_frac": depth / tokens,
+        "als": 1.0 - depth / tokens,
+        "early_exit_rate": exited / tokens,
+        "length": lengths / n,
+        "base_nll": nll / tokens,
+        "prompt_accuracy": accuracy,
+        "prompt_depth_frac": depth_per_prompt,
+    }
 
 
 def _kwargs(cfg) -> dict[str, Any]:
@@ -86,18 +108,23 @@ def log_heldout(ctx, policy, run: int, step: int, log) -> None:
     if ctx.heldout is None or log is None or not due(step, cfg.eval_every, cfg.steps):
         return
     with ctx.console.status(f"run {run}: held-out evaluation at step {step}…"):
-        row = evaluate_policy(policy, ctx.heldout, ctx.heldout.prompts(0, cfg.eval_n), seed=cfg.seed + run,
-                              **_kwargs(cfg))
+        row = evaluate_policy(
+            policy, ctx.heldout, ctx.heldout.prompts(0, cfg.eval_n), seed=cfg.seed + run, **_kwargs(cfg)
+        )
     log.write({"run": run, "step": step, **row})
-    ctx.console.print(f"  held-out ({row['n']} prompts) @ step {step}: acc {row['accuracy']:.3f}  depth "
-                      f"{row['depth_frac']:.3f}  exit {100 * row['early_exit_rate']:.1f}%  base NLL "
-                      f"{row['base_nll']:.3f}", highlight=False)
+    ctx.console.print(
+        f"  held-out ({row['n']} prompts) @ step {step}: acc {row['accuracy']:.3f}  depth "
+        f"{row['depth_frac']:.3f}  exit {100 * row['early_exit_rate']:.1f}%  base NLL "
+        f"{row['base_nll']:.3f}",
+        highlight=False,
+    )
 
 
 def evaluate_heldout_base(ctx, model) -> dict[str, Any]:
     """The base model (adapter off, no exits, greedy) on the held-out prompts."""
     cfg = ctx.config
     with ctx.console.status("Measuring the base model on the held-out prompts…"):
-        row = evaluate_policy(model, ctx.heldout, ctx.heldout.prompts(0, cfg.eval_n), seed=cfg.seed, base=True,
-                              **_kwargs(cfg))
+        row = evaluate_policy(
+            model, ctx.heldout, ctx.heldout.prompts(0, cfg.eval_n), seed=cfg.seed, base=True, **_kwargs(cfg)
+        )
     return {**row, "offset": "-inf", "adapter": "disabled"}

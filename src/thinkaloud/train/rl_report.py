@@ -59,9 +59,10 @@ def write_outputs(out: Path, runs: int, figure: bool = True) -> None:
     from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FIGURE, HELDOUT_FILE
 
     out = Path(out)
-    for log, base_file, figure_path, title in ((LOG_FILE, BASE_FILE, FIGURE, "RL dynamics"),
-                                               (HELDOUT_FILE, HELDOUT_BASE_FILE, HELDOUT_FIGURE,
-                                                "RL dynamics on held-out prompts")):
+    for log, base_file, figure_path, title in (
+        (LOG_FILE, BASE_FILE, FIGURE, "RL dynamics"),
+        (HELDOUT_FILE, HELDOUT_BASE_FILE, HELDOUT_FIGURE, "RL dynamics on held-out prompts"),
+    ):
         if runs > 1:
             rows = [r for run in range(runs) for r in read_rows(run_dir(out, runs, run) / log)]
             if rows or (out / log).exists():
@@ -76,18 +77,40 @@ def step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm,
     """The log row of a step: completion means and token-weighted exit metrics and base NLL (from the
     reference log-probs ``ref_lp`` (B, N)), summed over processes."""
     layers = out.exit_layers[mask].float()  # (n_tokens,)
-    sums = torch.tensor([
-        rewards.numel(), rewards.sum().item(), scored.accuracy.sum().item(), kl.sum().item(),
-        out.lengths.sum().item(), loss.item() * rewards.numel(),
-        layers.numel(), (layers / L).sum().item(), (layers < L).sum().item(), -ref_lp[mask].sum().item(),
-    ], dtype=torch.float64, device=acc.device)
+    sums = torch.tensor(
+        [
+            rewards.numel(),
+            rewards.sum().item(),
+            scored.accuracy.sum().item(),
+            kl.sum().item(),
+            out.lengths.sum().item(),
+            loss.item() * rewards.numel(),
+            layers.numel(),
+            (layers / L).sum().item(),
+            (layers < L).sum().item(),
+            -ref_lp[mask].sum().item(),
+        ],
+        dtype=torch.float64,
+        device=acc.device,
+    )
     s = acc.reduce(sums, reduction="sum").tolist() if acc.num_processes > 1 else sums.tolist()
     n, tokens = s[0], s[6]
     depth_frac = s[7] / tokens
-    return {"run": run, "step": step, "reward": s[1] / n, "accuracy": s[2] / n, "depth_frac": depth_frac,
-            "als": 1.0 - depth_frac, "early_exit_rate": s[8] / tokens, "kl": s[3] / n, "length": s[4] / n,
-            "base_nll": s[9] / tokens,
-            "loss": s[5] / n, "grad_norm": None if grad_norm is None else float(grad_norm), "logprob_err": err}
+    return {
+        "run": run,
+        "step": step,
+        "reward": s[1] / n,
+        "accuracy": s[2] / n,
+        "depth_frac": depth_frac,
+        "als": 1.0 - depth_frac,
+        "early_exit_rate": s[8] / tokens,
+        "kl": s[3] / n,
+        "length": s[4] / n,
+        "base_nll": s[9] / tokens,
+        "loss": s[5] / n,
+        "grad_norm": None if grad_norm is None else float(grad_norm),
+        "logprob_err": err,
+    }
 
 
 def step_table(rows: Sequence[dict[str, Any]], keys: Sequence[str] = TABLE_KEYS) -> list[dict[str, Any]]:
@@ -125,7 +148,9 @@ def format_row(row: dict[str, Any], runs: int, steps: int) -> str:
     """One logged step as a console line."""
     run = f"run {row['run'] + 1}/{runs} " if runs > 1 else ""
     coh = f" coh {row['coherence']:.1f}" if row.get("coherence") is not None else ""
-    return (f"{run}step {row['step']:>4}/{steps}  reward {row['reward']:+.3f}  acc {row['accuracy']:.2f}  "
-            f"depth {row['depth_frac']:.3f}  ALS {100 * row['als']:5.1f}%  exit {100 * row['early_exit_rate']:5.1f}%  "
-            f"KL {row['kl']:+.4f}  len {row['length']:5.1f}  NLL {row['base_nll']:.2f}{coh}  "
-            f"[dim]{row['seconds']:.1f}s[/dim]")
+    return (
+        f"{run}step {row['step']:>4}/{steps}  reward {row['reward']:+.3f}  acc {row['accuracy']:.2f}  "
+        f"depth {row['depth_frac']:.3f}  ALS {100 * row['als']:5.1f}%  exit {100 * row['early_exit_rate']:5.1f}%  "
+        f"KL {row['kl']:+.4f}  len {row['length']:5.1f}  NLL {row['base_nll']:.2f}{coh}  "
+        f"[dim]{row['seconds']:.1f}s[/dim]"
+    )

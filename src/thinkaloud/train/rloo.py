@@ -37,8 +37,9 @@ def kl_estimate(token_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: 
     return masked_mean(token_logprobs - ref_logprobs, mask)
 
 
-def completion_rewards(task_reward: torch.Tensor, depth_frac: torch.Tensor, kl: torch.Tensor,
-                       lam: float, beta: float) -> torch.Tensor:
+def completion_rewards(
+    task_reward: torch.Tensor, depth_frac: torch.Tensor, kl: torch.Tensor, lam: float, beta: float
+) -> torch.Tensor:
     """R = task_reward − λ · depth_frac − β · KL̂; every argument (B,) → (B,)."""
     return task_reward - lam * depth_frac - beta * kl
 
@@ -59,8 +60,9 @@ def rloo_advantages(rewards: torch.Tensor, normalize: bool = False, eps: float =
     return advantages
 
 
-def policy_loss(token_logprobs: torch.Tensor, exit_logprobs: torch.Tensor, mask: torch.Tensor,
-                advantages: torch.Tensor) -> torch.Tensor:
+def policy_loss(
+    token_logprobs: torch.Tensor, exit_logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
+) -> torch.Tensor:
     """REINFORCE with the leave-one-out baseline: −mean_i A_i · Σ_t [log p(y_t|ℓ_t) + log P(ℓ_t)] / T_i.
 
     token_logprobs, exit_logprobs, mask: (B, N); advantages: (B,) (no gradient flows into them).

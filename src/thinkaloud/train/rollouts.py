@@ -20,12 +20,27 @@ from thinkaloud.data.prompts import left_pad
 from thinkaloud.model.generate import GenerationOutput
 
 
-def sample_rollouts(policy, prompts: Sequence[Prompt], env: Env, *, max_new_tokens: int, offset: float,
-                    generator: torch.Generator | None = None) -> GenerationOutput:
+def sample_rollouts(
+    policy,
+    prompts: Sequence[Prompt],
+    env: Env,
+    *,
+    max_new_tokens: int,
+    offset: float,
+    generator: torch.Generator | None = None,
+) -> GenerationOutput:
     """One completion per row of ``prompts`` from the early-exit policy (temperature 1, exits sampled)."""
     ids, mask = left_pad([p.ids for p in prompts], env.pad_token_id, policy.device)
-    return policy.generate(ids, mask, max_new_tokens=max_new_tokens, do_sample=True, offset=offset,
-                           stop_token_ids=env.stop_token_ids, pad_token_id=env.pad_token_id, generator=generator)
+    return policy.generate(
+        ids,
+        mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        offset=offset,
+        stop_token_ids=env.stop_token_ids,
+        pad_token_id=env.pad_token_id,
+        generator=generator,
+    )
 
 
 def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -39,8 +54,13 @@ def policy_logprobs(model, out: GenerationOutput, offset: float) -> tuple[torch.
     ``model`` may be the DDP-wrapped one. Call it in eval mode (dropout off) for the values to equal
     those recorded at sampling. Exits are confined to the predicting positions, as in generation.
     """
-    full = model(out.sequences, out.attention_mask, exit_layers=out.full_exit_layers(), offset=offset,
-                 exits_from=out.prompt_length - 1)
+    full = model(
+        out.sequences,
+        out.attention_mask,
+        exit_layers=out.full_exit_layers(),
+        offset=offset,
+        exits_from=out.prompt_length - 1,
+    )
     pos = out.predicting_positions()
     return _token_logprobs(full.logits[:, pos], out.new_tokens), full.exit_logprobs[:, pos]
 

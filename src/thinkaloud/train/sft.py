@@ -59,24 +59,35 @@ class SFTConfig:
     calib: str = field(metadata={"help": "calibration folder written by `thinkaloud calibrate`"})
     out: str = field(metadata={"help": "run folder: model/, log.jsonl, checkpoints/, config.yaml"})
     model: str | None = field(default=None, metadata={"help": "base model (default: the calibration's)"})
-    kl_factor: float = field(default=1.0, metadata={"help": "KL factor F > 0 of the targets q* = 2σ(−F·D); higher F "
-                                                             "= later exits (paper: 0.25–4, standard 1)"})
+    kl_factor: float = field(
+        default=1.0,
+        metadata={
+            "help": "KL factor F > 0 of the targets q* = 2σ(−F·D); higher F = later exits (paper: 0.25–4, standard 1)"
+        },
+    )
     exit_loss: str = field(default="sample", metadata={"help": "sample | expected (exact expectation over exits)"})
-    exit_samples: int = field(default=4, metadata={"help": "exit layers drawn per token (exit_loss=sample; the "
-                                                          "prototype drew 4)"})
+    exit_samples: int = field(
+        default=4, metadata={"help": "exit layers drawn per token (exit_loss=sample; the prototype drew 4)"}
+    )
     exit_weight: float = field(default=1.0, metadata={"help": "weight of the exit cross-entropy term"})
-    distill_kl: str = field(default="forward", metadata={"help": "forward KL(teacher‖student) | reverse (the "
-                                                                  "prototype: reverse)"})
+    distill_kl: str = field(
+        default="forward", metadata={"help": "forward KL(teacher‖student) | reverse (the prototype: reverse)"}
+    )
     steps: int = field(default=200, metadata={"help": "optimiser steps"})
     batch_size: int = field(default=4, metadata={"help": "rollouts per optimiser step (all processes together)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
-    head_lr: float = field(default=1e-3, metadata={"help": "learning rate of the exit heads (paper: 1e-5; higher "
-                                                          "here so that short runs move the heads)"})
+    head_lr: float = field(
+        default=1e-3,
+        metadata={
+            "help": "learning rate of the exit heads (paper: 1e-5; higher here so that short runs move the heads)"
+        },
+    )
     lora_lr: float = field(default=1e-4, metadata={"help": "learning rate of the LoRA adapter (paper: 1e-4)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
-    init_heads_from_targets: bool = field(default=True, metadata={"help": "start head biases at the mean target "
-                                                                           "hazards (not in the paper)"})
+    init_heads_from_targets: bool = field(
+        default=True, metadata={"help": "start head biases at the mean target hazards (not in the paper)"}
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (paper: 8, on q/k/v/o)"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (paper: 16)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (paper: 0.05)"})
@@ -96,8 +107,10 @@ class SFTConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.kl_factor > 0:
-            raise ValueError(f"kl_factor must be > 0 (F = 0 would send every token to the first exit layer, "
-                             f"F < 0 is not a temperature), got {self.kl_factor}")
+            raise ValueError(
+                f"kl_factor must be > 0 (F = 0 would send every token to the first exit layer, "
+                f"F < 0 is not a temperature), got {self.kl_factor}"
+            )
 
 
 @dataclass
@@ -115,9 +128,9 @@ def collate(rows: list[CalibrationRow], pad_id: int, device) -> Batch:
     select = torch.zeros(len(rows), T, dtype=torch.bool)
     for i, r in enumerate(rows):
         n = r.input_ids.numel()
-        ids[i, T - n:] = r.input_ids
-        mask[i, T - n:] = 1
-        select[i, T - n + r.prompt_length - 1:T - 1] = True  # predicting positions of completion tokens
+        ids[i, T - n :] = r.input_ids
+        mask[i, T - n :] = 1
+        select[i, T - n + r.prompt_length - 1 : T - 1] = True  # predicting positions of completion tokens
     kl = torch.cat([r.kl for r in rows])
     assert int(select.sum()) == kl.shape[0]
     return Batch(ids.to(device), mask.to(device), select.to(device), kl.to(device))
@@ -128,11 +141,12 @@ def batch_rows(rows: list, step: int, batch_size: int, seed: int) -> list:
     per_epoch = max(1, len(rows) // batch_size)
     epoch, k = divmod(step, per_epoch)
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return [rows[i] for i in order[k * batch_size:(k + 1) * batch_size].tolist()]
+    return [rows[i] for i in order[k * batch_size : (k + 1) * batch_size].tolist()]
 
 
-def sft_loss(model, teacher_logp: torch.Tensor, batch: Batch, config: SFTConfig,
-             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+def sft_loss(
+    model, teacher_logp: torch.Tensor, batch: Batch, config: SFTConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The Stage-1 loss of one micro-batch; ``model`` is what the optimiser trains (maybe DDP-wrapped)."""
     core = getattr(model, "module", model)
     L, layers = core.num_layers, core.layers
@@ -150,9 +164,13 @@ def sft_loss(model, teacher_logp: torch.Tensor, batch: Batch, config: SFTConfig,
         distill, ce = distill / config.exit_samples, ce / config.exit_samples
     else:
         out = model(batch.input_ids, batch.attention_mask, all_exits=True)
-        per_outcome = torch.stack([losses.distill_kl(teacher_logp, arch.readout(core.peft, h[batch.select]),
-                                                     config.distill_kl)
-                                   for h in out.states], dim=-1)  # (N, m+1)
+        per_outcome = torch.stack(
+            [
+                losses.distill_kl(teacher_logp, arch.readout(core.peft, h[batch.select]), config.distill_kl)
+                for h in out.states
+            ],
+            dim=-1,
+        )  # (N, m+1)
         d, c = losses.expected_exit_loss(log_t, out.exit_logprobs[batch.select], per_outcome)
         distill, ce = d.mean(), c.mean()
     loss = distill + config.exit_weight * ce
@@ -168,8 +186,9 @@ def teacher_logprobs(core, batch: Batch) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def train_sft(config: SFTConfig, console: Console | None = None,
-              on_step: Callable[[int, EarlyExitModel], None] | None = None) -> Path:
+def train_sft(
+    config: SFTConfig, console: Console | None = None, on_step: Callable[[int, EarlyExitModel], None] | None = None
+) -> Path:
     """Train LoRA + heads on a calibration; returns the run folder (``out/model`` holds the result)."""
     from accelerate import Accelerator
 
@@ -178,10 +197,18 @@ def train_sft(config: SFTConfig, console: Console | None = None,
     manifest, rows = load_calibration(config.calib)
     model_name = config.model or manifest["config"]["model"]
     cpu = (config.device or default_device()) == "cpu"
-    accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if config.bf16 and not cpu else "no",
-                              log_with=config.log_with, project_dir=str(out))
-    exit_config = ExitConfig(exit_layers=manifest["exit_layers"], lora_r=config.lora_r,
-                             lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout)
+    accelerator = Accelerator(
+        cpu=cpu,
+        mixed_precision="bf16" if config.bf16 and not cpu else "no",
+        log_with=config.log_with,
+        project_dir=str(out),
+    )
+    exit_config = ExitConfig(
+        exit_layers=manifest["exit_layers"],
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+    )
     set_seed(config.seed)  # before the adapter is created: LoRA A is initialised randomly
     loaded = load_model(model_name, exit_config=exit_config, device=str(accelerator.device))
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -205,7 +232,11 @@ def train_sft(config: SFTConfig, console: Console | None = None,
     elif accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-    log = JsonlLog(out / "log.jsonl", resume_step=start if ckpt is not None else None) if accelerator.is_main_process else None
+    log = (
+        JsonlLog(out / "log.jsonl", resume_step=start if ckpt is not None else None)
+        if accelerator.is_main_process
+        else None
+    )
     if config.log_with:
         accelerator.init_trackers("thinkaloud-sft", config=dataclasses.asdict(config))
 
@@ -214,14 +245,21 @@ def train_sft(config: SFTConfig, console: Console | None = None,
     rank, world = accelerator.process_index, accelerator.num_processes
     micro = config.batch_size // config.grad_accum
     if micro < world or config.batch_size % (config.grad_accum * world):
-        raise ValueError(f"batch_size {config.batch_size} must split into grad_accum {config.grad_accum} × "
-                         f"{world} process(es)")
+        raise ValueError(
+            f"batch_size {config.batch_size} must split into grad_accum {config.grad_accum} × {world} process(es)"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     model.train()
     t0 = time.perf_counter()
-    progress = Progress(TextColumn("[bold]sft[/] F={task.fields[f]}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                        disable=not accelerator.is_main_process)
+    progress = Progress(
+        TextColumn("[bold]sft[/] F={task.fields[f]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not accelerator.is_main_process,
+    )
     with progress:
         bar = progress.add_task("sft", total=config.steps, completed=start, f=config.kl_factor, info="")
         for step in range(start, config.steps):
@@ -229,7 +267,7 @@ def train_sft(config: SFTConfig, console: Console | None = None,
             step_rows = batch_rows(rows, step, config.batch_size, config.seed)
             stats: dict[str, float] = {}
             for a in range(config.grad_accum):
-                chunk = step_rows[a * micro:(a + 1) * micro][rank::world]
+                chunk = step_rows[a * micro : (a + 1) * micro][rank::world]
                 batch = collate(chunk, pad_id, accelerator.device)
                 teacher = teacher_logprobs(core, batch)
                 with accelerator.autocast():
@@ -242,15 +280,21 @@ def train_sft(config: SFTConfig, console: Console | None = None,
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
-            row = {"step": done, **{k: round(v, 5) for k, v in stats.items()},
-                   "head_bias_mean": round(float(core.heads.bias.detach().mean()), 4),
-                   "elapsed_s": round(time.perf_counter() - t0, 2)}
+            row = {
+                "step": done,
+                **{k: round(v, 5) for k, v in stats.items()},
+                "head_bias_mean": round(float(core.heads.bias.detach().mean()), 4),
+                "elapsed_s": round(time.perf_counter() - t0, 2),
+            }
             if log is not None:
                 log.write(row)
             if config.log_with:
                 accelerator.log(stats, step=done)
-            progress.update(bar, advance=1, info=f"loss {stats['loss']:.3f} distill {stats['distill']:.3f} "
-                                                 f"exit {stats['exit_ce']:.3f}")
+            progress.update(
+                bar,
+                advance=1,
+                info=f"loss {stats['loss']:.3f} distill {stats['distill']:.3f} exit {stats['exit_ce']:.3f}",
+            )
             if done % config.save_every == 0 or done == config.steps:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:

@@ -36,22 +36,31 @@ from thinkaloud.train.sft import SFTConfig, train_sft
 class SweepConfig:
     calib: str = field(metadata={"help": "calibration folder (from `thinkaloud calibrate`)"})
     out: str = field(metadata={"help": "sweep folder: kl-<F>/ runs, base-eval/, sweep.json"})
-    kl_factors: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0],
-                                    metadata={"help": "comma-separated KL factors"})
+    kl_factors: list[float] = field(
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0], metadata={"help": "comma-separated KL factors"}
+    )
     model: str | None = field(default=None, metadata={"help": "base model (default: the calibration's)"})
     eval_task: str | None = field(default=None, metadata={"help": "task of the eval (default: the calibration's)"})
     n: int = field(default=50, metadata={"help": "eval prompts per model (paper: 50 GSM8K prompts)"})
     eval_max_new_tokens: int = field(default=128, metadata={"help": "eval generation budget (paper: up to 400)"})
     eval_split: str = field(default="test", metadata={"help": "eval split (held out from the calibration's)"})
-    judge: str | None = field(default=None, metadata={"help": "coherence judge: openai:<base_url>#<model> | hf:<model> "
-                                                              "(paper: GPT-5)"})
-    rubric: str = field(default="ours", metadata={
-        "help": f"judge rubric, one of {', '.join(RUBRICS)}: 'ours' grades the writing only; 'paper' is the "
-                "write-up's (also asks for a correct, explicit chain of thought and penalises factual mistakes)"})
-    speed_baseline: bool = field(default=True, metadata={"help": "time the base model on the same prompts in each "
-                                                                 "factor's eval (measured decode speedup)"})
-    lenient_answers: bool = field(default=False, metadata={"help": "lenient answer extraction in the evals "
-                                                                   "(default: strict)"})
+    judge: str | None = field(
+        default=None, metadata={"help": "coherence judge: openai:<base_url>#<model> | hf:<model> (paper: GPT-5)"}
+    )
+    rubric: str = field(
+        default="ours",
+        metadata={
+            "help": f"judge rubric, one of {', '.join(RUBRICS)}: 'ours' grades the writing only; 'paper' is the "
+            "write-up's (also asks for a correct, explicit chain of thought and penalises factual mistakes)"
+        },
+    )
+    speed_baseline: bool = field(
+        default=True,
+        metadata={"help": "time the base model on the same prompts in each factor's eval (measured decode speedup)"},
+    )
+    lenient_answers: bool = field(
+        default=False, metadata={"help": "lenient answer extraction in the evals (default: strict)"}
+    )
     steps: int = field(default=200, metadata={"help": "SFT steps per KL factor"})
     batch_size: int = field(default=4, metadata={"help": "SFT rollouts per step"})
     exit_loss: str = field(default="sample", metadata={"help": "sample | expected"})
@@ -84,45 +93,104 @@ def sweep(config: SweepConfig, console: Console | None = None) -> list[dict]:
     for label, factor, run in evals:
         if factor is not None and not (run / "model").exists():
             console.rule(f"SFT at KL factor {factor:g}")
-            train_sft(SFTConfig(calib=config.calib, out=str(run), model=config.model, kl_factor=factor,
-                                steps=config.steps, batch_size=config.batch_size, exit_loss=config.exit_loss,
-                                head_lr=config.head_lr, lora_lr=config.lora_lr, seed=config.seed,
-                                device=config.device, resume=(run / "checkpoints").exists()), console=console)
+            train_sft(
+                SFTConfig(
+                    calib=config.calib,
+                    out=str(run),
+                    model=config.model,
+                    kl_factor=factor,
+                    steps=config.steps,
+                    batch_size=config.batch_size,
+                    exit_loss=config.exit_loss,
+                    head_lr=config.head_lr,
+                    lora_lr=config.lora_lr,
+                    seed=config.seed,
+                    device=config.device,
+                    resume=(run / "checkpoints").exists(),
+                ),
+                console=console,
+            )
         eval_dir = run / "eval"
         if not (eval_dir / "summary.json").exists():
             console.rule(f"eval: {label}")
-            evaluate(EvalConfig(model=str(run) if factor is not None else model, out=str(eval_dir), task=task,
-                                n=config.n, seed=config.seed, split=config.eval_split,
-                                max_new_tokens=config.eval_max_new_tokens, kl_factor=factor,
-                                target=factor is not None, judge=config.judge, rubric=config.rubric,
-                                speed_baseline=config.speed_baseline, lenient_answers=config.lenient_answers,
-                                label=label, device=config.device, show=0))
+            evaluate(
+                EvalConfig(
+                    model=str(run) if factor is not None else model,
+                    out=str(eval_dir),
+                    task=task,
+                    n=config.n,
+                    seed=config.seed,
+                    split=config.eval_split,
+                    max_new_tokens=config.eval_max_new_tokens,
+                    kl_factor=factor,
+                    target=factor is not None,
+                    judge=config.judge,
+                    rubric=config.rubric,
+                    speed_baseline=config.speed_baseline,
+                    lenient_answers=config.lenient_answers,
+                    label=label,
+                    device=config.device,
+                    show=0,
+                )
+            )
         summary = json.loads((eval_dir / "summary.json").read_text())
         coherence = (summary.get("coherence") or {}).get("mean")
         fluency = summary.get("fluency") or {}
-        rows.append({"label": label, "kl_factor": factor, "coherence": coherence,
-                     "base_nll": fluency.get("base_nll"), "rep4": fluency.get("rep4"),
-                     "distinct2": fluency.get("distinct2"),
-                     "early_exit_rate": summary["early_exit_rate"], "als": summary["als"],
-                     "accuracy": summary["accuracy"], "tv_distance": summary.get("tv_distance"),
-                     "speedup_vs_base": summary.get("speedup_vs_base"), "eval_dir": str(eval_dir)})
-    atomic_write_json(out / "sweep.json", {"model": model, "task": task, "calib": config.calib,
-                                           "rubric": config.rubric if config.judge else None, "rows": rows})
+        rows.append(
+            {
+                "label": label,
+                "kl_factor": factor,
+                "coherence": coherence,
+                "base_nll": fluency.get("base_nll"),
+                "rep4": fluency.get("rep4"),
+                "distinct2": fluency.get("distinct2"),
+                "early_exit_rate": summary["early_exit_rate"],
+                "als": summary["als"],
+                "accuracy": summary["accuracy"],
+                "tv_distance": summary.get("tv_distance"),
+                "speedup_vs_base": summary.get("speedup_vs_base"),
+                "eval_dir": str(eval_dir),
+            }
+        )
+    atomic_write_json(
+        out / "sweep.json",
+        {
+            "model": model,
+            "task": task,
+            "calib": config.calib,
+            "rubric": config.rubric if config.judge else None,
+            "rows": rows,
+        },
+    )
     console.print(sweep_table(rows))
     return rows
 
 
 def sweep_table(rows: list[dict]) -> Table:
     table = Table(title="KL-factor sweep (paper-style)")
-    for col in ("KL factor", "coherence", "base NLL (proxy)", "rep-4 (proxy)", "early-exit rate", "ALS", "accuracy",
-                "TV to target", "decode speedup"):
+    for col in (
+        "KL factor",
+        "coherence",
+        "base NLL (proxy)",
+        "rep-4 (proxy)",
+        "early-exit rate",
+        "ALS",
+        "accuracy",
+        "TV to target",
+        "decode speedup",
+    ):
         table.add_column(col, justify="right")
     for r in rows:
         speedup, nll, rep4 = r.get("speedup_vs_base"), r.get("base_nll"), r.get("rep4")
-        table.add_row(r["label"] if r["kl_factor"] is None else f"{r['kl_factor']:g}",
-                      "—" if r["coherence"] is None else f"{r['coherence']:.1f}",
-                      "—" if nll is None else f"{nll:.3f}", "—" if rep4 is None else f"{rep4:.1%}",
-                      f"{r['early_exit_rate']:.1%}", f"{r['als']:.1%}", f"{r['accuracy']:.3f}",
-                      "—" if r["tv_distance"] is None else f"{r['tv_distance']:.3f}",
-                      "—" if speedup is None else f"{speedup:.2f}×")
+        table.add_row(
+            r["label"] if r["kl_factor"] is None else f"{r['kl_factor']:g}",
+            "—" if r["coherence"] is None else f"{r['coherence']:.1f}",
+            "—" if nll is None else f"{nll:.3f}",
+            "—" if rep4 is None else f"{rep4:.1%}",
+            f"{r['early_exit_rate']:.1%}",
+            f"{r['als']:.1%}",
+            f"{r['accuracy']:.3f}",
+            "—" if r["tv_distance"] is None else f"{r['tv_distance']:.3f}",
+            "—" if speedup is None else f"{speedup:.2f}×",
+        )
     return table

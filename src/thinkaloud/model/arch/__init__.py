@@ -37,8 +37,11 @@ from thinkaloud.model.arch.family import Family, HFModule
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-FAMILIES: dict[str, Family] = {f.model_type: f for module in (llama, phi3, gemma2, gemma3, olmo, qwen3_moe, smollm3,
-                                                               gpt_oss) for f in module.FAMILIES}
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for module in (llama, phi3, gemma2, gemma3, olmo, qwen3_moe, smollm3, gpt_oss)
+    for f in module.FAMILIES
+}
 SUPPORTED_FAMILIES = tuple(FAMILIES)
 MULTIMODAL = {"gemma3": "gemma3_text"}
 """Multimodal checkpoints used through their text model: model_type → the text model's model_type."""
@@ -62,8 +65,10 @@ def check_supported(config) -> str:
             "how to add a family)"
         )
     if getattr(config if text_config is None else text_config, "use_bidirectional_attention", False):
-        raise UnsupportedModelError(f"this {model_type} model uses bidirectional attention (an encoder, not a "
-                                    "causal LM); thinkaloud needs a causal decoder")
+        raise UnsupportedModelError(
+            f"this {model_type} model uses bidirectional attention (an encoder, not a "
+            "causal LM); thinkaloud needs a causal decoder"
+        )
     return model_type
 
 
@@ -148,8 +153,9 @@ def readout(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def position_embeddings(model: nn.Module, hidden: torch.Tensor,
-                        position_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def position_embeddings(
+    model: nn.Module, hidden: torch.Tensor, position_ids: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per decoder layer, the rotary (cos, sin) for ``position_ids`` (b, t): each (b, t, D_rot).
 
     One rotary call per distinct layer type (Gemma 3 and OLMo 3 have a base per type), shared by the

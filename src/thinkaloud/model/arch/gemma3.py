@@ -25,8 +25,13 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 FAMILIES = [
-    Family("gemma3_text", kv=kv_with_head_key_norm, sliding_windows=windows_by_layer_type, rope_by_layer_type=True,
-           final_logit_softcapping=True),
+    Family(
+        "gemma3_text",
+        kv=kv_with_head_key_norm,
+        sliding_windows=windows_by_layer_type,
+        rope_by_layer_type=True,
+        final_logit_softcapping=True,
+    ),
 ]
 
 

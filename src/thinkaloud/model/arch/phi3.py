@@ -15,11 +15,20 @@ def kv_from_fused(layer, hidden):
     qkv = attn.qkv_proj(layer.input_layernorm(hidden))  # (b, t, (H + 2 H_kv) D)
     q = attn.config.num_attention_heads * attn.head_dim
     kv = attn.num_key_value_heads * attn.head_dim
-    return heads(qkv[..., q:q + kv], attn), heads(qkv[..., q + kv:], attn)
+    return heads(qkv[..., q : q + kv], attn), heads(qkv[..., q + kv :], attn)
 
 
 FAMILIES = [
-    Family("phi3", kv=kv_from_fused, sliding_windows=window_on_every_layer,
-           lora_names={"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
-                       "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}),
+    Family(
+        "phi3",
+        kv=kv_from_fused,
+        sliding_windows=window_on_every_layer,
+        lora_names={
+            "q_proj": "qkv_proj",
+            "k_proj": "qkv_proj",
+            "v_proj": "qkv_proj",
+            "gate_proj": "gate_up_proj",
+            "up_proj": "gate_up_proj",
+        },
+    ),
 ]
