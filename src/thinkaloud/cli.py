@@ -80,7 +80,12 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
         "card",
         "Write a saved model's card (README.md), with eval metrics",
     ),
-    "demo": ("thinkaloud.demo", "DemoConfig", "demo", "The whole pipeline on the embedded model, on a CPU"),
+    "demo": (
+        "thinkaloud.demo",
+        "DemoConfig",
+        "demo",
+        "The paper's four findings tested on the embedded model, on a CPU",
+    ),
 }
 
 POSITIONAL = "positional"  # metadata key: the list field is also filled by positional arguments
