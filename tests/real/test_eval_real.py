@@ -40,4 +40,6 @@ def test_eval_base_and_exits_then_report(tmp_path):
         ReportConfig(dirs=[str(tmp_path / "base"), str(tmp_path / "exits")], out=str(tmp_path / "report"))
     )
     assert md.is_file() and page.is_file()
-    assert len(list((tmp_path / "report" / "figures").glob("*.png"))) == 2
+    figures = sorted(f.name for f in (tmp_path / "report" / "figures").glob("*.png"))
+    assert len([f for f in figures if f.startswith("exit_hist_")]) == 2  # one per eval directory
+    assert "fluency_proxies.png" in figures  # fluency is measured by default
