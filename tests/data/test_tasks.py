@@ -29,7 +29,10 @@ from thinkaloud.data.tasks import (
 )
 from thinkaloud.data.tom import TomConfig
 
-GSM8K_FILE = os.environ.get(tasks.GSM8K_ENV, "")  # the real GSM8K train.jsonl, when the environment names one
+# The real GSM8K train.jsonl: named by the environment, else the workspace copy beside the checkout (CI has it).
+GSM8K_FILE = os.environ.get(tasks.GSM8K_ENV) or str(
+    Path(__file__).resolve().parents[3] / "shared/data/gsm8k/train.jsonl"
+)
 TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
