@@ -51,11 +51,15 @@ from thinkaloud.hub import DEFAULT_MODEL
 from thinkaloud.io import atomic_write_json
 from thinkaloud.train.rl import RLConfig, train_rl
 from thinkaloud.train.sft import SFTConfig, train_sft
+from thinkaloud.train.sweep import sweep_table
 
 DEMO_TASK = "tom"
 KL_FACTORS = (0.25, 1.0, 4.0)
 RL_LAMBDA, RL_BETA = 1.5, 0.02
 RL_SEEDS = 3
+
+
+STAGE1_TITLE = "Stage 1: SFT at three KL factors, and the base model (test split)"
 
 
 @dataclass
@@ -288,7 +292,7 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
         ),
     )
 
-    console.print(stage1_table(json.loads((stage1 / "sweep.json").read_text())["rows"]))
+    console.print(sweep_table(json.loads((stage1 / "sweep.json").read_text())["rows"], title=STAGE1_TITLE))
     console.rule("[bold]Findings")
     console.print(df.findings_block(findings), highlight=False)
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
@@ -379,34 +383,6 @@ def write_stage1(folder: Path, records: dict, targets: dict[float, dict[int, flo
         {"task": json.loads((folder.parent / "eval" / "base" / "summary.json").read_text())["task"], "rows": rows},
     )
     return folder
-
-
-def stage1_table(rows: list[dict]) -> Table:
-    table = Table(title="Stage 1: SFT at three KL factors, and the base model (test split)")
-    for col in (
-        "KL factor",
-        "coherence",
-        "base NLL (proxy)",
-        "rep-4 (proxy)",
-        "early-exit rate",
-        "ALS",
-        "accuracy",
-        "TV to target",
-    ):
-        table.add_column(col, justify="right")
-    fmt = lambda v, f: "—" if v is None else format(v, f)
-    for r in rows:
-        table.add_row(
-            r["label"] if r["kl_factor"] is None else f"{r['kl_factor']:g}",
-            fmt(r["coherence"], ".1f"),
-            fmt(r["base_nll"], ".3f"),
-            fmt(r["rep4"], ".1%"),
-            f"{r['early_exit_rate']:.1%}",
-            f"{r['als']:.1%}",
-            f"{r['accuracy']:.1%}",
-            fmt(r["tv_distance"], ".3f"),
-        )
-    return table
 
 
 def write_demo_findings(

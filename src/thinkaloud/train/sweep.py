@@ -166,31 +166,27 @@ def sweep(config: SweepConfig, console: Console | None = None) -> list[dict]:
     return rows
 
 
-def sweep_table(rows: list[dict]) -> Table:
-    table = Table(title="KL-factor sweep (paper-style)")
-    for col in (
-        "KL factor",
-        "coherence",
-        "base NLL (proxy)",
-        "rep-4 (proxy)",
-        "early-exit rate",
-        "ALS",
-        "accuracy",
-        "TV to target",
-        "decode speedup",
-    ):
+def sweep_table(rows: list[dict], title: str = "KL-factor sweep (paper-style)") -> Table:
+    """The paper-style table of a sweep's rows; the decode-speedup column only when a row has a speedup."""
+    speed = any(r.get("speedup_vs_base") is not None for r in rows)
+    table = Table(title=title)
+    columns = ["KL factor", "coherence", "base NLL (proxy)", "rep-4 (proxy)", "early-exit rate", "ALS", "accuracy"]
+    for col in [*columns, "TV to target", *(["decode speedup"] if speed else [])]:
         table.add_column(col, justify="right")
+    fmt = lambda v, f: "—" if v is None else format(v, f)
     for r in rows:
-        speedup, nll, rep4 = r.get("speedup_vs_base"), r.get("base_nll"), r.get("rep4")
-        table.add_row(
+        cells = [
             r["label"] if r["kl_factor"] is None else f"{r['kl_factor']:g}",
-            "—" if r["coherence"] is None else f"{r['coherence']:.1f}",
-            "—" if nll is None else f"{nll:.3f}",
-            "—" if rep4 is None else f"{rep4:.1%}",
+            fmt(r["coherence"], ".1f"),
+            fmt(r.get("base_nll"), ".3f"),
+            fmt(r.get("rep4"), ".1%"),
             f"{r['early_exit_rate']:.1%}",
             f"{r['als']:.1%}",
             f"{r['accuracy']:.3f}",
-            "—" if r["tv_distance"] is None else f"{r['tv_distance']:.3f}",
-            "—" if speedup is None else f"{speedup:.2f}×",
-        )
+            fmt(r["tv_distance"], ".3f"),
+        ]
+        if speed:
+            speedup = r.get("speedup_vs_base")
+            cells.append("—" if speedup is None else f"{speedup:.2f}×")
+        table.add_row(*cells)
     return table
