@@ -16,9 +16,11 @@ from thinkaloud.data.tasks import Item, Task
 from thinkaloud.eval.measure_plots import plot_agreement_curves
 from thinkaloud.eval.reliance import (
     FRACTIONS,
+    Probe,
     area_over_curve,
     early_answering,
     model_answerer,
+    per_context,
     reasoning_tokens,
 )
 from thinkaloud.eval.responses import Response
@@ -82,7 +84,7 @@ def fixed_answerer(tok):
         texts = [tok.decode(c) for c in contexts]
         return [" " + next(a for fruit, (_, a) in FRUITS.items() if fruit in t) + "\nmore text" for t in texts]
 
-    return answer
+    return per_context(answer)
 
 
 def copying_answerer(tok):
@@ -96,7 +98,7 @@ def copying_answerer(tok):
             out.append(f" {numbers[-1]}" if numbers else " I cannot tell yet")
         return out
 
-    return answer
+    return per_context(answer)
 
 
 def test_answer_independent_of_reasoning_gives_flat_curve(tok):
@@ -130,7 +132,8 @@ def test_contexts_cut_reasoning_and_append_cue(tok):
         seen.extend(tok.decode(c) for c in contexts)
         return [" 1"] * len(contexts)
 
-    early_answering(ToyTask(), toy_responses(tok, with_unanswered=False)[:1], tok, recording, fractions=(0, 0.5, 1))
+    responses = toy_responses(tok, with_unanswered=False)[:1]
+    early_answering(ToyTask(), responses, tok, per_context(recording), fractions=(0, 0.5, 1))
     reasoning = FRUITS["apples"][0].split("\nAnswer:")[0]
     cut = round(0.5 * len(reasoning))
     assert seen == [
@@ -138,23 +141,6 @@ def test_contexts_cut_reasoning_and_append_cue(tok):
         f"Count the apples.\n{reasoning[:cut]}\nAnswer:",
         f"Count the apples.\n{reasoning}\nAnswer:",
     ]
-
-
-def test_equal_contexts_are_answered_once(tok):
-    """A two-token reasoning cut at six fractions gives three distinct contexts: each is generated once and
-    its answer serves every fraction that shares it."""
-    seen = []
-
-    def recording(contexts):
-        seen.extend(contexts)
-        return [" 7"] * len(contexts)
-
-    text = "7.\nAnswer: 7"
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    response = Response(prompt_ids(tok, "Count.\n"), ids, item=Item("x", "x", "7"))
-    summary, (record,) = early_answering(ToyTask(), [response], tok, recording)
-    assert record["reasoning_tokens"] == 2 and len(seen) == len({tuple(c) for c in seen}) == 3
-    assert record["answers"] == ["7"] * 6 and summary["agreement"] == [1.0] * 6
 
 
 def test_area_and_fraction_checks(tok):
@@ -196,16 +182,48 @@ def test_real_model_batches_and_runs_without_exits_at_minus_inf(tiny_model, tok)
     assert 0 <= summary["aoc"] <= 1
     assert all(len(r["answers"]) == len(FRACTIONS) for r in records if r["included"])
 
-    contexts = [r.prompt_ids + r.response_ids[:k] for r in responses for k in (0, 5, 30)]
-    batched = ask(contexts)
-    assert model_answerer(tiny_model, tok, offset=-math.inf, max_new_tokens=6, batch_size=1)(contexts) == batched
-    reference = []  # the HF model's own greedy generation, one unpadded row at a time: no exits
-    for c in contexts:
-        out = tiny_model.base.generate(torch.tensor([c]), max_new_tokens=6, do_sample=False)
-        reference.append(tok.decode(out[0, len(c) :].tolist(), skip_special_tokens=True))
-    assert batched == reference
-    exiting = model_answerer(tiny_model, tok, offset=0.0, max_new_tokens=6, batch_size=4)(contexts)
+    cue = tuple(tok("\nAnswer:", add_special_tokens=False)["input_ids"])
+    probes = [  # cuts with and without a tail; three probes, 6 rows each, in batches of 4 rows: one probe each
+        Probe(
+            tuple(r.prompt_ids + r.response_ids),
+            tuple((len(r.prompt_ids) + k, t) for k in (0, 5, 12) for t in ((), cue)),
+        )
+        for r in responses
+    ]
+    batched = ask(probes)
+    assert model_answerer(tiny_model, tok, offset=-math.inf, max_new_tokens=6, batch_size=1)(probes) == batched
+    assert model_answerer(tiny_model, tok, offset=-math.inf, max_new_tokens=6, batch_size=64)(probes) == batched
+    for probe, answers in zip(probes, batched):  # the HF model's own greedy generation, one context at a time
+        for context, answer in zip(probe.contexts(), answers):
+            out = tiny_model.base.generate(torch.tensor([context]), max_new_tokens=6, do_sample=False)
+            assert answer == tok.decode(out[0, len(context) :].tolist(), skip_special_tokens=True)
+    exiting = model_answerer(tiny_model, tok, offset=0.0, max_new_tokens=6, batch_size=4)(probes)
     assert exiting != batched  # the offset reaches generation: every token exits at layer 2
+
+
+def test_equal_contexts_are_answered_once(tiny_model, tok):
+    """A two-token reasoning cut at six fractions gives three distinct contexts: the prompt and reasoning
+    are read once, three rows are generated, and each answer serves every fraction that shares it."""
+    text = "7.\nAnswer: 7"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    response = Response(prompt_ids(tok, "Count.\n"), ids, item=Item("x", "x", "7"))
+    rows = []
+    generate = tiny_model.generate
+
+    def spy(input_ids, *args, **kwargs):
+        rows.append(input_ids.shape[0])
+        return generate(input_ids, *args, **kwargs)
+
+    tiny_model.generate = spy
+    try:
+        summary, (record,) = early_answering(
+            ToyTask(), [response], tok, model_answerer(tiny_model, tok, offset=-math.inf)
+        )
+    finally:
+        del tiny_model.generate
+    assert record["reasoning_tokens"] == 2 and rows == [3]
+    a = record["answers"]  # cuts k = round(f · 2): 0, 0, 1, 1, 2, 2 tokens
+    assert a[0] == a[1] and a[2] == a[3] and a[4] == a[5]
 
 
 def test_agreement_plot(tok):

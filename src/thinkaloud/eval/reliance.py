@@ -25,10 +25,10 @@ ends with it (a base-model prompt "…Answer:").
 f = 1 replaces the response's own final-answer text with the cue, so agreement at 1 can fall short of 1.
 The short answer is sampled as in the eval (greedy tokens, exits sampled with the eval's offset;
 offset −∞ = no exits); it is capped at ``ANSWER_TOKENS`` new tokens (``model_answerer(max_new_tokens=)``),
-so answers longer than a line (grids) are out of scope. Cost: every distinct (response, f) context is a
-fresh ``model.generate`` call row (no prefix cache), i.e. up to |fractions| prefills of prompt + cut
-reasoning per response plus a few decode steps per batch; equal contexts (the cuts of a reasoning of
-fewer tokens than fractions coincide) are answered once.
+so answers longer than a line (grids) are out of scope. Cost: one full-depth pass over each response's
+prompt + reasoning (``thinkaloud.model.generate.prefill``), whose keys and values every cut shares
+(``Prefix.select``); then per (response, f) only the cue and the short answer are computed. Equal
+contexts (the cuts of a reasoning of fewer tokens than fractions coincide) are answered once.
 
 What it does not show: high agreement at f = 0 may mean the question is easy, or answered from the
 prompt, rather than that the reasoning is decorative; a large area shows that the answer *depends on*
@@ -38,6 +38,7 @@ the visible text, not that the text is a faithful account of how the answer was 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
@@ -45,13 +46,45 @@ import torch
 
 from thinkaloud.data.prompts import left_pad, pad_id
 from thinkaloud.data.tasks import Task
-from thinkaloud.eval.responses import Response, chunked
+from thinkaloud.eval.responses import Response
+from thinkaloud.model.generate import prefill
 
 FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 ANSWER_TOKENS = 12
 
-AnswerFn = Callable[[list[list[int]]], list[str]]
-"""Context token ids (prompt + cut reasoning + cue), one list per context → the text written after each."""
+
+@dataclass(frozen=True)
+class Probe:
+    """One response's early-answering contexts: ``text[:cut] + tail`` for each ``(cut, tail)`` in ``cuts``."""
+
+    text: tuple[int, ...]
+    """The prompt and the reasoning, token ids."""
+    cuts: tuple[tuple[int, tuple[int, ...]], ...]
+    """(tokens of ``text`` kept, ids appended after them: the answer cue), one per fraction."""
+
+    def contexts(self) -> list[list[int]]:
+        return [list(self.text[:cut]) + list(tail) for cut, tail in self.cuts]
+
+
+AnswerFn = Callable[[list[Probe]], list[list[str]]]
+"""Probes → the text written after each of their contexts (one list per probe, one text per cut)."""
+
+
+def per_context(answer: Callable[[list[list[int]]], list[str]]) -> AnswerFn:
+    """An :data:`AnswerFn` from a function of plain contexts (all contexts of all probes in one call)."""
+
+    def answer_probes(probes: list[Probe]) -> list[list[str]]:
+        contexts = [p.contexts() for p in probes]
+        flat = answer([c for cs in contexts for c in cs])
+        if len(flat) != sum(map(len, contexts)):
+            raise ValueError(f"answer returned {len(flat)} texts for {sum(map(len, contexts))} contexts")
+        out, at = [], 0
+        for cs in contexts:
+            out.append(flat[at : at + len(cs)])
+            at += len(cs)
+        return out
+
+    return answer_probes
 
 
 def model_answerer(
@@ -59,29 +92,69 @@ def model_answerer(
 ) -> AnswerFn:
     """The eval's generation as an :data:`AnswerFn`: greedy tokens, exits sampled with ``offset``.
 
-    Contexts are sorted by length before batching (less padding) and the answers returned in order.
+    Probes are sorted by length and grouped so that a group's distinct cuts fill at most ``batch_size``
+    rows (a probe with more cuts gets a group of its own). A group's texts are read once at full depth
+    (``prefill``); each distinct cut keeps its part of those keys and values (``Prefix.select``) and
+    ``generate`` continues it with the tail. The last context token is always computed by ``generate``
+    (it predicts the first answer token, with exits): an empty tail takes the last kept token instead.
     """
+    pad = pad_id(tokenizer)
 
-    def answer(contexts: list[list[int]]) -> list[str]:
+    def answer(probes: list[Probe]) -> list[list[str]]:
         generator = torch.Generator(device=model.device).manual_seed(seed)
-        order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
-        out: list[str] = [""] * len(contexts)
-        for rows in chunked(order, batch_size):
-            ids, mask = left_pad([contexts[i] for i in rows], pad_id(tokenizer), model.device)  # (b, P)
+        out: list[list[str]] = [[""] * len(p.cuts) for p in probes]
+        distinct = [list(dict.fromkeys(p.cuts)) for p in probes]  # equal (cut, tail) answered once
+        for group in _groups(sorted(range(len(probes)), key=lambda i: len(probes[i].text)), distinct, batch_size):
+            ids, mask = left_pad([probes[i].text for i in group], pad, model.device)  # (g, T)
+            shared = prefill(model, ids, mask)
+            rows: list[int] = []
+            keep: list[int] = []
+            tails: list[tuple[int, ...]] = []
+            row_of: dict[tuple[int, int, tuple[int, ...]], int] = {}
+            for g, i in enumerate(group):
+                for cut, tail in distinct[i]:
+                    if not 0 < cut <= len(probes[i].text):
+                        raise ValueError(f"cut {cut} outside a text of {len(probes[i].text)} tokens")
+                    row_of[i, cut, tail] = len(rows)
+                    kept, cont = (cut, tail) if tail else (cut - 1, probes[i].text[cut - 1 : cut])
+                    rows.append(g)
+                    keep.append(kept)
+                    tails.append(cont)
+            tail_ids, tail_mask = left_pad(tails, pad, model.device)  # (r, t)
             gen = model.generate(
-                ids,
-                mask,
+                tail_ids,
+                tail_mask,
+                prefix=shared.select(rows, keep),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 offset=offset,
                 pad_token_id=tokenizer.pad_token_id,
                 generator=generator,
             )
-            for b, i in enumerate(rows):
-                out[i] = tokenizer.decode(gen.new_tokens[b, : int(gen.lengths[b])].tolist(), skip_special_tokens=True)
+            lengths = gen.lengths.tolist()
+            texts = [
+                tokenizer.decode(t[:n], skip_special_tokens=True) for t, n in zip(gen.new_tokens.tolist(), lengths)
+            ]
+            for i in group:
+                out[i] = [texts[row_of[i, cut, tail]] for cut, tail in probes[i].cuts]
         return out
 
     return answer
+
+
+def _groups(order: list[int], distinct: list[list[Any]], rows: int) -> list[list[int]]:
+    """Consecutive probes of ``order`` whose distinct cuts add up to at most ``rows`` (at least one probe)."""
+    if rows < 1:
+        raise ValueError(f"batch size must be >= 1, got {rows}")
+    groups: list[list[int]] = []
+    used = rows
+    for i in order:
+        if used + len(distinct[i]) > rows:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += len(distinct[i])
+    return groups
 
 
 def reasoning_tokens(tokenizer: Any, response_ids: Sequence[int], completion: str, reasoning: str) -> int:
@@ -132,9 +205,9 @@ def early_answering(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Early answering over ``responses`` → (summary, one dict per response), both JSON-serialisable.
 
-    ``answer_fn`` writes the short answers (:func:`model_answerer` for a model; anything with the same
-    signature in tests). All distinct (response, f) contexts go to it in one call (contexts that are
-    equal, as the cuts of a short reasoning can be, are answered once).
+    ``answer_fn`` writes the short answers (:func:`model_answerer` for a model; :func:`per_context` of
+    a function of plain contexts in tests). It gets one :class:`Probe` per response with an answer
+    (prompt + reasoning, and per fraction the cut and the cue after it), all in one call.
     """
     fractions = [float(f) for f in fractions]
     if len(fractions) < 2 or fractions[0] != 0.0 or fractions[-1] != 1.0 or any(b <= a for a, b in pairwise(fractions)):
@@ -146,7 +219,7 @@ def early_answering(
         )
 
     records: list[dict[str, Any]] = []
-    contexts: list[list[int]] = []
+    probes: list[Probe] = []
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
     cues = {"\n": encode("\n" + cue), " ": encode(" " + cue), "": encode(cue)}  # by the separator before it
     for r in responses:
@@ -169,21 +242,17 @@ def early_answering(
         record["reasoning_tokens"] = n
         prompt_text = tokenizer.decode(r.prompt_ids, skip_special_tokens=False)
         after_prompt = [] if prompt_text.rstrip().endswith(cue) else cues["" if prompt_text[-1:].isspace() else " "]
-        for f in fractions:
-            k = round(f * n)
-            tail = cues["\n"] if k else after_prompt
-            contexts.append(list(r.prompt_ids) + list(r.response_ids[:k]) + tail)
+        P = len(r.prompt_ids)
+        cuts = [(P + round(f * n), tuple(cues["\n"] if round(f * n) else after_prompt)) for f in fractions]
+        probes.append(Probe(tuple(r.prompt_ids) + tuple(r.response_ids[:n]), tuple(cuts)))
 
-    unique = list(dict.fromkeys(map(tuple, contexts)))  # equal contexts (short reasoning: equal cuts) run once
-    answers = answer_fn([list(c) for c in unique]) if unique else []
-    if len(answers) != len(unique):
-        raise ValueError(f"answer_fn returned {len(answers)} answers for {len(unique)} contexts")
-    by_context = dict(zip(unique, answers))
-    written = [by_context[tuple(c)] for c in contexts]
+    written = answer_fn(probes) if probes else []
     F = len(fractions)
+    if len(written) != len(probes) or any(len(w) != F for w in written):
+        raise ValueError(f"answer_fn returned {[len(w) for w in written]} answers for {len(probes)} probes × {F} cuts")
     included = [(r, rec) for r, rec in zip(responses, records) if rec["included"]]
-    for j, (r, rec) in enumerate(included):
-        texts = [f"{cue} {first_line(w)}" for w in written[j * F : (j + 1) * F]]
+    for (r, rec), answers in zip(included, written):
+        texts = [f"{cue} {first_line(w)}" for w in answers]
         rec["answers"] = [task.extract_answer(t) for t in texts]
         rec["agree"] = [same_answer(a, rec["full_answer"]) for a in rec["answers"]]
         if r.item is not None:

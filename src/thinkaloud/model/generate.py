@@ -22,9 +22,18 @@ Timing: ``prefill_seconds`` runs from the start to the first new token (the P-1 
 plus the step of the last prompt position, which predicts token 1) and ``decode_seconds`` from there to
 the end, two timestamps per call (with a device synchronisation on CUDA so that queued kernels count).
 
-The cache is preallocated per layer, (B, H_kv, S, D). The wrapped HF decoder layers are called
-unchanged on the live rows with a small cache view whose ``update`` writes those rows' K/V in place
-and returns their keys and values so far. Rows that finish are compacted out of the batch.
+The cache is preallocated per layer, (B, H_kv, S, D) (``thinkaloud.model.kv_cache``). The wrapped HF
+decoder layers are called unchanged on the live rows with a small cache view whose ``update`` writes
+those rows' K/V in place and returns their keys and values so far. Rows that finish are compacted out
+of the batch.
+
+Prefix: ``prefill(model, ids, mask)`` reads a text once at full depth (no exits, like every prompt
+position) and returns a :class:`~thinkaloud.model.kv_cache.Prefix`; ``generate(..., prefix=p)`` then
+treats each row of ``input_ids`` as the continuation of row i of ``p`` (its positions follow
+``p.next_position``; it attends to ``p``'s valid keys). The result is that of generating from the
+concatenated texts, without reading the prefix again; ``sequences`` hold the continuation and the new
+tokens only. With ``Prefix.select`` one pass over a prompt and its reasoning serves every cut of it
+(early answering, ``thinkaloud.eval.reliance``).
 
 Streaming: ``on_token(rows, tokens, exit_layers, token_logprobs)``, if given, is called once per step
 with the original batch indices of the rows still generating (b,) and their new token, its exit layer
@@ -46,6 +55,7 @@ import torch.nn.functional as F
 
 from thinkaloud.model import arch
 from thinkaloud.model.early_exit import default_position_ids
+from thinkaloud.model.kv_cache import KVCache, Prefix, attention_masks
 
 
 @dataclass
@@ -99,74 +109,6 @@ class GenerationOutput:
         return slice(self.prompt_length - 1, self.prompt_length - 1 + self.exit_layers.shape[1])
 
 
-class KVCache:
-    """Preallocated keys and values for every layer: (B, H_kv, S, D) each."""
-
-    def __init__(
-        self,
-        num_layers: int,
-        batch: int,
-        kv_heads: int,
-        size: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ):
-        self.k = [torch.zeros(batch, kv_heads, size, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros_like(k) for k in self.k]
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Drop every row not in ``rows`` (finished sequences leave the batch)."""
-        self.k = [k[rows] for k in self.k]
-        self.v = [v[rows] for v in self.v]
-
-    def write(self, layer: int, rows: torch.Tensor | None, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        end = start + k.shape[2]
-        if rows is None:
-            self.k[layer][:, :, start:end] = k
-            self.v[layer][:, :, start:end] = v
-        else:
-            self.k[layer][rows, :, start:end] = k
-            self.v[layer][rows, :, start:end] = v
-
-    def view(self, rows: torch.Tensor | None, start: int) -> _RowView:
-        return _RowView(self, rows, start)
-
-
-class _RowView:
-    """What an HF attention module sees: ``update`` stores the new K/V of ``rows`` at ``start`` and
-    returns their keys and values so far, (b, H_kv, start + t, D)."""
-
-    def __init__(self, cache: KVCache, rows: torch.Tensor | None, start: int):
-        self.cache, self.rows, self.start = cache, rows, start
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        self.cache.write(layer_idx, self.rows, self.start, key_states, value_states)
-        end = self.start + key_states.shape[2]
-        k, v = self.cache.k[layer_idx][:, :, :end], self.cache.v[layer_idx][:, :, :end]
-        if self.rows is not None:
-            k, v = k[self.rows], v[self.rows]
-        return k, v
-
-
-def _masks(
-    key_valid: torch.Tensor, start: int, t: int, windows: Sequence[int | None], dtype: torch.dtype
-) -> dict[int | None, torch.Tensor]:
-    """Additive attention masks (b, 1, t, start+t) for queries at columns start..start+t-1, one per
-    distinct sliding window. A query always sees itself (padding rows stay finite)."""
-    end = start + t
-    q = torch.arange(start, end, device=key_valid.device)[:, None]  # (t, 1)
-    k = torch.arange(end, device=key_valid.device)[None, :]  # (1, end)
-    causal = k <= q  # (t, end)
-    out = {}
-    for w in set(windows):
-        allowed = causal if w is None else causal & (q - k < w)
-        allowed = (allowed[None] & key_valid[:, None, :end]) | (k == q)[None]  # (b, t, end)
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device)
-        out[w] = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]  # (b, 1, t, end)
-    return out
-
-
 def _sample(
     logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -211,16 +153,18 @@ def generate(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     on_token: Callable[..., None] | None = None,
+    prefix: Prefix | None = None,
 ) -> GenerationOutput:
     """Sample up to ``max_new_tokens`` per row with exits; ``offset=-inf`` is plain (LoRA) generation.
 
     input_ids/attention_mask: (B, P), left-padded. ``stop_token_ids`` default to the model's EOS.
     ``generator`` or ``seed`` make sampling (tokens and exits) reproducible. ``on_token``: the per-step
-    streaming callback of the module docstring.
+    streaming callback of the module docstring. ``prefix``: B rows already read (:func:`prefill`) that
+    ``input_ids`` continue.
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top_p)
+    _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top_p, prefix)
     if generator is None and seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
     was_training = model.training
@@ -239,12 +183,60 @@ def generate(
             pad_token_id,
             generator,
             on_token,
+            prefix,
         )
     finally:
         model.train(was_training)
 
 
-def _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top_p) -> None:
+@torch.no_grad()
+def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Prefix:
+    """Read left-padded ``input_ids`` (B, T) at full depth (adapter on, no exits) → their :class:`Prefix`."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0 or attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"prefill needs non-empty (batch, length) ids and an equal mask, got {tuple(input_ids.shape)} "
+            f"and {tuple(attention_mask.shape)}"
+        )
+    if (attention_mask.sum(-1) == 0).any():
+        raise ValueError(f"empty text in row(s) {(attention_mask.sum(-1) == 0).nonzero().flatten().tolist()}")
+    B, T = input_ids.shape
+    spec, L = arch.kv_spec(model.hf_config), model.num_layers
+    dtype = arch.embed(model.peft).weight.dtype
+    cache = KVCache(L, B, spec.num_kv_heads, T, spec.head_dim, dtype, input_ids.device)
+    valid = attention_mask.bool()
+    positions = default_position_ids(attention_mask)
+    was_training = model.training
+    model.eval()
+    try:
+        _read(model, cache, input_ids, positions, valid, positions, 0)
+    finally:
+        model.train(was_training)
+    return Prefix(cache, valid, positions, valid.sum(-1))
+
+
+def _read(model, cache: KVCache, ids, positions, key_valid, key_positions, start: int) -> None:
+    """Run ids (B, t) through every layer (no exits), their K/V written at columns start..start+t-1."""
+    layers = arch.decoder_layers(model.peft)
+    windows = arch.sliding_windows(model.hf_config)
+    cache_kw = arch.cache_keyword(layers[0])  # `cache` in recent transformers, `past_key_values` before
+    h = arch.embed(model.peft)(ids)  # (B, t, C)
+    pe = arch.position_embeddings(model.peft, h, positions)  # per layer (cos, sin)
+    masks = attention_masks(key_valid, key_positions, start, ids.shape[1], windows, h.dtype)  # per window
+    view = cache.view(None, start)
+    for i, layer in enumerate(layers):
+        h = arch.call_layer(
+            layer,
+            h,
+            attention_mask=masks[windows[i]],
+            position_ids=positions,
+            position_embeddings=pe[i],
+            **{cache_kw: view},
+        )
+
+
+def _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top_p, prefix=None) -> None:
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
     if attention_mask.shape != input_ids.shape:
@@ -258,8 +250,14 @@ def _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top
         raise ValueError("prompts must be left-padded (every row's last position must be a real token)")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if prefix is not None and (prefix.batch != input_ids.shape[0] or prefix.valid.device != input_ids.device):
+        raise ValueError(
+            f"prefix of {prefix.batch} rows on {prefix.valid.device} for input_ids of "
+            f"{input_ids.shape[0]} rows on {input_ids.device}"
+        )
     context = getattr(model.hf_config, "max_position_embeddings", None)
-    longest = int(attention_mask.sum(-1).max())
+    ahead = 0 if prefix is None else prefix.next_position
+    longest = int((attention_mask.sum(-1) + ahead).max())
     if context is not None and longest + max_new_tokens > context:
         raise ValueError(
             f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model "
@@ -284,6 +282,7 @@ def _generate(
     pad_token_id,
     generator,
     on_token=None,
+    prefix: Prefix | None = None,
 ) -> GenerationOutput:
     B, P = input_ids.shape
     L = model.num_layers
@@ -305,25 +304,25 @@ def _generate(
     )
     stop = torch.tensor(stop_ids, device=device, dtype=torch.long)
 
-    cache = KVCache(L, B, spec.num_kv_heads, P + max_new_tokens, spec.head_dim, dtype, device)
-    key_valid = torch.cat([attention_mask.bool(), torch.ones(B, max_new_tokens, dtype=torch.bool, device=device)], 1)
+    S0 = 0 if prefix is None else prefix.cache.size  # columns before the prompt's first
+    cache = KVCache(L, B, spec.num_kv_heads, S0 + P + max_new_tokens, spec.head_dim, dtype, device)
     positions = default_position_ids(attention_mask)  # (B, P)
+    new_valid = torch.ones(B, max_new_tokens, dtype=torch.bool, device=device)
+    new_positions = positions[:, -1:] + 1 + torch.arange(max_new_tokens, device=device)  # (B, N)
+    key_valid = torch.cat([attention_mask.bool(), new_valid], 1)  # (B, S) for every column
+    if prefix is not None:
+        for i in range(L):
+            cache.k[i][:, :, :S0], cache.v[i][:, :, :S0] = prefix.cache.k[i], prefix.cache.v[i]
+        positions = positions + prefix.next_position[:, None]
+        new_positions = new_positions + prefix.next_position[:, None]
+        key_valid = torch.cat([prefix.valid, key_valid], 1)
+    key_positions = torch.cat(
+        ([] if prefix is None else [prefix.positions]) + [positions, new_positions], 1
+    )  # (B, S) position of each column's token
 
     # Prefill: every prompt position but the last runs all layers (prompt positions do not exit).
     if P > 1:
-        h = embed_tokens(input_ids[:, :-1])  # (B, P-1, C)
-        pe = arch.position_embeddings(model.peft, h, positions[:, :-1])  # per layer (cos, sin)
-        masks: Mapping[int | None, torch.Tensor | None] = _masks(key_valid, 0, P - 1, windows, dtype)  # per window
-        view = cache.view(None, 0)
-        for i, layer in enumerate(layers):
-            h = arch.call_layer(
-                layer,
-                h,
-                attention_mask=masks[windows[i]],
-                position_ids=positions[:, :-1],
-                position_embeddings=pe[i],
-                **{cache_kw: view},
-            )
+        _read(model, cache, input_ids[:, :-1], positions[:, :-1], key_valid, key_positions, S0)
 
     new_tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
     exit_layers = torch.full((B, max_new_tokens), L, dtype=torch.long, device=device)
@@ -345,13 +344,15 @@ def _generate(
     unmasked = bool(key_valid.all()) and not windowed
     # Host-side bookkeeping keeps device syncs to one per exit layer (exits decide what runs next).
     for n in range(max_new_tokens):
-        col = P - 1 + n
+        col = S0 + P - 1 + n
         b = rows.numel()
         h = embed_tokens(token)[:, None]  # (b, 1, C)
         pe = arch.position_embeddings(model.peft, h, pos[:, None])  # per layer (cos, sin), (b, 1, D) each
-        masks = {None: None if unmasked else key_bias[:, None, None, : col + 1]}  # (b, 1, 1, col+1)
+        masks: Mapping[int | None, torch.Tensor | None] = {
+            None: None if unmasked else key_bias[:, None, None, : col + 1]
+        }  # (b, 1, 1, col+1)
         if windowed:
-            masks = _masks(key_valid[rows], col, 1, windows, dtype)
+            masks = attention_masks(key_valid[rows], key_positions[rows], col, 1, windows, dtype)
         live = torch.ones(b, dtype=torch.bool, device=device)
         exit_at = torch.full((b,), L, dtype=torch.long, device=device)
         lp_exit = torch.zeros(b, device=device)

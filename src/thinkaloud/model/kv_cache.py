@@ -1,0 +1,161 @@
+"""The key/value cache of ``thinkaloud.model.generate`` and the prefilled prefixes it can start from.
+
+:class:`KVCache` preallocates keys and values per layer, (B, H_kv, S, D). The wrapped HF decoder
+layers are called unchanged with a small view of it (:class:`RowView`) whose ``update`` writes the
+K/V of the rows being computed in place and returns their keys and values so far.
+
+A cache column is a storage slot, not a position: every key was rotated at its own position when it
+was written, and which columns a query may attend to is said by a per-row mask of valid keys. So a
+row may hold holes — left padding, or the part of a shared prefix that it does not keep — and
+attention over its valid keys is the same as over the contiguous sequence.
+
+:class:`Prefix` is a cache filled by a full-depth pass over left-padded token ids
+(``thinkaloud.model.generate.prefill``) with its valid keys and the next position of each row.
+``Prefix.select`` repeats rows and keeps only the first tokens of each, so that one pass over a
+shared text (a prompt and its whole reasoning) serves every cut of it; ``generate(..., prefix=…)``
+continues from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: (B, H_kv, S, D) each."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch: int,
+        kv_heads: int,
+        size: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
+        self.k = [torch.zeros(batch, kv_heads, size, head_dim, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros_like(k) for k in self.k]
+
+    @property
+    def size(self) -> int:
+        """S, the number of columns."""
+        return self.k[0].shape[2]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Drop every row not in ``rows`` (finished sequences leave the batch)."""
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+
+    def write(self, layer: int, rows: torch.Tensor | None, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        end = start + k.shape[2]
+        if rows is None:
+            self.k[layer][:, :, start:end] = k
+            self.v[layer][:, :, start:end] = v
+        else:
+            self.k[layer][rows, :, start:end] = k
+            self.v[layer][rows, :, start:end] = v
+
+    def view(self, rows: torch.Tensor | None, start: int) -> RowView:
+        return RowView(self, rows, start)
+
+
+class RowView:
+    """What an HF attention module sees: ``update`` stores the new K/V of ``rows`` at ``start`` and
+    returns their keys and values so far, (b, H_kv, start + t, D)."""
+
+    def __init__(self, cache: KVCache, rows: torch.Tensor | None, start: int):
+        self.cache, self.rows, self.start = cache, rows, start
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        self.cache.write(layer_idx, self.rows, self.start, key_states, value_states)
+        end = self.start + key_states.shape[2]
+        k, v = self.cache.k[layer_idx][:, :, :end], self.cache.v[layer_idx][:, :, :end]
+        if self.rows is not None:
+            k, v = k[self.rows], v[self.rows]
+        return k, v
+
+
+def attention_masks(
+    key_valid: torch.Tensor,
+    key_positions: torch.Tensor,
+    start: int,
+    t: int,
+    windows: Sequence[int | None],
+    dtype: torch.dtype,
+) -> dict[int | None, torch.Tensor]:
+    """Additive attention masks (b, 1, t, start+t) for queries at columns start..start+t-1, one per
+    distinct sliding window. key_valid (b, ≥end) bool, key_positions (b, ≥end): the position of the
+    token in each column. Causality is by column (columns are written in order), a window by position
+    (so holes in a row do not shrink it). A query always sees itself (padding rows stay finite)."""
+    end = start + t
+    q = torch.arange(start, end, device=key_valid.device)[:, None]  # (t, 1)
+    k = torch.arange(end, device=key_valid.device)[None, :]  # (1, end)
+    causal = (k <= q)[None]  # (1, t, end)
+    distance = key_positions[:, start:end, None] - key_positions[:, None, :end]  # (b, t, end)
+    out = {}
+    for w in set(windows):
+        allowed = causal if w is None else causal & (distance < w)
+        allowed = (allowed & key_valid[:, None, :end]) | (k == q)[None]  # (b, t, end)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=key_valid.device)
+        out[w] = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]  # (b, 1, t, end)
+    return out
+
+
+@dataclass
+class Prefix:
+    """Keys and values of a text already read at full depth, for ``generate(..., prefix=…)``."""
+
+    cache: KVCache
+    """(B, H_kv, S, D) per layer."""
+    valid: torch.Tensor
+    """(B, S) bool: the columns each row attends to."""
+    positions: torch.Tensor
+    """(B, S) the position of the token in each column (0 at a row's first token)."""
+    next_position: torch.Tensor
+    """(B,) the position of the token that follows each row's kept text (= its number of tokens)."""
+
+    def __post_init__(self) -> None:
+        B, S = self.valid.shape
+        shapes_agree = (
+            self.cache.k[0].shape[0] == B
+            and self.cache.size == S
+            and self.positions.shape == (B, S)
+            and self.next_position.shape == (B,)
+        )
+        if not shapes_agree:
+            raise ValueError(
+                f"prefix shapes disagree: cache {tuple(self.cache.k[0].shape)}, valid {(B, S)}, "
+                f"positions {tuple(self.positions.shape)}, next_position {tuple(self.next_position.shape)}"
+            )
+
+    @property
+    def batch(self) -> int:
+        return self.valid.shape[0]
+
+    def select(self, rows: Sequence[int] | torch.Tensor, keep: Sequence[int] | torch.Tensor) -> Prefix:
+        """A prefix whose row i is row ``rows[i]`` cut to its first ``keep[i]`` tokens (a row may repeat).
+
+        Columns that no row keeps any more are dropped from the end (less attention work)."""
+        device = self.valid.device
+        rows = torch.as_tensor(rows, dtype=torch.long, device=device)  # (R,)
+        keep = torch.as_tensor(keep, dtype=torch.long, device=device)  # (R,)
+        if rows.dim() != 1 or keep.shape != rows.shape:
+            raise ValueError(
+                f"rows and keep must be two equal-length lists, got {tuple(rows.shape)}, {tuple(keep.shape)}"
+            )
+        have = self.next_position[rows]
+        if bool((keep < 0).any()) or bool((keep > have).any()):
+            bad = int(((keep < 0) | (keep > have)).nonzero()[0, 0])
+            raise ValueError(f"row {bad} keeps {int(keep[bad])} tokens of a prefix of {int(have[bad])}")
+        valid = self.valid[rows]  # (R, S)
+        valid = valid & (valid.long().cumsum(-1) <= keep[:, None])  # the first keep[i] real tokens
+        used = valid.any(0).nonzero()
+        end = int(used.max()) + 1 if used.numel() else 1
+        cache = KVCache.__new__(KVCache)
+        cache.k = [k[rows, :, :end] for k in self.cache.k]
+        cache.v = [v[rows, :, :end] for v in self.cache.v]
+        return Prefix(cache, valid[:, :end], self.positions[rows, :end], keep)
