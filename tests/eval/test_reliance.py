@@ -19,6 +19,8 @@ from thinkaloud.eval.reliance import (
     Probe,
     area_over_curve,
     early_answering,
+    first_line,
+    first_line_done,
     model_answerer,
     per_context,
     reasoning_tokens,
@@ -196,7 +198,8 @@ def test_real_model_batches_and_runs_without_exits_at_minus_inf(tiny_model, tok)
     for probe, answers in zip(probes, batched):  # the HF model's own greedy generation, one context at a time
         for context, answer in zip(probe.contexts(), answers):
             out = tiny_model.base.generate(torch.tensor([context]), max_new_tokens=6, do_sample=False)
-            assert answer == tok.decode(out[0, len(context) :].tolist(), skip_special_tokens=True)
+            full = tok.decode(out[0, len(context) :].tolist(), skip_special_tokens=True)
+            assert full.startswith(answer) and first_line(answer) == first_line(full)  # stopped after the line
     exiting = model_answerer(tiny_model, tok, offset=0.0, max_new_tokens=6, batch_size=4)(probes)
     assert exiting != batched  # the offset reaches generation: every token exits at layer 2
 
@@ -232,3 +235,14 @@ def test_agreement_plot(tok):
     ax = fig.axes[0]
     assert ax.get_xlabel().startswith("fraction") and ax.get_ylabel().startswith("agreement")
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"copying (AOC {summary['aoc']:.2f}, n=3)"]
+
+
+def test_answers_stop_once_their_first_line_is_complete(tok):
+    done = first_line_done(tok)
+    texts = ["\n\n", " 12", " 12\n", "\n 7 apples\nmore", "x"]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, rows))
+    tokens = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])  # (5, width)
+    # only the newest token is looked at first: a row is done when it ends a non-empty line
+    assert done(torch.arange(5), tokens).tolist() == [False, False, True, False, False]
+    assert done(torch.arange(1), tokens[3:4, : len(rows[3]) - 4]).tolist() == [True]  # "\n 7 apples\n"

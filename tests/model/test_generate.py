@@ -161,3 +161,22 @@ def test_prefill_and_decode_times_are_recorded(lengths):
     assert out.prefill_seconds > 0 and out.decode_seconds > 0
     assert out.prefill_seconds + out.decode_seconds <= total
     assert out.decode_tokens == len(lengths) * 5  # every row's tokens after its first
+
+
+def test_stop_when_ends_the_rows_it_names_and_changes_nothing_else():
+    model = wrap("llama")
+    ids, mask = left_padded_batch([7, 3, 5], seed=11)
+    kw = dict(max_new_tokens=8, do_sample=False, offset=-math.inf, stop_token_ids=[])  # no random draws
+    free = model.generate(ids, mask, **kw)
+    calls = []
+
+    def stop_when(rows, tokens):  # (b,), (b, n): row 1 after 2 tokens, row 2 after 5
+        calls.append(rows.tolist())
+        assert torch.equal(tokens, free.new_tokens[rows, : tokens.shape[1]])
+        return ((rows == 1) & (tokens.shape[1] >= 2)) | ((rows == 2) & (tokens.shape[1] >= 5))
+
+    out = model.generate(ids, mask, stop_when=stop_when, **kw)
+    assert out.lengths.tolist() == [8, 2, 5]
+    assert calls[:2] == [[0, 1, 2]] * 2 and calls[2] == [0, 2] and calls[5] == [0]
+    for b, n in enumerate(out.lengths.tolist()):
+        assert torch.equal(out.new_tokens[b, :n], free.new_tokens[b, :n])

@@ -74,9 +74,10 @@ def test_the_prefix_is_not_read_again():
     finally:
         hook.remove()
     width = max(map(len, TEXTS))
-    # prefill: (2, 11); the tails but their last token: (4, 2); then one position per step; then the whole run
-    assert seen[0] == (2, width, 32) and seen[1] == (4, 2, 32) and all(s[:2] == (4, 1) for s in seen[2:10])
-    assert seen[10][1] == max(k + len(t) for _, k, t in CONTINUATIONS) - 1
+    # prefill: (2, 11); the tails but their last token, one column at a time: 2 × (4, 1); 8 steps of (4, 1);
+    # then the run over the whole contexts reads them in one block
+    assert seen[0] == (2, width, 32) and all(s == (4, 1, 32) for s in seen[1:11])
+    assert seen[11][1] == max(k + len(t) for _, k, t in CONTINUATIONS) - 1
 
 
 def test_select_and_generate_refuse_what_does_not_fit():

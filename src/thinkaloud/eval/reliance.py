@@ -46,7 +46,7 @@ import torch
 
 from thinkaloud.data.prompts import left_pad, pad_id
 from thinkaloud.data.tasks import Task
-from thinkaloud.eval.responses import Response
+from thinkaloud.eval.responses import Response, chunked
 from thinkaloud.model.generate import prefill
 
 FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -92,19 +92,20 @@ def model_answerer(
 ) -> AnswerFn:
     """The eval's generation as an :data:`AnswerFn`: greedy tokens, exits sampled with ``offset``.
 
-    Probes are sorted by length and grouped so that a group's distinct cuts fill at most ``batch_size``
-    rows (a probe with more cuts gets a group of its own). A group's texts are read once at full depth
+    Probes are sorted by length and answered ``batch_size`` at a time: the distinct cuts of a group are
+    the rows of one ``generate`` call (up to |fractions| · ``batch_size``). A group's texts are read once at full depth
     (``prefill``); each distinct cut keeps its part of those keys and values (``Prefix.select``) and
     ``generate`` continues it with the tail. The last context token is always computed by ``generate``
     (it predicts the first answer token, with exits): an empty tail takes the last kept token instead.
     """
     pad = pad_id(tokenizer)
+    line_done = first_line_done(tokenizer)
 
     def answer(probes: list[Probe]) -> list[list[str]]:
         generator = torch.Generator(device=model.device).manual_seed(seed)
         out: list[list[str]] = [[""] * len(p.cuts) for p in probes]
         distinct = [list(dict.fromkeys(p.cuts)) for p in probes]  # equal (cut, tail) answered once
-        for group in _groups(sorted(range(len(probes)), key=lambda i: len(probes[i].text)), distinct, batch_size):
+        for group in chunked(sorted(range(len(probes)), key=lambda i: len(probes[i].text)), batch_size):
             ids, mask = left_pad([probes[i].text for i in group], pad, model.device)  # (g, T)
             shared = prefill(model, ids, mask)
             rows: list[int] = []
@@ -130,6 +131,7 @@ def model_answerer(
                 offset=offset,
                 pad_token_id=tokenizer.pad_token_id,
                 generator=generator,
+                stop_when=line_done,
             )
             lengths = gen.lengths.tolist()
             texts = [
@@ -142,19 +144,20 @@ def model_answerer(
     return answer
 
 
-def _groups(order: list[int], distinct: list[list[Any]], rows: int) -> list[list[int]]:
-    """Consecutive probes of ``order`` whose distinct cuts add up to at most ``rows`` (at least one probe)."""
-    if rows < 1:
-        raise ValueError(f"batch size must be >= 1, got {rows}")
-    groups: list[list[int]] = []
-    used = rows
-    for i in order:
-        if used + len(distinct[i]) > rows:
-            groups.append([])
-            used = 0
-        groups[-1].append(i)
-        used += len(distinct[i])
-    return groups
+def first_line_done(tokenizer: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A ``stop_when`` rule for ``generate``: a row is done once its text has a complete non-empty line
+    (only :func:`first_line` of the answer is read, so what would follow cannot change it)."""
+    vocab = len(tokenizer)
+    newline = torch.tensor(["\n" in t for t in tokenizer.batch_decode([[i] for i in range(vocab)])])  # (V,)
+
+    def done(rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:  # (b,), (b, n) → (b,)
+        out = torch.zeros(tokens.shape[0], dtype=torch.bool)
+        last = tokens[:, -1].cpu()
+        for b in (newline[last.clamp(max=vocab - 1)] & (last < vocab)).nonzero().flatten().tolist():
+            out[b] = "\n" in tokenizer.decode(tokens[b].tolist(), skip_special_tokens=True).lstrip()
+        return out.to(tokens.device)
+
+    return done
 
 
 def reasoning_tokens(tokenizer: Any, response_ids: Sequence[int], completion: str, reasoning: str) -> int:

@@ -24,8 +24,9 @@ the end, two timestamps per call (with a device synchronisation on CUDA so that 
 
 The cache is preallocated per layer, (B, H_kv, S, D) (``thinkaloud.model.kv_cache``). The wrapped HF
 decoder layers are called unchanged on the live rows with a small cache view whose ``update`` writes
-those rows' K/V in place and returns their keys and values so far. Rows that finish are compacted out
-of the batch.
+those rows' K/V in place and returns their keys and values so far. Rows that finish stop being recorded
+and leave the batch once half of it is done (the cache is compacted then, not at every finish: copying
+it costs more than decoding a few finished rows along).
 
 Prefix: ``prefill(model, ids, mask)`` reads a text once at full depth (no exits, like every prompt
 position) and returns a :class:`~thinkaloud.model.kv_cache.Prefix`; ``generate(..., prefix=p)`` then
@@ -154,13 +155,17 @@ def generate(
     seed: int | None = None,
     on_token: Callable[..., None] | None = None,
     prefix: Prefix | None = None,
+    stop_when: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> GenerationOutput:
     """Sample up to ``max_new_tokens`` per row with exits; ``offset=-inf`` is plain (LoRA) generation.
 
     input_ids/attention_mask: (B, P), left-padded. ``stop_token_ids`` default to the model's EOS.
     ``generator`` or ``seed`` make sampling (tokens and exits) reproducible. ``on_token``: the per-step
     streaming callback of the module docstring. ``prefix``: B rows already read (:func:`prefill`) that
-    ``input_ids`` continue.
+    ``input_ids`` continue. ``stop_when(rows, new_tokens)``: a stopping rule besides the stop tokens,
+    called after every step with the original indices of the rows still generating (b,) and their new
+    tokens so far (b, n) → (b,) bool, True for a row that is done (its last token is kept, as a stop
+    token is).
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -184,6 +189,7 @@ def generate(
             generator,
             on_token,
             prefix,
+            stop_when,
         )
     finally:
         model.train(was_training)
@@ -283,6 +289,7 @@ def _generate(
     generator,
     on_token=None,
     prefix: Prefix | None = None,
+    stop_when=None,
 ) -> GenerationOutput:
     B, P = input_ids.shape
     L = model.num_layers
@@ -321,8 +328,11 @@ def _generate(
     )  # (B, S) position of each column's token
 
     # Prefill: every prompt position but the last runs all layers (prompt positions do not exit).
-    if P > 1:
-        _read(model, cache, input_ids[:, :-1], positions[:, :-1], key_valid, key_positions, S0)
+    # After a prefix the continuation is short: read one column at a time, its single-query attention
+    # runs on the key/value heads, where a multi-query block would copy every prefix key per head.
+    steps = [(0, P - 1)] if prefix is None else [(c, c + 1) for c in range(P - 1)]
+    for a, b in steps if P > 1 else []:
+        _read(model, cache, input_ids[:, a:b], positions[:, a:b], key_valid, key_positions, S0 + a)
 
     new_tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
     exit_layers = torch.full((B, max_new_tokens), L, dtype=torch.long, device=device)
@@ -330,7 +340,8 @@ def _generate(
     exit_lp = torch.zeros(B, max_new_tokens, device=device)
     lengths = torch.zeros(B, dtype=torch.long, device=device)
 
-    rows = torch.arange(B, device=device)  # original index of each active row
+    rows = torch.arange(B, device=device)  # original index of each row in the batch
+    alive: torch.Tensor | None = None  # batch indices of the rows still generating; None: all of them
     token = input_ids[:, -1]  # (b,) newest token per active row
     pos = positions[:, -1]  # (b,)
     # Additive key bias of the active rows, (b, S): padding masked. A decode query at column `col`
@@ -398,24 +409,29 @@ def _generate(
                     still, done = live.nonzero().squeeze(-1), (~live).nonzero().squeeze(-1)
         logits = arch.readout(model.peft, norm(h[:, 0])).float()  # (b, V)
         nxt = _sample(logits, do_sample, temperature, top_p, generator)  # (b,)
-        new_tokens[rows, n] = nxt
-        exit_layers[rows, n] = exit_at
-        token_lp[rows, n] = F.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1)
-        exit_lp[rows, n] = lp_exit
-        lengths[rows] = n + 1
+        # Record the rows still generating (finished rows may ride along until the batch is compacted).
+        at, out_rows = (slice(None), rows) if alive is None else (alive, rows[alive])
+        new_tokens[out_rows, n] = nxt[at]
+        exit_layers[out_rows, n] = exit_at[at]
+        token_lp[out_rows, n] = F.log_softmax(logits[at], -1).gather(-1, nxt[at, None]).squeeze(-1)
+        exit_lp[out_rows, n] = lp_exit[at]
+        lengths[out_rows] = n + 1
         if on_token is not None:
-            on_token(rows, nxt, exit_at, token_lp[rows, n])  # (b,) each
+            on_token(out_rows, nxt[at], exit_at[at], token_lp[out_rows, n])  # (b,) each
         if n == 0:
             t_first = _clock(device)
-        if stop.numel():
-            finished = torch.isin(nxt, stop)
-            n_finished = int(finished.sum())  # one sync per token, as HF's stopping criteria
-            if n_finished == b:
+        if stop.numel() or stop_when is not None:
+            finished = torch.isin(nxt[at], stop)
+            if stop_when is not None:
+                finished = finished | stop_when(out_rows, new_tokens[out_rows, : n + 1])
+            going = (torch.arange(b, device=device) if alive is None else alive)[~finished]  # batch indices
+            if not going.numel():  # one sync per token, as HF's stopping criteria
                 break
-            if n_finished:
-                keep = (~finished).nonzero().squeeze(-1)
-                cache.keep(keep)
-                rows, nxt, pos, key_bias = rows[keep], nxt[keep], pos[keep], key_bias[keep]
+            if 2 * going.numel() <= b:  # compact once half the batch is done: copying the cache costs
+                cache.keep(going)  # more than decoding a few finished rows along
+                rows, nxt, pos, key_bias, alive = rows[going], nxt[going], pos[going], key_bias[going], None
+            elif going.numel() < out_rows.numel():
+                alive = going
         token, pos = nxt, pos + 1
 
     t_end = _clock(device)
