@@ -10,9 +10,11 @@ n short greedy answers through ``model.generate``), the future lens (one teacher
 response with its exits, ridge fits, held-out readouts) and the fluency proxies (one pass with the
 adapter off). The goal: (reliance + lens) / eval generation ≤ 1×.
 
-Where the time goes: early answering re-reads prompt + cut reasoning for every (response, f) context
-(no prefix cache in ``model.generate``), so it is prefill-bound — heavy on a CPU, where prefill is
-compute-bound, light on a GPU, where the eval's token-by-token decoding dominates its own time.
+Where the time goes: early answering reads each response's prompt + reasoning once
+(``thinkaloud.model.generate.prefill``) and answers all its cuts from those keys and values, stopping
+each answer at the end of its first line; the future lens is one teacher-forced pass, the ridge fits
+and the held-out readouts, most of them settled on the logits of the texts' own tokens
+(``thinkaloud.eval.lens.top1``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--offset", type=float, default=0.0, help="exit offset for a trained model (a base model: −∞)")
     p.add_argument("--answer-tokens", type=int, default=ANSWER_TOKENS)
-    p.add_argument("--answer-batch-size", type=int, default=32, help="contexts per short-answer generate call")
+    p.add_argument(
+        "--answer-batch-size", type=int, default=16, help="responses answered together (as the eval's --batch-size)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()

@@ -81,7 +81,7 @@ def test_all_measures_write_their_fields_and_fluency_equals_a_direct_computation
 
 
 def test_measures_off_write_nulls_and_default_is_fluency(tiny_dir, tmp_path):
-    assert list(DEFAULT_MEASURES) == ["fluency"] and EvalConfig(model="m", out="o").measures == ["fluency"]
+    assert list(DEFAULT_MEASURES) == list(MEASURES) and EvalConfig(model="m", out="o").measures == list(MEASURES)
     summary = evaluate(EvalConfig(model=tiny_dir, out=str(tmp_path / "off"), measures=[], **EVAL))
     assert summary["reliance"] is None and summary["lens"] is None and summary["fluency"] is None
     assert all(r["reliance"] is None and r["lens"] is None and r["fluency"] is None for r in _records(tmp_path / "off"))

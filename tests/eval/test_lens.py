@@ -89,6 +89,40 @@ def test_random_targets_give_chance_and_planted_targets_do_not():
     assert abs(float(acc) - 0.25) < 0.04
 
 
+def test_candidates_settle_states_early_and_change_no_answer():
+    """With candidates the answer is the full argmax's; a state whose token a candidate beats never gets
+    the full readout."""
+    g = torch.Generator().manual_seed(5)
+    unembed = torch.randn(500, 16, generator=g)
+    full_rows = []
+
+    def readout(h, vocab=None):
+        if vocab is None:
+            full_rows.append(h.shape[0])
+            return h @ unembed.T  # (n, 500)
+        return h @ unembed[vocab].T  # (n, K)
+
+    h = torch.randn(300, 16, generator=g)
+    best = (h @ unembed.T).argmax(-1)
+    tokens = torch.where(torch.rand(300, generator=g) < 0.4, best, torch.randint(0, 500, (300,), generator=g))
+    plain = top1(readout, h, tokens, budget=5000)
+    full_rows.clear()
+    candidates = torch.unique(best[:150])  # the winners of half the states (and any others' tokens)
+    pruned = top1(readout, h, tokens, candidates, budget=5000)
+    assert torch.equal(pruned, plain) and 0.3 < plain.float().mean() < 0.6
+    settled = ~plain & torch.isin(best, candidates)  # a candidate beats the token: no full readout needed
+    read_fully = sum(full_rows[1:])  # the first call only asks the vocabulary size
+    assert int(plain.sum()) <= read_fully <= 300 - int(settled.sum()) and settled.sum() > 100
+
+
+def test_readout_of_a_vocabulary_subset_equals_those_columns(family):
+    model = build_tiny(family)
+    normed = torch.randn(5, model.config.hidden_size)
+    ids = torch.tensor([3, 0, 41, 96, 7])
+    with torch.no_grad():
+        torch.testing.assert_close(arch.readout(model, normed, ids), arch.readout(model, normed)[:, ids])
+
+
 @pytest.fixture(scope="module")
 def rollouts():
     """A tiny model whose exits fire half the time at each exit layer, and its own greedy rollouts."""

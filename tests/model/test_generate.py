@@ -165,7 +165,7 @@ def test_prefill_and_decode_times_are_recorded(lengths):
 
 def test_stop_when_ends_the_rows_it_names_and_changes_nothing_else():
     model = wrap("llama")
-    ids, mask = left_padded_batch([7, 3, 5], seed=11)
+    ids, mask = left_padded_batch([7, 3, 5, 6, 4], seed=11)
     kw = dict(max_new_tokens=8, do_sample=False, offset=-math.inf, stop_token_ids=[])  # no random draws
     free = model.generate(ids, mask, **kw)
     calls = []
@@ -176,7 +176,9 @@ def test_stop_when_ends_the_rows_it_names_and_changes_nothing_else():
         return ((rows == 1) & (tokens.shape[1] >= 2)) | ((rows == 2) & (tokens.shape[1] >= 5))
 
     out = model.generate(ids, mask, stop_when=stop_when, **kw)
-    assert out.lengths.tolist() == [8, 2, 5]
-    assert calls[:2] == [[0, 1, 2]] * 2 and calls[2] == [0, 2] and calls[5] == [0]
+    assert out.lengths.tolist() == [8, 2, 5, 8, 8]
+    # row 1 rides along unrecorded (4 of 5 rows still going); row 2's end compacts the batch (3 of 5)
+    assert calls[:2] == [[0, 1, 2, 3, 4]] * 2 and calls[2] == [0, 2, 3, 4] and calls[5] == [0, 3, 4]
     for b, n in enumerate(out.lengths.tolist()):
         assert torch.equal(out.new_tokens[b, :n], free.new_tokens[b, :n])
+        assert (out.new_tokens[b, n:] == 0).all() and (out.exit_layers[b, n:] == model.num_layers).all()

@@ -16,14 +16,13 @@ responses with more than three tokens (fit, validation, held out); with fewer it
 ``{"skipped": reason}``. The short answers of early answering are written like the eval's own tokens:
 greedy, exits sampled at the eval's offset (none for a base model), seeded with the eval's seed.
 
-Default: ``fluency`` only (``DEFAULT_MEASURES``), chosen by cost. Measured with
-``benchmarks/measures.py`` (SmolLM2-135M base on ``tom``, n = 32, up to 96 new tokens, 2 CPU cores
-shared with other jobs): eval generation 326 s; reliance 266 s (0.82×), future lens 294 s (0.90×),
-fluency 115 s (0.35×) — reliance + lens 1.72×, over the goal of ≤ 1× the eval's own time, so they are
-opt-in (``--measures reliance,lens,fluency``). Early answering re-reads prompt + cut reasoning for each
-distinct cut (``model.generate`` has no prefix cache), so it is prefill-bound on a CPU; the lens reads
-the vocabulary out (m + 1) · (K + 1) times per held-out token. On a GPU, where the eval's token-by-token
-decoding dominates, both are cheap.
+Default: all three (``DEFAULT_MEASURES``). Their cost, measured with ``benchmarks/measures.py``
+(SmolLM2-135M base on ``tom``, n = 32, up to 96 new tokens, 2 CPU cores): eval generation 17.8 s;
+reliance 5.5 s (0.31×), future lens 8.4 s (0.47×), fluency 6.1 s (0.34×) — reliance + lens 0.78× the
+eval's own generation. Early answering reads each prompt + reasoning once and answers every cut from
+its cached keys and values (``thinkaloud.model.generate.prefill``); the future lens settles most
+held-out states on the logits of the texts' own tokens before any full-vocabulary readout
+(``thinkaloud.eval.lens.top1``). ``--measures fluency`` (or ``''``) leaves them out.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from thinkaloud.eval.measures import EvalContext, MeasureResult
 from thinkaloud.eval.reliance import early_answering, model_answerer
 
 MEASURES = ("reliance", "lens", "fluency")
-DEFAULT_MEASURES = ("fluency",)
+DEFAULT_MEASURES = ("reliance", "lens", "fluency")
 
 
 def check_measures(names: list[str]) -> None:

@@ -24,8 +24,9 @@ prompt (after a space unless the prompt ends with whitespace), and is left out w
 ends with it (a base-model prompt "…Answer:").
 f = 1 replaces the response's own final-answer text with the cue, so agreement at 1 can fall short of 1.
 The short answer is sampled as in the eval (greedy tokens, exits sampled with the eval's offset;
-offset −∞ = no exits); it is capped at ``ANSWER_TOKENS`` new tokens (``model_answerer(max_new_tokens=)``),
-so answers longer than a line (grids) are out of scope. Cost: one full-depth pass over each response's
+offset −∞ = no exits); it is capped at ``ANSWER_TOKENS`` new tokens (``model_answerer(max_new_tokens=)``)
+and stops once its first non-empty line is complete (nothing after it is read), so answers longer
+than a line (grids) are out of scope. Cost: one full-depth pass over each response's
 prompt + reasoning (``thinkaloud.model.generate.prefill``), whose keys and values every cut shares
 (``Prefix.select``); then per (response, f) only the cue and the short answer are computed. Equal
 contexts (the cuts of a reasoning of fewer tokens than fractions coincide) are answered once.

@@ -25,8 +25,9 @@ the end, two timestamps per call (with a device synchronisation on CUDA so that 
 The cache is preallocated per layer, (B, H_kv, S, D) (``thinkaloud.model.kv_cache``). The wrapped HF
 decoder layers are called unchanged on the live rows with a small cache view whose ``update`` writes
 those rows' K/V in place and returns their keys and values so far. Rows that finish stop being recorded
-and leave the batch once half of it is done (the cache is compacted then, not at every finish: copying
-it costs more than decoding a few finished rows along).
+and leave the batch once a quarter of it is done (``COMPACT_AT``; the cache is compacted then, not at
+every finish: copying it costs more than decoding a few finished rows along. SmolLM2-135M on 2 CPU
+cores, 32 `tom` prompts in batches of 16: 18.1 s at every finish, 16.4 s at a quarter, 17.2 s at half).
 
 Prefix: ``prefill(model, ids, mask)`` reads a text once at full depth (no exits, like every prompt
 position) and returns a :class:`~thinkaloud.model.kv_cache.Prefix`; ``generate(..., prefix=p)`` then
@@ -57,6 +58,9 @@ import torch.nn.functional as F
 from thinkaloud.model import arch
 from thinkaloud.model.early_exit import default_position_ids
 from thinkaloud.model.kv_cache import KVCache, Prefix, attention_masks
+
+COMPACT_AT = 0.75
+"""Finished rows leave the batch once the rows still generating are at most this share of it."""
 
 
 @dataclass
@@ -427,8 +431,8 @@ def _generate(
             going = (torch.arange(b, device=device) if alive is None else alive)[~finished]  # batch indices
             if not going.numel():  # one sync per token, as HF's stopping criteria
                 break
-            if 2 * going.numel() <= b:  # compact once half the batch is done: copying the cache costs
-                cache.keep(going)  # more than decoding a few finished rows along
+            if going.numel() <= COMPACT_AT * b:  # compact once a quarter of the batch is done: copying the
+                cache.keep(going)  # cache costs more than decoding a few finished rows along
                 rows, nxt, pos, key_bias, alive = rows[going], nxt[going], pos[going], key_bias[going], None
             elif going.numel() < out_rows.numel():
                 alive = going

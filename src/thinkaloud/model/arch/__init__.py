@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from thinkaloud.errors import UserError
@@ -140,11 +141,19 @@ def num_layers(model: nn.Module) -> int:
     return base_causal_lm(model).config.num_hidden_layers
 
 
-def readout(model: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+def readout(model: nn.Module, normed: torch.Tensor, vocab: torch.Tensor | None = None) -> torch.Tensor:
     """Final-normed states (..., C) → next-token logits (..., V), as the model's ``*ForCausalLM`` computes
-    them: unembedding, then tanh soft-capping z ← c·tanh(z/c) where the family has it (Gemma 2/3)."""
+    them: unembedding, then tanh soft-capping z ← c·tanh(z/c) where the family has it (Gemma 2/3).
+
+    ``vocab``: token ids (K,) → only their logits (..., K), from those rows of the unembedding."""
     base = base_causal_lm(model)
-    logits = base.lm_head(normed)
+    head = base.lm_head
+    if vocab is None:
+        logits = head(normed)
+    elif type(head) is nn.Linear:
+        logits = F.linear(normed, head.weight[vocab], None if head.bias is None else head.bias[vocab])
+    else:  # a wrapped head (an adapter on it): all logits, then the requested ones
+        logits = head(normed)[..., vocab]
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap is not None and family_of(base.config).final_logit_softcapping:
         logits = logits / cap
