@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-from thinkaloud.data import tasks
+from thinkaloud.data import gsm8k, tasks
 from thinkaloud.data.tasks import (
     DEFAULT_TASK,
     KNOWN_TASKS,
@@ -201,7 +201,7 @@ def test_gsm8k_env_var(tmp_path, monkeypatch):
 
 def test_gsm8k_without_a_source_says_how_to_give_one(monkeypatch, tmp_path):
     monkeypatch.delenv(tasks.GSM8K_ENV, raising=False)
-    monkeypatch.setattr(tasks, "_hub_gsm8k", lambda split: None)  # never touch the network in tests
+    monkeypatch.setattr(gsm8k, "_hub_gsm8k", lambda split: None)  # never touch the network in tests
     with pytest.raises(FileNotFoundError, match="gsm8k:/path/to/train.jsonl") as err:
         get_task("gsm8k").items(1)
     message = str(err.value)
