@@ -386,3 +386,17 @@ def test_scores_are_in_unit_interval():
         for item in task.items(5):
             for completion in junk + [rng.choice(junk) + item.answer]:
                 assert 0.0 <= task.score(item, completion) <= 1.0
+
+
+def test_tom_answers_are_the_same_when_they_name_the_same_container():
+    task = get_task("tom")
+    item = task.items(1, split="test")[0]
+    c, other = item.answer, next(x for x in item.meta["containers"] if x != item.answer)
+    same = lambda a, b: task.same_answer(item, a, b)
+    assert same(f"mia thinks the ball is in the {c}", c) and same(f"The {c.upper()}.", f"in the {c}")
+    assert not same(c, other) and not same(f"the {c} or the {other}", c) and not same("1", c)
+    assert same("emma", "Emma.") and not same(None, c) and not same(c, None)
+    assert not task.same_answer(None, f"in the {c}", c)  # without the item: the text itself
+    assert get_task("gsm8k:/nonexistent").same_answer(None, "12", "12.") and not get_task("rg:chain_sum").same_answer(
+        None, "1", "2"
+    )

@@ -246,3 +246,21 @@ def test_answers_stop_once_their_first_line_is_complete(tok):
     # only the newest token is looked at first: a row is done when it ends a non-empty line
     assert done(torch.arange(5), tokens).tolist() == [False, False, True, False, False]
     assert done(torch.arange(1), tokens[3:4, : len(rows[3]) - 4]).tolist() == [True]  # "\n 7 apples\n"
+
+
+def test_agreement_is_the_tasks_own_notion_of_the_same_answer(tok):
+    """For `tom` an answer is the container it names: "the ball is in the tin" and "tin" agree."""
+    from thinkaloud.data.tasks import get_task
+
+    task = get_task("tom")
+    item = task.items(1, split="test")[0]
+    other = next(c for c in item.meta["containers"] if c != item.answer)
+    text = f"Mia saw the ball moved.\nAnswer: Mia thinks the ball is in the {item.answer}."
+    response = Response(
+        prompt_ids(tok, "Where is the ball?\n"), tok(text, add_special_tokens=False)["input_ids"], item=item
+    )
+    said = iter([f" The {item.answer}.", f" {other}", " I do not know", f" in the {item.answer}", item.answer, "x"])
+    summary, (record,) = early_answering(task, [response], tok, per_context(lambda cs: [next(said) for _ in cs]))
+    assert record["full_answer"] == f"mia thinks the ball is in the {item.answer}"
+    assert record["agree"] == [True, False, False, True, True, False]
+    assert summary["accuracy_f0"] == 1.0 and summary["accuracy_f1"] == 0.0

@@ -55,6 +55,12 @@ class Task(ABC):
         found = self.locate_answer(completion)
         return None if found is None else (completion[: found[0]].rstrip(), found[1])
 
+    def same_answer(self, item: Item | None, a: str | None, b: str | None) -> bool:
+        """Whether two extracted answers (to ``item``, if known) are the same answer: equal after
+        stripping, case folding and dropping a trailing period. No answer (None) agrees with nothing."""
+        norm = lambda s: s.strip().rstrip(".").strip().casefold()
+        return a is not None and b is not None and norm(a) == norm(b)
+
     def prompt(self, item: Item, tokenizer: Any) -> str:
         return render_prompt(item.question, tokenizer, self.system_prompt)
 

@@ -383,6 +383,13 @@ def normalize_container(text: str) -> str:
     return " ".join(words)
 
 
+def named_container(text: str, containers: list[str] | tuple[str, ...]) -> str:
+    """The only container of `containers` that `text` mentions, else `text` normalised."""
+    got = normalize_container(text)
+    mentioned = {c.lower() for c in containers if re.search(rf"\b{re.escape(c.lower())}\b", got)}
+    return mentioned.pop() if len(mentioned) == 1 else got
+
+
 def container_matches(text: str, answer: str, containers: list[str] | tuple[str, ...]) -> bool:
     """True if `text` names `answer`: exactly (after normalising), or as the only container it mentions."""
     got = normalize_container(text)

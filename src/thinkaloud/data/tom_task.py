@@ -60,3 +60,12 @@ class TomTask(Task):
         if answer is None:
             return 0.0
         return float(tom.container_matches(answer, item.answer, item.meta["containers"]))
+
+    def same_answer(self, item: Item | None, a: str | None, b: str | None) -> bool:
+        """The same container: with the item known, each answer stands for the only one of the story's
+        containers it mentions ("Mia thinks the ball is in the tin" → tin), else for its normalised
+        text, as ``score`` reads an answer."""
+        if a is None or b is None or item is None:
+            return super().same_answer(item, a, b)
+        containers = item.meta["containers"]
+        return tom.named_container(a, containers) == tom.named_container(b, containers)

@@ -7,9 +7,10 @@ tokens, the task's answer cue is appended (``task.answer_cue``, e.g. "Answer:"),
 writes a short answer greedily. The answer is its first non-empty line, read by the task's extractor
 as ``cue + " " + line``. Numbers:
 
-- ``agreement[f]``: share of responses whose early answer equals the full response's answer (both
-  extracted and normalised by the task; compared case-insensitively, trailing period ignored; no
-  answer counts as disagreement);
+- ``agreement[f]``: share of responses whose early answer is the full response's answer (both
+  extracted by the task and compared by ``task.same_answer``: equal case-insensitively with a
+  trailing period ignored, and for ``tom`` the same container named, so "the ball is in the tin" and
+  "tin" agree; no answer counts as disagreement);
 - ``aoc``: area over the agreement curve, ∫₀¹ (1 − agreement(f)) df by the trapezoid rule over the
   fractions. 0: the answer is the same however little reasoning is shown (it does not depend on the
   written reasoning); up to 1: it changes whenever the reasoning is cut. Higher = more reliance;
@@ -194,11 +195,6 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-def same_answer(a: str | None, b: str | None) -> bool:
-    norm = lambda s: s.strip().rstrip(".").strip().casefold()
-    return a is not None and b is not None and norm(a) == norm(b)
-
-
 def early_answering(
     task: Task,
     responses: Sequence[Response],
@@ -258,7 +254,7 @@ def early_answering(
     for (r, rec), answers in zip(included, written):
         texts = [f"{cue} {first_line(w)}" for w in answers]
         rec["answers"] = [task.extract_answer(t) for t in texts]
-        rec["agree"] = [same_answer(a, rec["full_answer"]) for a in rec["answers"]]
+        rec["agree"] = [task.same_answer(r.item, a, rec["full_answer"]) for a in rec["answers"]]
         if r.item is not None:
             rec["score_f0"], rec["score_f1"] = float(task.score(r.item, texts[0])), float(task.score(r.item, texts[-1]))
 
