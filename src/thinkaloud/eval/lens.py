@@ -151,7 +151,7 @@ def top1(
     open_ = torch.arange(h.shape[0], device=h.device)
     if candidates is not None:
         pool = torch.unique(torch.cat([candidates.to(tokens.device), tokens]))  # (K,) sorted
-        at = torch.searchsorted(pool, tokens)  # (N,) the token's column in the pool
+        at = torch.searchsorted(pool, tokens.contiguous())  # (N,) the token's column in the pool
         beaten, step = [], max(1, size // pool.numel())
         for s in range(0, h.shape[0], step):
             logits = readout(h[s : s + step], pool)  # (n, K)
