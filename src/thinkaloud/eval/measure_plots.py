@@ -39,7 +39,7 @@ def plot_agreement_curves(summaries: Mapping[str, Mapping[str, Any]]) -> Figure:
     ax.grid(alpha=0.3)
     ax.set_title("Early answering (higher area over the curve = more reliance on the reasoning)")
     if shown:
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")  # where it covers the fewest points
     return fig
 
 
