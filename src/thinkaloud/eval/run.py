@@ -24,7 +24,7 @@
    measure is): the calibration target and its TV distance, the measured speed against the base
    model, the coherence judge, then the externalisation measures named in ``--measures``
    (``thinkaloud.eval.externalisation``: reliance on the written reasoning, future lens, fluency
-   proxies; default fluency only, as reliance and the lens cost more than the eval on a CPU);
+   proxies; all three by default: reliance + lens cost about 0.5–0.6× an eval's own time on a CPU);
 7. ``records.jsonl``, ``summary.json``, ``config.json`` (this config and what was resolved from the
    lineage) and ``tokens.html`` (first record), all written atomically; a summary table and coloured
    responses in the terminal.
