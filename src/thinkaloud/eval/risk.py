@@ -37,6 +37,11 @@ What the guarantee covers: new items of the same task and split, generated greed
 generation length (token risk averages over the first K tokens; answers change with K), sampled
 tokens, or retrained weights (a recorded offset is dropped when the weights change). It bounds the
 disagreement with the model's own full depth, not the error of either.
+
+The per-offset losses (``Rollouts``, ``OffsetStats``, ``rollouts``, ``token_stats``, ``answer_stats``,
+``offset_stats``) live in ``thinkaloud.eval.risk_losses``, the plot and the terminal table in
+``thinkaloud.eval.risk_report``; both are re-exported here. This module keeps the configuration, the
+offset grid, the job itself and the offset eval generates with (``eval_offset``).
 """
 
 from __future__ import annotations
@@ -47,19 +52,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
-from rich.table import Table
 
-from thinkaloud.data.prompts import encode_prompts
-from thinkaloud.data.tasks import DEFAULT_TASK, SPLITS, Item, Task, get_task
+from thinkaloud.data.tasks import DEFAULT_TASK, SPLITS, get_task
 from thinkaloud.errors import UserError, as_user_errors
-from thinkaloud.eval import metrics
 from thinkaloud.eval.lineage import check_no_leakage, lineage
 from thinkaloud.eval.ltt import learn_then_test
 from thinkaloud.eval.measures import progress
+from thinkaloud.eval.risk_losses import (  # noqa: F401  (re-exported: the losses lived here)
+    OffsetStats,
+    Rollouts,
+    _answers,
+    _per_item,
+    answer_stats,
+    offset_stats,
+    rollouts,
+    token_stats,
+)
+from thinkaloud.eval.risk_report import _plot, _print
 from thinkaloud.io import atomic_write_json
-from thinkaloud.model.generate import GenerationOutput
 from thinkaloud.model.loading import Loaded, default_device, load_model, saved_model_dir
 from thinkaloud.model.recorded import describe_record, record_offset, recorded_value
 
@@ -149,140 +160,6 @@ class RiskConfig:
         if self.split == self.val_split:
             raise ValueError(f"the validation split must differ from the calibration split ({self.split!r})")
         parse_offsets(self.offsets)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Losses
-
-
-@dataclass
-class Rollouts:
-    """Full-depth greedy generations of some items, in batches, with what every risk compares against."""
-
-    items: list[Item]
-    batches: list[GenerationOutput]
-    top1: list[torch.Tensor]  # per batch (b, N): full-depth top-1 at the positions predicting the new tokens
-    answers: list[str | None]  # per item: the full-depth final answer
-
-
-@dataclass
-class OffsetStats:
-    losses: list[float]  # per item, in [0, 1]
-    layers: list[list[int]]  # per item: the exit layer of each completion token
-    context: list[list[int]]  # per item: the context length each token attended to
-
-    def summary(self, model) -> dict[str, float]:
-        L = model.num_layers
-        return {
-            "als": metrics.average_layer_savings(self.layers, L),
-            "early_exit_rate": metrics.early_exit_rate(self.layers, L),
-            "flop_savings": metrics.flop_savings(
-                self.layers, context=self.context, **metrics.model_dims(model.hf_config)
-            ),
-        }
-
-
-def _answers(loaded: Loaded, task: Task, gen: GenerationOutput) -> list[str | None]:
-    texts = loaded.tokenizer.batch_decode(
-        [gen.new_tokens[i, : int(gen.lengths[i])].tolist() for i in range(len(gen.lengths))], skip_special_tokens=True
-    )
-    return [task.extract_answer(text) for text in texts]
-
-
-def _per_item(gen: GenerationOutput, layers: torch.Tensor) -> tuple[list[list[int]], list[list[int]]]:
-    """(b, N) exit layers of the new tokens → per item the layers and the context lengths, padding dropped."""
-    real_prompt = gen.attention_mask[:, : gen.prompt_length].sum(-1).tolist()
-    out_layers, out_context = [], []
-    for i, n in enumerate(gen.lengths.tolist()):
-        out_layers.append(layers[i, :n].tolist())
-        out_context.append([int(real_prompt[i]) + k for k in range(n)])
-    return out_layers, out_context
-
-
-@torch.no_grad()
-def rollouts(
-    loaded: Loaded, task: Task, items: list[Item], *, max_new_tokens: int, batch_size: int, device: str
-) -> Rollouts:
-    """Greedy generations at full depth (offset −∞, adapter on) and their teacher-forced top-1 tokens."""
-    model, tokenizer = loaded.model, loaded.tokenizer
-    batches, top1, answers = [], [], []
-    for s in range(0, len(items), batch_size):
-        prompts = [task.prompt(item, tokenizer) for item in items[s : s + batch_size]]
-        ids, mask = encode_prompts(tokenizer, prompts, device)  # (b, P) each
-        gen = model.generate(
-            ids,
-            mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            offset=-math.inf,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        logits = model(gen.sequences, gen.attention_mask, exit_layers=None).logits  # (b, P+N, V)
-        batches.append(gen)
-        top1.append(logits[:, gen.predicting_positions()].argmax(-1))  # (b, N)
-        answers += _answers(loaded, task, gen)
-    return Rollouts(items, batches, top1, answers)
-
-
-@torch.no_grad()
-def token_stats(model, roll: Rollouts, offset: float, seed: int) -> OffsetStats:
-    """Token risk at ``offset``: per item, the share of completion tokens whose top-1 token with sampled exits
-    differs from the full-depth top-1 (both teacher-forced on the full-depth rollout)."""
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    stats = OffsetStats([], [], [])
-    for gen, ref in zip(roll.batches, roll.top1):
-        out = model(
-            gen.sequences,
-            gen.attention_mask,
-            exit_layers="sample",
-            offset=offset,
-            generator=generator,
-            exits_from=gen.prompt_length - 1,
-        )
-        sl = gen.predicting_positions()
-        top = out.logits[:, sl].argmax(-1)  # (b, N)
-        completion = gen.completion_mask  # (b, N)
-        differ = ((top != ref) & completion).sum(-1).double() / completion.sum(-1)  # (b,)
-        stats.losses += differ.tolist()
-        layers, context = _per_item(gen, out.exit_layers[:, sl])
-        stats.layers += layers
-        stats.context += context
-    return stats
-
-
-@torch.no_grad()
-def answer_stats(
-    loaded: Loaded, task: Task, roll: Rollouts, offset: float, seed: int, max_new_tokens: int
-) -> OffsetStats:
-    """Answer risk at ``offset``: per item, 1 if a greedy generation with sampled exits answers differently
-    from the full-depth generation."""
-    model, tokenizer = loaded.model, loaded.tokenizer
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    stats, k = OffsetStats([], [], []), 0
-    for ref in roll.batches:
-        P = ref.prompt_length
-        gen = model.generate(
-            ref.sequences[:, :P],
-            ref.attention_mask[:, :P],
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            offset=offset,
-            pad_token_id=tokenizer.pad_token_id,
-            generator=generator,
-        )
-        for answer in _answers(loaded, task, gen):
-            stats.losses.append(float(answer != roll.answers[k]))
-            k += 1
-        layers, context = _per_item(gen, gen.exit_layers)
-        stats.layers += layers
-        stats.context += context
-    return stats
-
-
-def offset_stats(loaded: Loaded, task: Task, roll: Rollouts, offset: float, config: RiskConfig) -> OffsetStats:
-    if config.risk == "token":
-        return token_stats(loaded.model, roll, offset, config.seed)
-    return answer_stats(loaded, task, roll, offset, config.seed, config.max_new_tokens)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -413,73 +290,6 @@ def choose_offset(config: RiskConfig) -> dict[str, Any]:
     _plot(result, out / "risk")
     _print(console, result, out)
     return result
-
-
-def _plot(result: dict[str, Any], path_without_ext: Path) -> None:
-    """Risk (left axis) and ALS (right axis) against the offset, ε and the choice marked."""
-    from matplotlib.figure import Figure
-
-    from thinkaloud.eval.plots import MODEL_COLOR, save_figure
-
-    rows = result["offsets"]
-    x = [r["offset"] for r in rows]
-    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot(x, [r["risk"] for r in rows], "o-", color=MODEL_COLOR, label=f"{result['risk']} risk (empirical)")
-    ax.axhline(result["epsilon"], color="firebrick", linestyle="--", label=f"ε = {result['epsilon']:g}")
-    if result["chosen_offset"] is not None:
-        ax.axvline(
-            result["chosen_offset"],
-            color="black",
-            linestyle=":",
-            label=f"chosen offset {result['chosen_offset']:g} (δ = {result['delta']:g})",
-        )
-    ax.set_xlabel("offset (added to every exit logit)")
-    ax.set_ylabel(f"{result['risk']} risk")
-    ax.set_ylim(bottom=0)
-    twin = ax.twinx()
-    twin.plot(x, [r["als"] for r in rows], "s-", color="seagreen", alpha=0.7, label="ALS")
-    twin.set_ylabel("average layer savings (ALS)")
-    twin.set_ylim(0, 1)
-    handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper left", fontsize="small")
-    title = "no offset accepted: exits off" if result["chosen_offset"] is None else "risk-controlled offset"
-    ax.set_title(f"{title} · {result['task']} · n = {result['n']}")
-    save_figure(fig, path_without_ext)
-
-
-def _print(console: Console, result: dict[str, Any], out: Path) -> None:
-    table = Table(
-        title=f"{result['risk']} risk per offset (ε = {result['epsilon']:g}, δ = {result['delta']:g}, "
-        f"n = {result['n']})"
-    )
-    for header in ("offset", "risk", "p-value", "accepted", "ALS", "FLOP savings"):
-        table.add_column(header, justify="right")
-    for r in result["offsets"]:
-        verdict = "yes" if r["accepted"] else ("no" if r["tested"] else "not tested")
-        table.add_row(
-            f"{r['offset']:g}",
-            f"{r['risk']:.3f}",
-            f"{r['p_value']:.3g}",
-            verdict,
-            f"{r['als']:.1%}",
-            f"{r['flop_savings']:.1%}",
-        )
-    console.print(table)
-    val = result["validation"]
-    if result["chosen_offset"] is None:
-        console.print("[yellow]no offset accepted: the answer is exits off (offset −∞)")
-    else:
-        row = next(r for r in result["offsets"] if r["offset"] == result["chosen_offset"])
-        console.print(
-            f"chosen offset [bold]{result['chosen_offset']:g}[/]: ALS {row['als']:.1%}, FLOP savings "
-            f"{row['flop_savings']:.1%}; validation ({val['split']}, n = {val['n']}): risk {val['risk']:.3f}"
-        )
-    if result["saved_to"]:
-        console.print(
-            f"recorded in {result['saved_to']}/thinkaloud.json: eval and generation use it when no offset is given"
-        )
-    console.print(f"wrote {out / 'risk.json'} and {out / 'risk.png'} ({result['seconds']:.0f} s)")
 
 
 # ---------------------------------------------------------------------------------------------------
