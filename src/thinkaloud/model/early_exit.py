@@ -16,30 +16,31 @@ The recorded offset (``thinkaloud.model.recorded``): ``thinkaloud risk --save`` 
 with a risk guarantee in ``thinkaloud.json``. :meth:`EarlyExitModel.from_pretrained` reads it into
 ``model.risk_control`` (while it matches the weights), :meth:`EarlyExitModel.generate` uses it when no
 ``offset`` is given, and :meth:`save_pretrained` keeps it when it writes the weights it was chosen for.
+
+This module holds :class:`EarlyExitModel` (building, the hooks, the teacher-forced passes, generation) and
+its outputs. ``thinkaloud.model.exit_run`` holds the exit heads (:class:`ExitHeads`), ``ExitSpec`` and the
+per-pass state ``_ExitRun`` that the hooks advance; ``thinkaloud.model.saving`` holds the bodies of
+:meth:`EarlyExitModel.save_pretrained` / :meth:`EarlyExitModel.from_pretrained` and the base-model loader.
+Their names, and those of ``thinkaloud.model.recorded``, are importable from here too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from thinkaloud import __version__
 from thinkaloud.config import ExitConfig
-from thinkaloud.io import atomic_save_safetensors, atomic_write_json
-from thinkaloud.model import arch
-from thinkaloud.model.card import write_card
-from thinkaloud.model.exits import exit_index, exit_log_distribution
+from thinkaloud.model import arch, saving
+from thinkaloud.model.exit_run import ExitHeads, ExitSpec, _check_exits_from, _check_inputs, _ExitRun
+from thinkaloud.model.exits import exit_log_distribution
 from thinkaloud.model.lens import lens_kl
 from thinkaloud.model.recorded import (  # noqa: F401
     ADAPTER_DIR,
@@ -53,32 +54,13 @@ from thinkaloud.model.recorded import (  # noqa: F401
     recorded_value,
     weights_fingerprint,
 )
+from thinkaloud.model.saving import _load_base
 
 if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
-
-
-class ExitHeads(nn.Module):
-    """m scalar readouts z_i = w_i · h + b_i, computed in fp32 whatever the model's dtype.
-
-    Autocast is switched off inside the head (for the input's device type): under bf16 mixed
-    precision autocast would otherwise run the readout's matmul in bf16, and exit logits near the
-    sampling threshold would move by bf16 round-off.
-    """
-
-    def __init__(self, hidden_size: int, layers: list[int], init_bias: float = -6.0):
-        super().__init__()
-        self.layers = list(layers)
-        self.weight = nn.Parameter(torch.zeros(len(layers), hidden_size))  # (m, C)
-        self.bias = nn.Parameter(torch.full((len(layers),), float(init_bias)))  # (m,)
-
-    def forward(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
-        """hidden (..., C) at exit layer ``self.layers[k]`` → exit logit z (...), float32."""
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            return hidden.float() @ self.weight[k].float() + self.bias[k].float()
 
 
 @dataclass
@@ -100,72 +82,9 @@ class AllExitsOutput:
     logits of exiting at outcome k are ``arch.readout(model.peft, states[k])``."""
 
 
-ExitSpec = torch.Tensor | Literal["sample"] | None
-
-
 def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) 0/1 mask → (B, T) positions counting only real tokens, as HF ``generate`` does."""
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
-class _ExitRun:
-    """State of one teacher-forced pass, advanced by the decoder-layer hooks in layer order."""
-
-    def __init__(
-        self,
-        model: EarlyExitModel,
-        mask: torch.Tensor,
-        spec: ExitSpec,
-        offset: float,
-        generator: torch.Generator | None,
-        capture: bool,
-        exits_from: torch.Tensor | None = None,
-    ):
-        B, T = mask.shape
-        L = model.num_layers
-        self.model, self.mask, self.offset, self.generator = model, mask.bool(), float(offset), generator
-        self.can_exit = self.mask  # (B, T): real positions from each row's first exit column on
-        if exits_from is not None:
-            self.can_exit = self.mask & (torch.arange(T, device=mask.device)[None, :] >= exits_from[:, None])
-        self.sample = isinstance(spec, str)
-        if isinstance(spec, str) or spec is None:  # sampling starts from "no exit" everywhere
-            self.exit_layers = torch.full((B, T), L, dtype=torch.long, device=mask.device)
-        else:
-            self.exit_layers = spec.to(mask.device).long()
-            self.exit_layers = torch.where(self.mask, self.exit_layers, L)  # padding never exits
-            exit_index(self.exit_layers, model.layers, L)  # validates the values
-            if ((self.exit_layers < L) & ~self.can_exit).any():
-                raise ValueError("exit_layers prescribes exits before exits_from, where positions never exit")
-        self.frozen = torch.zeros(B, T, dtype=torch.bool, device=mask.device)  # exited below this layer
-        self.logp = torch.zeros(B, T, device=mask.device)  # (B, T) log P(exit layer) so far
-        self.capture = capture
-        self.captured: dict[int, torch.Tensor] = {}  # exit layer → its stream, when capturing
-        self.inputs: torch.Tensor | None = None
-
-    def before(self, hidden: torch.Tensor) -> None:
-        self.inputs = hidden
-
-    def after(self, j: int, out: torch.Tensor) -> torch.Tensor:
-        """Output of layer j (1-based) → the residual stream after layer j under freeze."""
-        if self.frozen.any():
-            assert self.inputs is not None, "the layer's pre-hook sets its input"
-            out = torch.where(self.frozen[..., None], self.inputs, out)  # (B, T, C)
-        if j in self.model.layer_to_head:
-            k = self.model.layer_to_head[j]
-            if self.capture:
-                self.captured[j] = out
-            z = self.model.heads(out, k) + self.offset  # (B, T)
-            live = ~self.frozen & self.can_exit
-            if self.sample:
-                u = torch.rand(z.shape, generator=self.generator, device=z.device)
-                exits = live & (u < torch.sigmoid(z.detach()))
-                self.exit_layers = torch.where(exits, j, self.exit_layers)
-            exiting = self.exit_layers == j
-            step = torch.where(exiting, F.logsigmoid(z), F.logsigmoid(-z))
-            self.logp = self.logp + torch.where(live, step, torch.zeros_like(step))
-        self.frozen = self.exit_layers <= j
-        self.inputs = None
-        return out
 
 
 class EarlyExitModel(nn.Module):
@@ -417,37 +336,7 @@ class EarlyExitModel(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Heads (safetensors) + adapter (peft) + ``thinkaloud.json`` + a model card ``README.md``, replaced
         atomically as a folder."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = directory.parent / f".{directory.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        self.peft.save_pretrained(str(tmp / ADAPTER_DIR))
-        atomic_save_safetensors(tmp / HEADS_FILE, {"weight": self.heads.weight, "bias": self.heads.bias})
-        meta = {
-            "thinkaloud_version": __version__,
-            "base_model": self.source,
-            "model_type": self.hf_config.model_type,
-            "unembedding_hash": arch.unembedding_hash(self.base),
-            "num_layers": self.num_layers,
-            "hidden_size": self.hf_config.hidden_size,
-            "exit_layers": self.layers,
-            "exit_config": self.config.to_dict(),
-        }
-        fingerprint = weights_fingerprint(tmp)
-        for record in (self.risk_control, read_meta(directory).get(RISK_KEY)):
-            if isinstance(record, dict) and record.get("weights") == fingerprint:  # same weights: still valid
-                meta[RISK_KEY] = record
-                break
-        atomic_write_json(tmp / META_FILE, meta)
-        write_card(tmp, meta, home=directory)  # README.md: the model card (thinkaloud.model.card)
-        old = directory.parent / f".{directory.name}.old"
-        if directory.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-        return directory
+        return saving.save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(
@@ -460,78 +349,4 @@ class EarlyExitModel(nn.Module):
         is_trainable: bool = True,
     ) -> EarlyExitModel:
         """Load heads + adapter saved by :meth:`save_pretrained` onto ``base`` (default: the recorded one)."""
-        from peft import PeftModel
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        meta_path = directory / META_FILE
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{directory} holds no {META_FILE}: not a thinkaloud checkpoint")
-        meta = json.loads(meta_path.read_text())
-        base_model, source = _load_base(base if base is not None else meta["base_model"], dtype=dtype, device=device)
-        arch.check_supported(base_model.config)
-        found = arch.unembedding_hash(base_model)
-        if found != meta["unembedding_hash"] or base_model.config.num_hidden_layers != meta["num_layers"]:
-            raise ValueError(
-                f"{directory} was trained on base model {meta['base_model']!r} (unembedding hash "
-                f"{meta['unembedding_hash']}, {meta['num_layers']} layers); the given base {source!r} has hash "
-                f"{found} and {base_model.config.num_hidden_layers} layers. Load it onto the model it was trained on."
-            )
-        config = ExitConfig(**meta["exit_config"])
-        peft_model = PeftModel.from_pretrained(base_model, str(directory / ADAPTER_DIR), is_trainable=is_trainable)
-        heads = ExitHeads(base_model.config.hidden_size, meta["exit_layers"], config.head_init_bias)
-        state = load_file(str(directory / HEADS_FILE))
-        heads.load_state_dict(state)
-        model = cls(peft_model, heads, config, meta["base_model"]).to(base_model.device)
-        model.risk_control = recorded_offset(directory)
-        return model
-
-
-def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-    if input_ids.shape[1] == 0:
-        raise ValueError("input_ids is empty")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
-        )
-    return input_ids, attention_mask.to(input_ids.device)
-
-
-def _check_exits_from(exits_from: int | torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
-    """``exits_from`` of :meth:`EarlyExitModel.forward` → (B,) first exit column of each row, or None."""
-    if exits_from is None:
-        return None
-    (B, T), start = input_ids.shape, torch.as_tensor(exits_from, device=input_ids.device)
-    if start.is_floating_point() or start.shape not in ((), (B,)) or (start < 0).any() or (start > T).any():
-        raise ValueError(f"exits_from must be an int or a (batch,) integer tensor in 0..{T}, got {exits_from!r}")
-    return start.long().expand(B)
-
-
-def _load_base(
-    model_or_path: nn.Module | str | os.PathLike,
-    *,
-    dtype: torch.dtype | None = None,
-    device: str | torch.device | None = None,
-) -> tuple[PreTrainedModel, str]:
-    """A loaded model is used as is (a multimodal Gemma 3 through its text model); a string is an alias, a
-    local path or a hub id."""
-    from transformers import PreTrainedModel
-
-    if isinstance(model_or_path, nn.Module):
-        if not isinstance(model_or_path, PreTrainedModel):
-            raise TypeError(
-                f"expected a loaded transformers model (a PreTrainedModel), a path or an alias; got a "
-                f"{type(model_or_path).__name__}"
-            )
-        source = getattr(model_or_path.config, "_name_or_path", "") or model_or_path.config.model_type
-        if device is not None:  # in place; transformers' @wraps(nn.Module.to) is typed as unbound (self first)
-            model_or_path.to(device)  # type: ignore[arg-type]
-        return arch.text_causal_lm(model_or_path), source
-    from thinkaloud.hub import load_causal_lm
-
-    model, source = load_causal_lm(str(model_or_path), dtype=dtype, device=device)
-    return arch.text_causal_lm(model), source  # a multimodal Gemma 3 → its text model
+        return saving.from_pretrained(cls, directory, base, dtype=dtype, device=device, is_trainable=is_trainable)

@@ -1,7 +1,7 @@
 """The offset recorded in a saved model folder: written by ``thinkaloud risk --save``, read by eval and generation.
 
 A saved early-exit model is a folder with ``thinkaloud.json``, ``exit_heads.safetensors`` and
-``adapter/`` (``thinkaloud.model.early_exit``). ``record_offset`` adds a ``"risk_control"`` entry to
+``adapter/`` (``thinkaloud.model.saving``). ``record_offset`` adds a ``"risk_control"`` entry to
 ``thinkaloud.json`` (rewritten atomically): the chosen offset (JSON null = exits off), how it was
 chosen (ε, δ, risk type, task, split, n, max-new-tokens, …) and ``"weights"``, a fingerprint of the
 saved exit heads and adapter tensors. The guarantee behind the offset holds for those weights only, so
