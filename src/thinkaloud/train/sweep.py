@@ -166,12 +166,26 @@ def sweep(config: SweepConfig, console: Console | None = None) -> list[dict]:
     return rows
 
 
+# The sweep table's columns, shared with the report's sweep table (``thinkaloud.eval.report``, which puts
+# "label" first) so the two cannot drift; ``sweep_table`` leaves out "decode speedup" when no row has one.
+SWEEP_COLUMNS = (
+    "KL factor",
+    "coherence",
+    "base NLL (proxy)",
+    "rep-4 (proxy)",
+    "early-exit rate",
+    "ALS",
+    "accuracy",
+    "TV to target",
+    "decode speedup",
+)
+
+
 def sweep_table(rows: list[dict], title: str = "KL-factor sweep (paper-style)") -> Table:
     """The paper-style table of a sweep's rows; the decode-speedup column only when a row has a speedup."""
     speed = any(r.get("speedup_vs_base") is not None for r in rows)
     table = Table(title=title)
-    columns = ["KL factor", "coherence", "base NLL (proxy)", "rep-4 (proxy)", "early-exit rate", "ALS", "accuracy"]
-    for col in [*columns, "TV to target", *(["decode speedup"] if speed else [])]:
+    for col in [c for c in SWEEP_COLUMNS if speed or c != "decode speedup"]:
         table.add_column(col, justify="right")
     fmt = lambda v, f: "—" if v is None else format(v, f)
     for r in rows:
