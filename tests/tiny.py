@@ -237,3 +237,11 @@ def tiny_model_dir(path, family: str = "llama", seed: int = 0):
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return str(path)
+
+
+def tiny_calibration(out, model_dir: str, **overrides):
+    """Calibrate ``model_dir`` on 4 easy ``rg:chain_sum`` items of 4 new tokens into ``out`` (CPU) → the folder."""
+    from thinkaloud.data.calibrate import CalibrateConfig, calibrate
+
+    fields = dict(task="rg:chain_sum", n=4, max_new_tokens=4, batch_size=4, shard_size=4, device="cpu")
+    return calibrate(CalibrateConfig(out=str(out), model=model_dir, **{**fields, **overrides}))

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.tiny import tiny_model_dir
+from tests.tiny import tiny_calibration, tiny_model_dir
 from thinkaloud import EarlyExitModel, ExitConfig
-from thinkaloud.data.calibrate import CalibrateConfig, calibrate
 from thinkaloud.eval.lineage import LeakageError, lineage
 from thinkaloud.eval.run import EvalConfig, evaluate
 from thinkaloud.model.early_exit import META_FILE
@@ -106,19 +105,7 @@ def trained(tmp_path_factory):
     """A real calibration (train split) of a tiny model, an SFT-style run at F = 2 on it and an RL run on top."""
     root = tmp_path_factory.mktemp("lineage")
     base = tiny_model_dir(root / "base")
-    calibrate(
-        CalibrateConfig(
-            out=str(root / "calib"),
-            model=base,
-            task="rg:chain_sum",
-            n=4,
-            max_new_tokens=4,
-            batch_size=4,
-            shard_size=4,
-            split="train",
-            device="cpu",
-        )
-    )
+    tiny_calibration(root / "calib", base, split="train")
     sft = root / "sft"
     EarlyExitModel.from_base(base, ExitConfig(exit_layers=[2, 4])).save_pretrained(sft / "model")
     _sft_config(sft, str(root / "calib"), 2.0)

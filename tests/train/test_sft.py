@@ -12,9 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.tiny import tiny_model_dir
+from tests.tiny import tiny_calibration, tiny_model_dir
 from thinkaloud.cli import main as cli_main
-from thinkaloud.data.calibrate import CalibrateConfig, calibrate
 from thinkaloud.model.exits import exit_log_distribution, exit_targets
 from thinkaloud.model.loading import load_model
 from thinkaloud.train import losses
@@ -24,20 +23,7 @@ from thinkaloud.train.sft import SFTConfig, train_sft
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
-    model_dir = tiny_model_dir(root / "model")
-    calibrate(
-        CalibrateConfig(
-            out=str(root / "calib"),
-            model=model_dir,
-            task="rg:chain_sum",
-            n=8,
-            max_new_tokens=8,
-            batch_size=4,
-            shard_size=8,
-            device="cpu",
-        )
-    )
-    return root / "calib"
+    return tiny_calibration(root / "calib", tiny_model_dir(root / "model"), n=8, max_new_tokens=8, shard_size=8)
 
 
 def sft_config(calib, out, **kw):

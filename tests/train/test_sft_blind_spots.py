@@ -185,27 +185,14 @@ def calibration(tmp_path_factory):
     from safetensors.torch import load_file, save_file
 
     from tests.moved import UNEMBED_SCALE
-    from tests.tiny import tiny_model_dir
-    from thinkaloud.data.calibrate import CalibrateConfig, calibrate
+    from tests.tiny import tiny_calibration, tiny_model_dir
 
     root = tmp_path_factory.mktemp("calib")
     model_dir = tiny_model_dir(root / "model")
     weights = load_file(f"{model_dir}/model.safetensors")
     weights["lm_head.weight"] = weights["lm_head.weight"] * UNEMBED_SCALE
     save_file(weights, f"{model_dir}/model.safetensors", metadata={"format": "pt"})
-    out = calibrate(
-        CalibrateConfig(
-            out=str(root / "calib"),
-            model=model_dir,
-            task="rg:chain_sum",
-            n=4,
-            max_new_tokens=6,
-            batch_size=4,
-            shard_size=4,
-            device="cpu",
-        )
-    )
-    return model_dir, out
+    return model_dir, tiny_calibration(root / "calib", model_dir, max_new_tokens=6)
 
 
 def test_calibration_targets_and_teacher_sit_at_the_predicting_positions(calibration):

@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from tests.tiny import tiny_model_dir
-from thinkaloud.data.calibrate import CalibrateConfig, calibrate
+from tests.tiny import tiny_calibration, tiny_model_dir
 from thinkaloud.eval.lineage import LeakageError
 from thinkaloud.train.sweep import SweepConfig, sweep, sweep_table
 
@@ -18,21 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def calib(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    model_dir = tiny_model_dir(root / "model")
-    calibrate(
-        CalibrateConfig(
-            out=str(root / "calib"),
-            model=model_dir,
-            task="rg:chain_sum",
-            n=4,
-            max_new_tokens=4,
-            batch_size=4,
-            shard_size=4,
-            split="train",
-            device="cpu",
-        )
-    )
-    return root / "calib"
+    return tiny_calibration(root / "calib", tiny_model_dir(root / "model"), split="train")
 
 
 def test_kl_factors_must_be_positive_and_rubric_known():

@@ -392,8 +392,6 @@ def named_container(text: str, containers: list[str] | tuple[str, ...]) -> str:
 
 def container_matches(text: str, answer: str, containers: list[str] | tuple[str, ...]) -> bool:
     """True if `text` names `answer`: exactly (after normalising), or as the only container it mentions."""
-    got = normalize_container(text)
-    if got == normalize_container(answer):
-        return True
-    mentioned = {c for c in containers if re.search(rf"\b{re.escape(c.lower())}\b", got)}
-    return mentioned == {answer.lower()}
+    return (
+        normalize_container(text) == normalize_container(answer) or named_container(text, containers) == answer.lower()
+    )

@@ -155,13 +155,7 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     """Read left-padded ``input_ids`` (B, T) at full depth (adapter on, no exits) → their :class:`Prefix`."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0 or attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"prefill needs non-empty (batch, length) ids and an equal mask, got {tuple(input_ids.shape)} "
-            f"and {tuple(attention_mask.shape)}"
-        )
-    if (attention_mask.sum(-1) == 0).any():
-        raise ValueError(f"empty text in row(s) {(attention_mask.sum(-1) == 0).nonzero().flatten().tolist()}")
+    _check_batch(input_ids, attention_mask)
     B, T = input_ids.shape
     spec, L = arch.kv_spec(model.hf_config), model.num_layers
     dtype = arch.embed(model.peft).weight.dtype
@@ -197,7 +191,8 @@ def _read(model, cache: KVCache, ids, positions, key_valid, key_positions, start
         )
 
 
-def _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top_p, prefix=None) -> None:
+def _check_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    """Non-empty (batch, length) ids, a mask of the same shape, no empty row."""
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
     if attention_mask.shape != input_ids.shape:
@@ -207,6 +202,10 @@ def _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top
     empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
     if empty:
         raise ValueError(f"empty prompt in row(s) {empty}")
+
+
+def _validate(model, input_ids, attention_mask, max_new_tokens, temperature, top_p, prefix=None) -> None:
+    _check_batch(input_ids, attention_mask)
     if (attention_mask[:, -1] == 0).any():
         raise ValueError("prompts must be left-padded (every row's last position must be a real token)")
     if max_new_tokens < 1:
@@ -285,9 +284,12 @@ def _generate(
     # Prefill: every prompt position but the last runs all layers (prompt positions do not exit).
     # After a prefix the continuation is short: read one column at a time, its single-query attention
     # runs on the key/value heads, where a multi-query block would copy every prefix key per head.
-    steps = [(0, P - 1)] if prefix is None else [(c, c + 1) for c in range(P - 1)]
-    for a, b in steps if P > 1 else []:
-        _read(model, cache, input_ids[:, a:b], positions[:, a:b], key_valid, key_positions, S0 + a)
+    if prefix is None:
+        spans = [(0, P - 1)] if P > 1 else []
+    else:
+        spans = [(c, c + 1) for c in range(P - 1)]
+    for start, end in spans:
+        _read(model, cache, input_ids[:, start:end], positions[:, start:end], key_valid, key_positions, S0 + start)
 
     new_tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=device)
     exit_layers = torch.full((B, max_new_tokens), L, dtype=torch.long, device=device)
