@@ -46,7 +46,7 @@ MUTMUT  := OMP_NUM_THREADS=1 .venv/bin/mutmut
 MUTATE  := "thinkaloud.model.exits.*" \
            "thinkaloud.train.losses.*" \
            "thinkaloud.train.rloo.*" \
-           "thinkaloud.eval.metrics.*" \
+           "thinkaloud.measures.metrics.*" \
            "thinkaloud.train.sft.x_collate__mutmut_* thinkaloud.train.sft.x_sft_loss__mutmut_*" \
            "thinkaloud.data.calibrate.x__calibrate_shard__mutmut_* thinkaloud.data.calibrate.x__write_shard__mutmut_* \
             thinkaloud.data.calibrate.x_load_calibration__mutmut_*"

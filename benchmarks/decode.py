@@ -9,7 +9,7 @@ Every row generates exactly ``--new-tokens`` tokens per sequence (stop tokens ig
 chat prompts, greedy tokens. Exits are forced through the heads' biases (weights zero): for a target
 ALS between two exit layers' savings a and b, the lower layer exits with probability p and the
 upper one always, so E[ALS] = p·a + (1−p)·b. The ideal speedup is the analytic FLOP ratio
-(``thinkaloud.eval.metrics.flop_per_token``): skipped layers cost only their K/V projections,
+(``thinkaloud.measures.metrics.flop_per_token``): skipped layers cost only their K/V projections,
 embedding and unembedding always run; a mixture-of-experts MLP counts as a dense MLP of its active
 experts (``num_experts_per_tok`` × expert width). realised/ideal = measured speedup / ideal speedup.
 
@@ -29,8 +29,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from thinkaloud import EarlyExitModel, ExitConfig
-from thinkaloud.eval.metrics import average_layer_savings, flop_per_token, model_dims
+from thinkaloud.config import ExitConfig
+from thinkaloud.measures.metrics import average_layer_savings, flop_per_token, model_dims
+from thinkaloud.model.early_exit import EarlyExitModel
 
 CHATS = [
     "What is 2 + 3?",

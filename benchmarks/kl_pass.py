@@ -5,7 +5,7 @@
 
 The KL pass (``EarlyExitModel.layer_kl``) runs the decoder once and adds, per completion token, one
 unembedding per exit layer (plus the softmax bookkeeping). The analytic prediction counts matmul
-FLOPs only (``thinkaloud.eval.metrics.flop_per_token`` at the mean context); the goal is a measured
+FLOPs only (``thinkaloud.measures.metrics.flop_per_token`` at the mean context); the goal is a measured
 ratio ≤ 1.1 × the predicted one.
 """
 
@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.decode import RANDOM_CONFIGS, load, sync
-from thinkaloud.eval.metrics import flop_per_token, model_dims
+from thinkaloud.measures.metrics import flop_per_token, model_dims
 
 
 def main() -> None:

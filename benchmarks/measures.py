@@ -15,7 +15,7 @@ Where the time goes: early answering reads each response's prompt + reasoning on
 (``thinkaloud.model.generate.prefill``) and answers all its cuts from those keys and values, stopping
 each answer at the end of its first line; the future lens is one teacher-forced pass, the ridge fits
 and the held-out readouts, most of them settled on the logits of the texts' own tokens
-(``thinkaloud.eval.lens.top1``).
+(``thinkaloud.measures.lens.top1``).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from thinkaloud.eval.externalisation import MEASURES
-from thinkaloud.eval.run import EvalConfig, evaluate
+from thinkaloud.eval.run import evaluate
+from thinkaloud.measures.config import MEASURES, EvalConfig
 
 
 def run_eval(args: argparse.Namespace, max_new_tokens: int, measures: list[str]) -> tuple[dict[str, Any], float]:

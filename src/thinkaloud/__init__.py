@@ -6,10 +6,9 @@ describes the method with its formulas and where thinkaloud departs from the pap
 --help`` (or ``python -m thinkaloud --help``) lists the command's verbs.
 """
 
-__version__ = "0.1.0"
-
 from thinkaloud.config import ExitConfig
 from thinkaloud.model.early_exit import EarlyExitModel, ExitForwardOutput
 from thinkaloud.model.exits import exit_log_distribution, exit_targets
+from thinkaloud.version import __version__
 
-__all__ = ["EarlyExitModel", "ExitConfig", "ExitForwardOutput", "exit_log_distribution", "exit_targets"]
+__all__ = ["__version__", "EarlyExitModel", "ExitConfig", "ExitForwardOutput", "exit_log_distribution", "exit_targets"]

@@ -57,23 +57,33 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
         "Stage-1 data: teacher rollouts + per-layer KL to the final layer",
     ),
     "sft": ("thinkaloud.train.sft", "SFTConfig", "train_sft", "Stage 1: calibration SFT of LoRA + exit heads"),
-    "sweep": ("thinkaloud.train.sweep", "SweepConfig", "sweep", "Stage 1 over several KL factors, with an eval table"),
+    "sweep": (
+        "thinkaloud.experiments.sweep",
+        "SweepConfig",
+        "sweep",
+        "Stage 1 over several KL factors, with an eval table",
+    ),
     "rl": ("thinkaloud.train.rl", "RLConfig", "train_rl", "Stage 2: RL for earlier exits (leave-one-out REINFORCE)"),
     "eval": ("thinkaloud.eval.run", "EvalConfig", "evaluate", "Generate with exits, score, summarise"),
-    "report": ("thinkaloud.eval.run", "ReportConfig", "report", "report.md + report.html from result folders"),
+    "report": ("thinkaloud.report.job", "ReportConfig", "report", "report.md + report.html from result folders"),
     "risk": (
-        "thinkaloud.eval.risk",
+        "thinkaloud.risk.run",
         "RiskConfig",
         "choose_offset",
         "Choose the exit offset with a risk guarantee (Learn-then-Test)",
     ),
     "generate": (
-        "thinkaloud.chat",
+        "thinkaloud.serve.chat",
         "GenerateConfig",
         "generate_answers",
         "Answer prompts with exits: streamed, coloured by exit layer (or --json records)",
     ),
-    "chat": ("thinkaloud.chat", "ChatConfig", "chat", "Talk to a model in the terminal, tokens coloured by exit layer"),
+    "chat": (
+        "thinkaloud.serve.chat",
+        "ChatConfig",
+        "chat",
+        "Talk to a model in the terminal, tokens coloured by exit layer",
+    ),
     "card": (
         "thinkaloud.model.card",
         "CardConfig",
@@ -81,7 +91,7 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
         "Write a saved model's card (README.md), with eval metrics",
     ),
     "demo": (
-        "thinkaloud.demo",
+        "thinkaloud.experiments.demo",
         "DemoConfig",
         "demo",
         "The paper's four findings tested on the embedded model, on a CPU",
@@ -273,7 +283,7 @@ def check_inputs(config) -> None:
         load_calibration(calib)
     dirs = getattr(config, "dirs", None)
     if isinstance(dirs, list):
-        from thinkaloud.eval.report import detect_kind
+        from thinkaloud.report.build import detect_kind
 
         for d in dirs:
             detect_kind(Path(d))

@@ -18,13 +18,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from thinkaloud.errors import ModelNotFoundError
+from thinkaloud.io import atomic_folder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -90,13 +90,9 @@ def _convert_gguf(folder: Path, gguf_name: str, target: Path) -> None:
         model.load_state_dict(loaded.state_dict(), strict=False)
         model.tie_weights()
         model.generation_config = loaded.generation_config
-        tmp = target.parent / f".{target.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        with atomic_folder(target) as tmp:
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
     console.print(f"Converted {gguf_name} → {target}")
 
 

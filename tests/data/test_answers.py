@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from thinkaloud.data.answers import extract_final_answer, extract_number, find_final_answer, find_number
-from thinkaloud.data.tasks import normalize_number
+from thinkaloud.data.answers import (
+    extract_final_answer,
+    extract_number,
+    find_final_answer,
+    find_number,
+    normalize_number,
+)
 
 R1_HEADINGS = """<think>
 Okay, Janet's ducks lay 16 eggs. She eats 3 and bakes with 4, so 16 - 3 - 4 = 9 are left.

@@ -11,7 +11,9 @@ import torch
 from tests.tiny import tiny_model_dir
 from thinkaloud.data import calibrate as cal
 from thinkaloud.data.calibrate import CalibrateConfig, calibrate, calibration_items, load_calibration, overlapping_items
-from thinkaloud.data.tasks import Item, get_task, split_of
+from thinkaloud.data.splits import split_of
+from thinkaloud.data.task import Item
+from thinkaloud.data.tasks import get_task
 from thinkaloud.model.loading import load_model
 
 

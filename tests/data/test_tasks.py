@@ -13,24 +13,17 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-from thinkaloud.data import gsm8k, tasks
-from thinkaloud.data.tasks import (
-    DEFAULT_TASK,
-    KNOWN_TASKS,
-    SPLITS,
-    Gsm8kTask,
-    Item,
-    ReasoningGymTask,
-    TomTask,
-    get_task,
-    question_key,
-    rg_seed,
-    split_of,
-)
+from thinkaloud.data import gsm8k
+from thinkaloud.data.gsm8k import Gsm8kTask
+from thinkaloud.data.rg import ReasoningGymTask, rg_seed
+from thinkaloud.data.splits import SPLITS, question_key, split_of
+from thinkaloud.data.task import Item
+from thinkaloud.data.tasks import DEFAULT_TASK, KNOWN_TASKS, get_task
 from thinkaloud.data.tom import TomConfig
+from thinkaloud.data.tom_task import TomTask
 
 # The real GSM8K train.jsonl: named by the environment, else the workspace copy beside the checkout (CI has it).
-GSM8K_FILE = os.environ.get(tasks.GSM8K_ENV) or str(
+GSM8K_FILE = os.environ.get(gsm8k.GSM8K_ENV) or str(
     Path(__file__).resolve().parents[3] / "shared/data/gsm8k/train.jsonl"
 )
 TEMPLATE = (
@@ -103,7 +96,7 @@ def in_split(rows: list[dict], split: str) -> list[dict]:
     return [r for r in rows if split_of(r["question"]) == split]
 
 
-@pytest.mark.skipif(not Path(GSM8K_FILE).is_file(), reason=f"{tasks.GSM8K_ENV} names no GSM8K file")
+@pytest.mark.skipif(not Path(GSM8K_FILE).is_file(), reason=f"{gsm8k.GSM8K_ENV} names no GSM8K file")
 def test_gsm8k_real_file():
     task = get_task(f"gsm8k:{GSM8K_FILE}")
     items = task.items(20, seed=0)
@@ -194,18 +187,18 @@ def test_gsm8k_file_that_is_not_text(tmp_path):
 
 
 def test_gsm8k_env_var(tmp_path, monkeypatch):
-    monkeypatch.setenv(tasks.GSM8K_ENV, str(write_jsonl(tmp_path / "train.jsonl", ROWS[:40])))
+    monkeypatch.setenv(gsm8k.GSM8K_ENV, str(write_jsonl(tmp_path / "train.jsonl", ROWS[:40])))
     n = len(in_split(ROWS[:40], "train"))
     assert len(get_task("gsm8k").items(n)) == n
 
 
 def test_gsm8k_without_a_source_says_how_to_give_one(monkeypatch, tmp_path):
-    monkeypatch.delenv(tasks.GSM8K_ENV, raising=False)
+    monkeypatch.delenv(gsm8k.GSM8K_ENV, raising=False)
     monkeypatch.setattr(gsm8k, "_hub_gsm8k", lambda split: None)  # never touch the network in tests
     with pytest.raises(FileNotFoundError, match="gsm8k:/path/to/train.jsonl") as err:
         get_task("gsm8k").items(1)
     message = str(err.value)
-    assert tasks.GSM8K_ENV in message and "shared" not in message and "\n" not in message
+    assert gsm8k.GSM8K_ENV in message and "shared" not in message and "\n" not in message
     with pytest.raises(FileNotFoundError, match="does not exist"):
         get_task(f"gsm8k:{tmp_path / 'missing.jsonl'}").items(1)
 

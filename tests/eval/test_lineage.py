@@ -9,10 +9,12 @@ import pytest
 import yaml
 
 from tests.tiny import tiny_calibration, tiny_model_dir
-from thinkaloud import EarlyExitModel, ExitConfig
+from thinkaloud.config import ExitConfig
 from thinkaloud.eval.lineage import LeakageError, lineage
-from thinkaloud.eval.run import EvalConfig, evaluate
-from thinkaloud.model.early_exit import META_FILE
+from thinkaloud.eval.run import evaluate
+from thinkaloud.measures.config import EvalConfig
+from thinkaloud.model.early_exit import EarlyExitModel
+from thinkaloud.model.recorded import META_FILE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,9 +13,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 from tests.tiny import MAX_TINY_PARAMS
-from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.cli import main
-from thinkaloud.eval.run import EvalConfig, ReportConfig, evaluate, parse_judge_spec, report, token_strings
+from thinkaloud.config import ExitConfig
+from thinkaloud.eval.decode import token_strings
+from thinkaloud.eval.run import evaluate
+from thinkaloud.measures.config import EvalConfig
+from thinkaloud.measures.judge import parse_judge_spec
+from thinkaloud.model.early_exit import EarlyExitModel
+from thinkaloud.report.job import ReportConfig, report
 
 SUMMARY_KEYS = {
     "model",

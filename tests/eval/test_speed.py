@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tests.tiny import build_tiny, left_padded_batch
-from thinkaloud import EarlyExitModel, ExitConfig
+from thinkaloud.config import ExitConfig
 from thinkaloud.eval.speed import speedup, timing
+from thinkaloud.model.early_exit import EarlyExitModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

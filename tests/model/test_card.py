@@ -9,9 +9,10 @@ import torch
 import yaml
 
 from tests.tiny import build_tiny
-from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.cli import main
+from thinkaloud.config import ExitConfig
 from thinkaloud.model.card import CARD_FILE, hub_base_model
+from thinkaloud.model.early_exit import EarlyExitModel
 from thinkaloud.model.recorded import record_offset, recorded_offset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,7 +62,7 @@ def test_a_saved_model_explains_itself(tmp_path):
     assert "| training stage | sft |" in body and "| sft: kl_factor | 0.5 |" in body
     assert "| sft: calib | runs/calib |" in body and "| sft: steps | 30 |" in body
     assert "Last evaluation" not in body  # none known yet
-    assert "thinkaloud chat --model" in body and "python -m thinkaloud.eval.harness" in body
+    assert "thinkaloud chat --model" in body and "python -m thinkaloud.serve.harness" in body
 
 
 def test_the_card_verb_adds_an_eval_and_the_recorded_offset(tmp_path, capsys):

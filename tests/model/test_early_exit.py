@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from tests.tiny import build_tiny, build_tiny_gemma3_multimodal, left_padded_batch, tolerance
-from thinkaloud import EarlyExitModel, ExitConfig
+from thinkaloud.config import ExitConfig
 from thinkaloud.model import arch
 from thinkaloud.model.arch import UnsupportedModelError
-from thinkaloud.model.early_exit import ExitHeads
+from thinkaloud.model.early_exit import EarlyExitModel
+from thinkaloud.model.exit_run import ExitHeads
 
 
 def wrap(family: str, **cfg) -> EarlyExitModel:

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from thinkaloud import exit_log_distribution, exit_targets
-from thinkaloud.model.exits import exit_index
+from thinkaloud.model.exits import exit_index, exit_log_distribution, exit_targets
 
 
 def test_exit_targets_hand_values():

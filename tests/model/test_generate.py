@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from tests.tiny import MOE_FAMILIES, build_tiny, left_padded_batch
-from thinkaloud import EarlyExitModel, ExitConfig
+from thinkaloud.config import ExitConfig
 from thinkaloud.model import arch
+from thinkaloud.model.early_exit import EarlyExitModel
 
 
 def wrap(family: str) -> EarlyExitModel:

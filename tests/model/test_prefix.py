@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from tests.tiny import build_tiny, tolerance
-from thinkaloud import EarlyExitModel, ExitConfig
+from thinkaloud.config import ExitConfig
 from thinkaloud.data.prompts import left_pad
 from thinkaloud.model import arch
+from thinkaloud.model.early_exit import EarlyExitModel
 from thinkaloud.model.generate import prefill
 
 pytestmark = pytest.mark.usefixtures("one_thread")

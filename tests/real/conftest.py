@@ -2,8 +2,9 @@
 
 import pytest
 
-from thinkaloud import EarlyExitModel, ExitConfig
+from thinkaloud.config import ExitConfig
 from thinkaloud.hub import load_causal_lm, load_tokenizer
+from thinkaloud.model.early_exit import EarlyExitModel
 
 
 @pytest.fixture(scope="session")

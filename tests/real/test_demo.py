@@ -6,7 +6,8 @@ import json
 import pytest
 from rich.console import Console
 
-from thinkaloud.demo import KL_FACTORS, RL_SEEDS, DemoConfig, demo
+from thinkaloud.experiments.demo import demo
+from thinkaloud.experiments.demo_config import KL_FACTORS, RL_SEEDS, DemoConfig
 
 pytestmark = pytest.mark.slow
 

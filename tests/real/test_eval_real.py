@@ -4,8 +4,11 @@ import json
 
 import pytest
 
-from thinkaloud import EarlyExitModel, ExitConfig
-from thinkaloud.eval.run import EvalConfig, ReportConfig, evaluate, report
+from thinkaloud.config import ExitConfig
+from thinkaloud.eval.run import evaluate
+from thinkaloud.measures.config import EvalConfig
+from thinkaloud.model.early_exit import EarlyExitModel
+from thinkaloud.report.job import ReportConfig, report
 
 pytestmark = pytest.mark.slow
 

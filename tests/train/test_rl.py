@@ -15,10 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from tests.tiny import build_tiny, tiny_model_dir
-from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.cli import main as cli_main
+from thinkaloud.config import ExitConfig
+from thinkaloud.data.env import Prompt, Scored
+from thinkaloud.model.early_exit import EarlyExitModel
 from thinkaloud.train import rl
-from thinkaloud.train.rl import Prompt, RLConfig, Scored, train_rl
+from thinkaloud.train.rl import train_rl
+from thinkaloud.train.rl_config import RLConfig
 
 BASE = build_tiny("llama")  # 6 layers; exits at 2 and 4 below
 
@@ -231,7 +234,7 @@ def test_format_penalty_fires_without_an_answer_marker(lenient):
     from tests.tiny import tiny_tokenizer
     from thinkaloud.data.env import TaskEnv
     from thinkaloud.data.tasks import get_task
-    from thinkaloud.model.generate import GenerationOutput
+    from thinkaloud.model.generation_output import GenerationOutput
 
     tok = tiny_tokenizer()
     env = TaskEnv(get_task("rg:chain_sum", lenient=lenient), tok, seed=0, pool=1, format_penalty=0.5)
@@ -348,8 +351,8 @@ def test_smollm2_short_run_is_on_policy(tmp_path):
 
 def test_logged_base_nll_is_minus_the_mean_reference_logprob(tmp_path, monkeypatch):
     """The fluency proxy of a step reuses the KL term's reference log-probs: −mean over the step's tokens."""
-    from thinkaloud.eval.fluency import response_nll
-    from thinkaloud.eval.responses import from_generation
+    from thinkaloud.measures.fluency import response_nll
+    from thinkaloud.measures.responses import from_generation
 
     refs, rollouts = [], []
     reference, sample = rl.reference_logprobs, rl.sample_rollouts

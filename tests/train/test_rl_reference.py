@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from tests.moved import moved_model, peaked_base
 from tests.tiny import left_padded_batch
-from thinkaloud.train.rl import reference_logprobs
 from thinkaloud.train.rloo import kl_estimate
+from thinkaloud.train.rollouts import reference_logprobs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -31,13 +31,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from thinkaloud import __version__
 from thinkaloud.data.prompts import encode_prompts
 from thinkaloud.data.tasks import DEFAULT_TASK, get_task
 from thinkaloud.io import atomic_save_safetensors, atomic_write_json
 from thinkaloud.model import arch
 from thinkaloud.model.exits import exit_targets
 from thinkaloud.model.loading import default_device, load_model
+from thinkaloud.version import __version__
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

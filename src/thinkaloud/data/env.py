@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from thinkaloud.data.prompts import pad_id, prompt_ids
-from thinkaloud.data.tasks import Item, Task
+from thinkaloud.data.task import Item, Task
 
 if TYPE_CHECKING:
-    from thinkaloud.model.generate import GenerationOutput
+    from thinkaloud.model.generation_output import GenerationOutput
 
 
 @dataclass

@@ -36,7 +36,7 @@ questions, until `n` are collected. The same (n, seed, split) always gives the s
 
 Where they live: `Item`, `Task` and `render_prompt` in `thinkaloud.data.task`; the tasks in
 `thinkaloud.data.gsm8k`, `thinkaloud.data.rg` and `thinkaloud.data.tom_task`; this module builds them
-(`get_task`) and re-exports their names.
+(`get_task`).
 """
 
 from __future__ import annotations
@@ -46,28 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from thinkaloud.data import tom
-from thinkaloud.data.answers import (  # noqa: F401
-    clean_answer,
-    extract_final_answer,
-    extract_number,
-    find_final_answer,
-    find_number,
-    normalize_number,
-    parse_number,
-)
-from thinkaloud.data.gsm8k import GSM8K_ENV, GSM8K_SYSTEM_PROMPT, Gsm8kTask, read_gsm8k_jsonl  # noqa: F401
-from thinkaloud.data.rg import RG_DEFAULT_KWARGS, RG_SYSTEM_PROMPT, ReasoningGymTask, rg_seed  # noqa: F401
-from thinkaloud.data.splits import (  # noqa: F401
-    SPLITS,
-    candidate_limit,
-    check_split,
-    collect_split,
-    question_key,
-    split_of,
-    split_of_key,
-)
-from thinkaloud.data.task import Item, Task, render_prompt  # noqa: F401
-from thinkaloud.data.tom_task import TOM_SYSTEM_PROMPT, TomTask  # noqa: F401
+from thinkaloud.data.gsm8k import Gsm8kTask
+from thinkaloud.data.rg import ReasoningGymTask
+from thinkaloud.data.task import Task
+from thinkaloud.data.tom_task import TomTask
 
 DEFAULT_TASK = "rg:chain_sum"
 KNOWN_TASKS = ["gsm8k", "gsm8k:<path.jsonl>", "rg:<reasoning-gym dataset name>", "tom"]

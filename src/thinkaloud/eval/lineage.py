@@ -33,9 +33,9 @@ from typing import Any
 import yaml
 
 from thinkaloud.data.calibrate import calibration_items, overlapping_items
-from thinkaloud.data.tasks import Item
+from thinkaloud.data.task import Item
 from thinkaloud.errors import UserError
-from thinkaloud.model.loading import RUN_MODEL_DIR, saved_model_dir
+from thinkaloud.model.recorded import RUN_MODEL_DIR, saved_model_dir
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"

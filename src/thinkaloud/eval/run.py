@@ -1,7 +1,7 @@
 """The ``eval`` job: generate with exits, score, measure, write an eval directory.
 
 ``evaluate(EvalConfig)`` runs one model on ``n`` items of a task and writes the eval directory that
-``thinkaloud.eval.report`` reads (its docstring is the contract):
+``thinkaloud.report.build`` reads (its docstring is the contract):
 
 1. the model's lineage (``thinkaloud.eval.lineage``): base model, SFT run or RL run, with the KL
    factor of its Stage-1 run, its training task and calibration. The task defaults to the lineage's
@@ -11,7 +11,7 @@
    fire; it is evaluated with offset = −∞ (no exits) and labelled "base". Otherwise the offset is
    ``--offset`` if given, else the one recorded with the model by ``thinkaloud risk --save`` (with a
    note when the task or generation length differ from its guarantee's), else 0: ``eval_offset`` in
-   ``thinkaloud.eval.risk``; the terminal and ``summary.json`` (``offset_source``) say which;
+   ``thinkaloud.eval.offset``; the terminal and ``summary.json`` (``offset_source``) say which;
 3. render the prompts, generate in batches (KV cache, real layer skipping). Exits are always sampled
    (Bernoulli at each exit layer, docs/method.md §1); ``do_sample`` only chooses between greedy and sampled
    *tokens*. The wall time of generation gives ``tokens_per_s`` (prefill included); the engine's
@@ -20,10 +20,10 @@
    (strict answer extraction unless ``lenient_answers``);
 5. metrics over every generated token (the stop token included): early-exit rate, ALS, exit
    histogram, FLOP savings (analytic, with each token's real context length);
-6. the measures, in the order of ``measures_for(config)`` (``thinkaloud.eval.measures`` says what a
+6. the measures, in the order of ``measures_for(config)`` (``thinkaloud.measures.base`` says what a
    measure is): the calibration target and its TV distance, the measured speed against the base
    model, the coherence judge, then the externalisation measures named in ``--measures``
-   (``thinkaloud.eval.externalisation``: reliance on the written reasoning, future lens, fluency
+   (``thinkaloud.measures.externalisation``: reliance on the written reasoning, future lens, fluency
    proxies; all three by default: reliance + lens cost about 0.5–0.6× an eval's own time on a CPU);
 7. ``records.jsonl``, ``summary.json``, ``config.json`` (this config and what was resolved from the
    lineage) and ``tokens.html`` (first record), all written atomically; a summary table and coloured
@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,161 +52,25 @@ import torch
 from rich.console import Console
 
 from thinkaloud.data.prompts import encode_prompts
-from thinkaloud.data.tasks import DEFAULT_TASK, SPLITS, Item, Task, get_task
-from thinkaloud.eval import metrics, viz
+from thinkaloud.data.task import Item, Task
+from thinkaloud.data.tasks import DEFAULT_TASK, get_task
 from thinkaloud.eval.decode import token_strings
-from thinkaloud.eval.externalisation import DEFAULT_MEASURES, EXTERNALISATION_MEASURES, MEASURES, check_measures
-from thinkaloud.eval.judge import make_judge, parse_judge_spec
 from thinkaloud.eval.lineage import Lineage, check_no_leakage, lineage
-from thinkaloud.eval.measures import (
-    EvalContext,
-    GenBatch,
-    Measure,
-    apply_measure,
-    judge_measure,
-    progress,
-    target_measure,
-)
-from thinkaloud.eval.report_job import ReportConfig, report
-from thinkaloud.eval.risk import eval_offset
-from thinkaloud.eval.rubrics import RUBRICS, check_rubric
+from thinkaloud.eval.offset import eval_offset
 from thinkaloud.eval.speed import speed_measure, warm_up
-from thinkaloud.eval.terminal import print_results
 from thinkaloud.io import atomic_write_json, atomic_write_text
-from thinkaloud.model.loading import RUN_MODEL_DIR, Loaded, default_device, load_model
-
-__all__ = [
-    "EvalConfig",
-    "ReportConfig",
-    "evaluate",
-    "make_judge",
-    "measures_for",
-    "parse_judge_spec",
-    "report",
-    "resolve_target",
-    "token_strings",
-]
+from thinkaloud.measures import metrics
+from thinkaloud.measures.base import EvalContext, GenBatch, Measure, apply_measure, progress
+from thinkaloud.measures.config import EvalConfig
+from thinkaloud.measures.core import judge_measure, target_measure
+from thinkaloud.measures.externalisation import EXTERNALISATION_MEASURES
+from thinkaloud.model.loading import Loaded, default_device, load_model
+from thinkaloud.model.recorded import RUN_MODEL_DIR
+from thinkaloud.report import viz
+from thinkaloud.report.terminal import print_results
 
 BASE_LABEL = "base"
 DEFAULT_KL_FACTOR = 1.0
-
-
-@dataclass
-class EvalConfig:
-    """Generate with exits on a task, score, and write an eval directory (records, summary, token view)."""
-
-    model: str = field(
-        metadata={
-            "help": "a run folder, a saved early-exit model, or a base model (alias such "
-            "as smollm2-135m, local HF folder); a base model runs without exits"
-        }
-    )
-    out: str = field(metadata={"help": "output directory (records.jsonl, summary.json, config.json, tokens.html)"})
-    task: str | None = field(
-        default=None,
-        metadata={
-            "help": f"task spec: gsm8k[:<path>], rg:<dataset>, tom (default: the run's training task, else "
-            f"{DEFAULT_TASK}; paper: gsm8k)"
-        },
-    )
-    n: int = field(default=32, metadata={"help": "number of items (paper: 50 GSM8K prompts)"})
-    seed: int = field(default=0, metadata={"help": "selects the items and seeds exit and token sampling"})
-    split: str = field(default="test", metadata={"help": f"item split, one of {', '.join(SPLITS)}"})
-    offset: float | None = field(
-        default=None,
-        metadata={
-            "help": "added to every exit logit: positive = earlier exits, --offset=-inf = no exits (default: the offset "
-            "recorded with the model by `thinkaloud risk --save`, else 0; a base model always runs without exits)"
-        },
-    )
-    max_new_tokens: int = field(default=128, metadata={"help": "generation budget per item (paper: up to 400)"})
-    batch_size: int = field(default=16, metadata={"help": "items generated together"})
-    do_sample: bool = field(
-        default=False, metadata={"help": "sample tokens (else greedy tokens); exits are always sampled layer by layer"}
-    )
-    temperature: float = field(default=1.0, metadata={"help": "token sampling temperature (with --do-sample)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (with --do-sample)"})
-    target: bool = field(
-        default=True,
-        metadata={
-            "help": "compare the exits with the calibration target q* = 2σ(−F·D), computed on the same completions "
-            "with the adapter off (target histogram + TV distance)"
-        },
-    )
-    kl_factor: float | None = field(
-        default=None,
-        metadata={
-            "help": "KL factor F of the target (default: the run's, read from its saved config; 1.0 for a base "
-            "model or an unknown run)"
-        },
-    )
-    judge: str | None = field(
-        default=None,
-        metadata={
-            "help": "coherence judge: 'openai:<base_url>#<model>' (key from $OPENAI_API_KEY, if set) or "
-            "'hf:<model path or alias>'; unset = no judge (paper: GPT-5)"
-        },
-    )
-    rubric: str = field(
-        default="ours",
-        metadata={
-            "help": f"judge rubric, one of {', '.join(RUBRICS)}: 'ours' grades the writing only; 'paper' is the "
-            "write-up's (also asks for a correct, explicit chain of thought and penalises factual mistakes)"
-        },
-    )
-    judge_concurrency: int = field(default=4, metadata={"help": "parallel requests to an openai judge"})
-    speed_baseline: bool = field(
-        default=True,
-        metadata={
-            "help": "also time the base model (adapter off, no exits, greedy) on the same prompt batches: "
-            "speedup_vs_base = base decode s/token ÷ model decode s/token"
-        },
-    )
-    lenient_answers: bool = field(
-        default=False,
-        metadata={
-            "help": "lenient answer extraction (fall back to e.g. the last number); default: strict, only the "
-            "format the prompt asks for"
-        },
-    )
-    measures: list[str] = field(
-        default_factory=lambda: list(DEFAULT_MEASURES),
-        metadata={
-            "help": f"externalisation measures, comma-separated, of {', '.join(MEASURES)} ('' for none): reliance = "
-            "early answering on cut reasoning, lens = linear future lens, fluency = base-model NLL and "
-            "repetition (default: all three; reliance + lens cost about 0.8× the eval's generation on a CPU)"
-        },
-    )
-    label: str | None = field(
-        default=None,
-        metadata={"help": "name in reports (default: 'base' for a base model, else the model folder's name)"},
-    )
-    device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available, else cpu)"})
-    show: int = field(default=1, metadata={"help": "responses to print in the terminal, coloured by exit layer"})
-
-    def __post_init__(self) -> None:
-        for name in ("n", "batch_size", "max_new_tokens", "judge_concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.kl_factor is not None and not self.kl_factor > 0:
-            raise ValueError(
-                f"kl_factor must be > 0 (the target q* = 2σ(−F·D) is 1 everywhere at F = 0), "
-                f"got {self.kl_factor}; leave it unset to use the run's"
-            )
-        if self.offset is not None and (math.isnan(self.offset) or self.offset == math.inf):
-            raise ValueError(f"offset must be a number or -inf, got {self.offset}")
-        if self.show < 0:
-            raise ValueError(f"show must be >= 0, got {self.show}")
-        check_rubric(self.rubric)
-        check_measures(self.measures)
-        if self.judge is not None:
-            parse_judge_spec(self.judge)
 
 
 def resolve_target(config: EvalConfig, origin: Lineage) -> dict[str, Any] | None:

@@ -27,8 +27,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from thinkaloud.eval.measures import EvalContext, MeasureResult, progress
-from thinkaloud.model.generate import GenerationOutput
+from thinkaloud.measures.base import EvalContext, MeasureResult, progress
+from thinkaloud.model.generation_output import GenerationOutput
 
 
 def timing(gens: Sequence[GenerationOutput]) -> dict[str, Any]:

@@ -222,7 +222,7 @@ def render_card(
         "```bash",
         "thinkaloud chat --model PATH                      # streamed, coloured by exit layer",
         'thinkaloud generate --model PATH "Why is the sky blue?" --json',
-        "python -m thinkaloud.eval.harness --model thinkaloud --model_args model=PATH --tasks TASK",
+        "python -m thinkaloud.serve.harness --model thinkaloud --model_args model=PATH --tasks TASK",
         "```",
         "",
         "```python",
@@ -258,7 +258,7 @@ def write_card(
 
 def card(config: CardConfig) -> Path:
     """The ``card`` verb: rewrite the model card of a saved model or run folder."""
-    from thinkaloud.model.loading import saved_model_dir
+    from thinkaloud.model.recorded import saved_model_dir
 
     saved = saved_model_dir(config.model)
     if saved is None:

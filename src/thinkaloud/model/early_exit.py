@@ -21,7 +21,6 @@ This module holds :class:`EarlyExitModel` (building, the hooks, the teacher-forc
 its outputs. ``thinkaloud.model.exit_run`` holds the exit heads (:class:`ExitHeads`), ``ExitSpec`` and the
 per-pass state ``_ExitRun`` that the hooks advance; ``thinkaloud.model.saving`` holds the bodies of
 :meth:`EarlyExitModel.save_pretrained` / :meth:`EarlyExitModel.from_pretrained` and the base-model loader.
-Their names, and those of ``thinkaloud.model.recorded``, are importable from here too.
 """
 
 from __future__ import annotations
@@ -38,23 +37,13 @@ import torch
 from torch import nn
 
 from thinkaloud.config import ExitConfig
-from thinkaloud.model import arch, saving
+from thinkaloud.model import arch
 from thinkaloud.model.exit_run import ExitHeads, ExitSpec, _check_exits_from, _check_inputs, _ExitRun
 from thinkaloud.model.exits import exit_log_distribution
+from thinkaloud.model.kv_cache import default_position_ids
 from thinkaloud.model.lens import lens_kl
-from thinkaloud.model.recorded import (  # noqa: F401
-    ADAPTER_DIR,
-    HEADS_FILE,
-    META_FILE,
-    RISK_KEY,
-    describe_record,
-    read_meta,
-    record_offset,
-    recorded_offset,
-    recorded_value,
-    weights_fingerprint,
-)
-from thinkaloud.model.saving import _load_base
+from thinkaloud.model.recorded import describe_record, recorded_value
+from thinkaloud.model.saving import load_base, load_parts, save_model
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -80,11 +69,6 @@ class AllExitsOutput:
     states: list[torch.Tensor]
     """m+1 tensors (B, T, C): the final-normed residual stream at each exit layer and at L; the
     logits of exiting at outcome k are ``arch.readout(model.peft, states[k])``."""
-
-
-def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) 0/1 mask → (B, T) positions counting only real tokens, as HF ``generate`` does."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 class EarlyExitModel(nn.Module):
@@ -119,7 +103,7 @@ class EarlyExitModel(nn.Module):
         from peft import LoraConfig, PeftModel, get_peft_model
 
         config = config or ExitConfig()
-        base, source = _load_base(model_or_path, dtype=dtype, device=device)
+        base, source = load_base(model_or_path, dtype=dtype, device=device)
         arch.check_supported(base.config)
         layers = config.resolve_layers(base.config.num_hidden_layers)
         lora = LoraConfig(
@@ -232,7 +216,9 @@ class EarlyExitModel(nn.Module):
                 f"exit_layers shape {tuple(exit_layers.shape)} != input_ids shape {tuple(input_ids.shape)}"
             )
         start = _check_exits_from(exits_from, input_ids)
-        run = _ExitRun(self, attention_mask, exit_layers, offset, generator, capture=False, exits_from=start)
+        run = _ExitRun(
+            self.heads, self.num_layers, attention_mask, exit_layers, offset, generator, capture=False, exits_from=start
+        )
         with self._running(run):
             hidden = self._hidden(input_ids, attention_mask)  # (B, T, C)
         logits = arch.readout(self.peft, hidden)  # (B, T, V)
@@ -240,7 +226,7 @@ class EarlyExitModel(nn.Module):
 
     def _capture(self, input_ids, attention_mask) -> tuple[_ExitRun, torch.Tensor]:
         """A pass without exits that keeps the stream at every exit layer → (run, final hidden (B, T, C))."""
-        run = _ExitRun(self, attention_mask, None, 0.0, None, capture=True)
+        run = _ExitRun(self.heads, self.num_layers, attention_mask, None, 0.0, None, capture=True)
         with self._running(run):
             final = self._hidden(input_ids, attention_mask)
         return run, final
@@ -261,7 +247,7 @@ class EarlyExitModel(nn.Module):
             raise ValueError(
                 f"exit_layers shape {tuple(exit_layers.shape)} != input_ids shape {tuple(input_ids.shape)}"
             )
-        run = _ExitRun(self, attention_mask, exit_layers, 0.0, None, capture=True)
+        run = _ExitRun(self.heads, self.num_layers, attention_mask, exit_layers, 0.0, None, capture=True)
         last: list[torch.Tensor] = []  # the final norm's input
         hook = arch.final_norm(self.peft).register_forward_pre_hook(lambda module, args: last.append(args[0]))
         try:
@@ -336,7 +322,7 @@ class EarlyExitModel(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Heads (safetensors) + adapter (peft) + ``thinkaloud.json`` + a model card ``README.md``, replaced
         atomically as a folder."""
-        return saving.save_pretrained(self, directory)
+        return save_model(directory, self.peft, self.heads, self.config, self.source, self.risk_control)
 
     @classmethod
     def from_pretrained(
@@ -349,4 +335,9 @@ class EarlyExitModel(nn.Module):
         is_trainable: bool = True,
     ) -> EarlyExitModel:
         """Load heads + adapter saved by :meth:`save_pretrained` onto ``base`` (default: the recorded one)."""
-        return saving.from_pretrained(cls, directory, base, dtype=dtype, device=device, is_trainable=is_trainable)
+        peft_model, heads, config, source, risk_control = load_parts(
+            directory, base, dtype=dtype, device=device, is_trainable=is_trainable
+        )
+        model = cls(peft_model, heads, config, source)
+        model.risk_control = risk_control
+        return model

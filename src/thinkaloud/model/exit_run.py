@@ -10,16 +10,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from thinkaloud.model.exits import exit_index
-
-if TYPE_CHECKING:
-    from thinkaloud.model.early_exit import EarlyExitModel
 
 
 class ExitHeads(nn.Module):
@@ -50,7 +47,8 @@ class _ExitRun:
 
     def __init__(
         self,
-        model: EarlyExitModel,
+        heads: ExitHeads,
+        num_layers: int,
         mask: torch.Tensor,
         spec: ExitSpec,
         offset: float,
@@ -59,8 +57,9 @@ class _ExitRun:
         exits_from: torch.Tensor | None = None,
     ):
         B, T = mask.shape
-        L = model.num_layers
-        self.model, self.mask, self.offset, self.generator = model, mask.bool(), float(offset), generator
+        L = num_layers
+        self.heads, self.mask, self.offset, self.generator = heads, mask.bool(), float(offset), generator
+        self.layer_to_head = {layer: k for k, layer in enumerate(heads.layers)}
         self.can_exit = self.mask  # (B, T): real positions from each row's first exit column on
         if exits_from is not None:
             self.can_exit = self.mask & (torch.arange(T, device=mask.device)[None, :] >= exits_from[:, None])
@@ -70,7 +69,7 @@ class _ExitRun:
         else:
             self.exit_layers = spec.to(mask.device).long()
             self.exit_layers = torch.where(self.mask, self.exit_layers, L)  # padding never exits
-            exit_index(self.exit_layers, model.layers, L)  # validates the values
+            exit_index(self.exit_layers, list(heads.layers), L)  # validates the values
             if ((self.exit_layers < L) & ~self.can_exit).any():
                 raise ValueError("exit_layers prescribes exits before exits_from, where positions never exit")
         self.frozen = torch.zeros(B, T, dtype=torch.bool, device=mask.device)  # exited below this layer
@@ -87,11 +86,11 @@ class _ExitRun:
         if self.frozen.any():
             assert self.inputs is not None, "the layer's pre-hook sets its input"
             out = torch.where(self.frozen[..., None], self.inputs, out)  # (B, T, C)
-        if j in self.model.layer_to_head:
-            k = self.model.layer_to_head[j]
+        if j in self.layer_to_head:
+            k = self.layer_to_head[j]
             if self.capture:
                 self.captured[j] = out
-            z = self.model.heads(out, k) + self.offset  # (B, T)
+            z = self.heads(out, k) + self.offset  # (B, T)
             live = ~self.frozen & self.can_exit
             if self.sample:
                 u = torch.rand(z.shape, generator=self.generator, device=z.device)

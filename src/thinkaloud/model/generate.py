@@ -35,7 +35,7 @@ treats each row of ``input_ids`` as the continuation of row i of ``p`` (its posi
 ``p.next_position``; it attends to ``p``'s valid keys). The result is that of generating from the
 concatenated texts, without reading the prefix again; ``sequences`` hold the continuation and the new
 tokens only. With ``Prefix.select`` one pass over a prompt and its reasoning serves every cut of it
-(early answering, ``thinkaloud.eval.reliance``).
+(early answering, ``thinkaloud.measures.reliance``).
 
 Streaming: ``on_token(rows, tokens, exit_layers, token_logprobs)``, if given, is called once per step
 with the original batch indices of the rows still generating (b,) and their new token, its exit layer
@@ -55,11 +55,10 @@ import torch
 import torch.nn.functional as F
 
 from thinkaloud.model import arch
-from thinkaloud.model.early_exit import default_position_ids
 from thinkaloud.model.generation_output import GenerationOutput
-from thinkaloud.model.kv_cache import KVCache, Prefix, attention_masks
+from thinkaloud.model.kv_cache import KVCache, Prefix, attention_masks, default_position_ids
 
-__all__ = ["COMPACT_AT", "GenerationOutput", "generate", "prefill"]
+__all__ = ["COMPACT_AT", "generate", "prefill"]
 
 COMPACT_AT = 0.75
 """Finished rows leave the batch once the rows still generating are at most this share of it."""

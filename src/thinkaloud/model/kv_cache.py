@@ -24,6 +24,11 @@ from dataclasses import dataclass
 import torch
 
 
+def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 0/1 mask → (B, T) positions counting only real tokens, as HF ``generate`` does."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
 class KVCache:
     """Preallocated keys and values for every layer: (B, H_kv, S, D) each."""
 

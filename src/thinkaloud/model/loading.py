@@ -26,12 +26,11 @@ from thinkaloud.config import ExitConfig
 from thinkaloud.errors import ModelNotFoundError, UserError
 from thinkaloud.hub import ALIASES, load_tokenizer, looks_like_path
 from thinkaloud.model import arch
-from thinkaloud.model.early_exit import META_FILE, EarlyExitModel
+from thinkaloud.model.early_exit import EarlyExitModel
+from thinkaloud.model.recorded import META_FILE, saved_model_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-RUN_MODEL_DIR = "model"
 
 
 @dataclass
@@ -40,14 +39,6 @@ class Loaded:
     tokenizer: PreTrainedTokenizerBase
     is_base: bool
     base_name: str
-
-
-def saved_model_dir(spec: str) -> Path | None:
-    path = Path(spec).expanduser()
-    for candidate in (path / RUN_MODEL_DIR, path):
-        if (candidate / META_FILE).exists():
-            return candidate
-    return None
 
 
 def check_model_spec(spec: str) -> None:

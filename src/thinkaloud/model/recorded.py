@@ -1,4 +1,4 @@
-"""The offset recorded in a saved model folder: written by ``thinkaloud risk --save``, read by eval and generation.
+"""A saved model folder's files, and the offset recorded in it: written by ``thinkaloud risk --save``, read by eval and generation.
 
 A saved early-exit model is a folder with ``thinkaloud.json``, ``exit_heads.safetensors`` and
 ``adapter/`` (``thinkaloud.model.saving``). ``record_offset`` adds a ``"risk_control"`` entry to
@@ -25,6 +25,16 @@ META_FILE = "thinkaloud.json"
 HEADS_FILE = "exit_heads.safetensors"
 ADAPTER_DIR = "adapter"
 RISK_KEY = "risk_control"
+RUN_MODEL_DIR = "model"  # a training run's folder keeps its saved model here
+
+
+def saved_model_dir(spec: str) -> Path | None:
+    """The saved model folder that ``spec`` names: the folder itself, or a run folder's ``model/``; None if neither."""
+    path = Path(spec).expanduser()
+    for candidate in (path / RUN_MODEL_DIR, path):
+        if (candidate / META_FILE).exists():
+            return candidate
+    return None
 
 
 def read_meta(directory: str | os.PathLike) -> dict:

@@ -1,26 +1,26 @@
-"""Saving and loading an :class:`~thinkaloud.model.early_exit.EarlyExitModel`, and loading its base model.
+"""Saving and loading the parts of an :class:`~thinkaloud.model.early_exit.EarlyExitModel`, and loading its base
+model.
 
 A saved model is a folder: the LoRA adapter (peft, ``adapter/``), the exit heads (safetensors), its
 ``thinkaloud.json`` (base model, unembedding hash, exit layers, exit config, and the offset recorded by
 ``thinkaloud risk`` while it matches the weights: ``thinkaloud.model.recorded``) and a model card
-``README.md`` (``thinkaloud.model.card``). ``save_pretrained`` and ``from_pretrained`` are the model's
-methods of those names; ``_load_base`` loads the base model they (and ``from_base``) wrap.
+``README.md`` (``thinkaloud.model.card``). :func:`save_model` and :func:`load_parts` are the bodies of the
+model's ``save_pretrained`` and ``from_pretrained``; :func:`load_base` loads the base model they (and
+``from_base``) wrap. This module works on the parts (adapter, heads, config), so it never needs the model class.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from thinkaloud import __version__
 from thinkaloud.config import ExitConfig
-from thinkaloud.io import atomic_save_safetensors, atomic_write_json
+from thinkaloud.io import atomic_folder, atomic_save_safetensors, atomic_write_json
 from thinkaloud.model import arch
 from thinkaloud.model.card import write_card
 from thinkaloud.model.exit_run import ExitHeads
@@ -33,58 +33,58 @@ from thinkaloud.model.recorded import (
     recorded_offset,
     weights_fingerprint,
 )
+from thinkaloud.version import __version__
 
 if TYPE_CHECKING:
+    from peft import PeftModel
     from transformers import PreTrainedModel
 
-    from thinkaloud.model.early_exit import EarlyExitModel
 
-
-def save_pretrained(model: EarlyExitModel, directory: str | os.PathLike) -> Path:
-    """:meth:`EarlyExitModel.save_pretrained`: write ``model`` to ``directory``, replaced atomically."""
+def save_model(
+    directory: str | os.PathLike,
+    peft_model: PeftModel,
+    heads: ExitHeads,
+    config: ExitConfig,
+    source: str,
+    risk_control: dict | None = None,
+) -> Path:
+    """Write an early-exit model's parts to ``directory`` (replaced atomically); the body of
+    :meth:`EarlyExitModel.save_pretrained`. ``risk_control`` is kept while it matches the weights."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.peft.save_pretrained(str(tmp / ADAPTER_DIR))
-    atomic_save_safetensors(tmp / HEADS_FILE, {"weight": model.heads.weight, "bias": model.heads.bias})
-    meta = {
-        "thinkaloud_version": __version__,
-        "base_model": model.source,
-        "model_type": model.hf_config.model_type,
-        "unembedding_hash": arch.unembedding_hash(model.base),
-        "num_layers": model.num_layers,
-        "hidden_size": model.hf_config.hidden_size,
-        "exit_layers": model.layers,
-        "exit_config": model.config.to_dict(),
-    }
-    fingerprint = weights_fingerprint(tmp)
-    for record in (model.risk_control, read_meta(directory).get(RISK_KEY)):
-        if isinstance(record, dict) and record.get("weights") == fingerprint:  # same weights: still valid
-            meta[RISK_KEY] = record
-            break
-    atomic_write_json(tmp / META_FILE, meta)
-    write_card(tmp, meta, home=directory)  # README.md: the model card (thinkaloud.model.card)
-    old = directory.parent / f".{directory.name}.old"
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    base = arch.base_causal_lm(peft_model)
+    with atomic_folder(directory) as tmp:
+        peft_model.save_pretrained(str(tmp / ADAPTER_DIR))
+        atomic_save_safetensors(tmp / HEADS_FILE, {"weight": heads.weight, "bias": heads.bias})
+        meta = {
+            "thinkaloud_version": __version__,
+            "base_model": source,
+            "model_type": base.config.model_type,
+            "unembedding_hash": arch.unembedding_hash(base),
+            "num_layers": base.config.num_hidden_layers,
+            "hidden_size": base.config.hidden_size,
+            "exit_layers": list(heads.layers),
+            "exit_config": config.to_dict(),
+        }
+        fingerprint = weights_fingerprint(tmp)
+        for record in (risk_control, read_meta(directory).get(RISK_KEY)):
+            if isinstance(record, dict) and record.get("weights") == fingerprint:  # same weights: still valid
+                meta[RISK_KEY] = record
+                break
+        atomic_write_json(tmp / META_FILE, meta)
+        write_card(tmp, meta, home=directory)  # README.md: the model card (thinkaloud.model.card)
     return directory
 
 
-def from_pretrained(
-    cls: type[EarlyExitModel],
+def load_parts(
     directory: str | os.PathLike,
     base: nn.Module | str | None = None,
     *,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     is_trainable: bool = True,
-) -> EarlyExitModel:
-    """:meth:`EarlyExitModel.from_pretrained`: a ``cls`` built from a folder written by :func:`save_pretrained`."""
+) -> tuple[PeftModel, ExitHeads, ExitConfig, str, dict | None]:
+    """(adapter-wrapped base, heads, exit config, base model name, recorded offset) of a folder written by
+    :func:`save_model`; the body of :meth:`EarlyExitModel.from_pretrained`."""
     from peft import PeftModel
     from safetensors.torch import load_file
 
@@ -93,7 +93,7 @@ def from_pretrained(
     if not meta_path.exists():
         raise FileNotFoundError(f"{directory} holds no {META_FILE}: not a thinkaloud checkpoint")
     meta = json.loads(meta_path.read_text())
-    base_model, source = _load_base(base if base is not None else meta["base_model"], dtype=dtype, device=device)
+    base_model, source = load_base(base if base is not None else meta["base_model"], dtype=dtype, device=device)
     arch.check_supported(base_model.config)
     found = arch.unembedding_hash(base_model)
     if found != meta["unembedding_hash"] or base_model.config.num_hidden_layers != meta["num_layers"]:
@@ -105,14 +105,12 @@ def from_pretrained(
     config = ExitConfig(**meta["exit_config"])
     peft_model = PeftModel.from_pretrained(base_model, str(directory / ADAPTER_DIR), is_trainable=is_trainable)
     heads = ExitHeads(base_model.config.hidden_size, meta["exit_layers"], config.head_init_bias)
-    state = load_file(str(directory / HEADS_FILE))
-    heads.load_state_dict(state)
-    model = cls(peft_model, heads, config, meta["base_model"]).to(base_model.device)
-    model.risk_control = recorded_offset(directory)
-    return model
+    heads.load_state_dict(load_file(str(directory / HEADS_FILE)))
+    heads.to(base_model.device)
+    return peft_model, heads, config, meta["base_model"], recorded_offset(directory)
 
 
-def _load_base(
+def load_base(
     model_or_path: nn.Module | str | os.PathLike,
     *,
     dtype: torch.dtype | None = None,

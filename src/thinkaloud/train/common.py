@@ -10,7 +10,6 @@ removes (:func:`remove_stale_temporaries`).
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from thinkaloud.io import atomic_write_json
+from thinkaloud.io import atomic_folder, atomic_write_json
 
 CKPT_DIR = "checkpoints"
 
@@ -66,28 +65,24 @@ def save_checkpoint(out: Path, step: int, model, optimizer, extra: dict[str, Any
     root = Path(out) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".step-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(
-        {
-            "step": step,
-            "trainable": trainable_state(model),
-            "optimizer": optimizer.state_dict(),
-            "rng": _rng_state(),
-            "extra": extra or {},
-        },
-        tmp / "state.pt",
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_folder(final) as tmp:  # tmp: .step-000123.tmp
+        torch.save(
+            {
+                "step": step,
+                "trainable": trainable_state(model),
+                "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(),
+                "extra": extra or {},
+            },
+            tmp / "state.pt",
+        )
     atomic_write_json(root / "latest.json", {"step": step, "path": final.name})
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-STALE_PATTERNS = (".step-[0-9]*.tmp", ".latest.json.*.tmp")
+STALE_PATTERNS = (".step-[0-9]*.tmp", ".step-[0-9]*.old", ".latest.json.*.tmp")
 """Temporaries of :func:`save_checkpoint`: its step folder and ``thinkaloud.io``'s write of latest.json."""
 
 

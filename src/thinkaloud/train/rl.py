@@ -34,7 +34,7 @@ Departures and choices, all deliberate:
   so that a short CPU run moves visibly: with hidden states of large norm, Adam steps of 1e-3 move an
   exit logit by O(1) in a few steps; completions are capped at 64 new tokens (paper: up to 400).
 
-Each step also logs ``base_nll``, the fluency proxy (``thinkaloud.eval.fluency``): the base model's
+Each step also logs ``base_nll``, the fluency proxy (``thinkaloud.measures.fluency``): the base model's
 negative log-likelihood per token of the step's sampled completions, minus the mean of the reference
 log-probabilities the KL term already computed (no extra pass). With ``eval_every`` each run is also
 evaluated on a fixed set of held-out prompts at step 0 and every few steps (``thinkaloud.train.rl_heldout``).
@@ -90,7 +90,7 @@ from thinkaloud.train.rl_report import (
 from thinkaloud.train.rloo import completion_rewards, depth_fraction, kl_estimate, policy_loss, rloo_advantages
 from thinkaloud.train.rollouts import policy_logprobs, reference_logprobs, sample_rollouts
 
-__all__ = ["Env", "Prompt", "RLConfig", "Scored", "TaskEnv", "step_table", "train_rl"]
+__all__ = ["step_table", "train_rl"]
 
 MODEL_DIR = "model"
 
@@ -202,7 +202,7 @@ def _coherence(ctx: _Context, prompts: Sequence[Prompt], scored: Scored) -> floa
     """Mean overall judge score of the step's completions (main process's), or None without a judge."""
     if ctx.judge is None or scored.texts is None:
         return None
-    from thinkaloud.eval.judge import judge_many
+    from thinkaloud.measures.judge import judge_many
 
     results = judge_many(ctx.judge, [(p.question, t) for p, t in zip(prompts, scored.texts)])
     overall = [r.judgement.overall for r in results if r.judgement is not None]
@@ -273,8 +273,8 @@ def train_rl(
     from rich.console import Console
 
     from thinkaloud.config import ExitConfig
-    from thinkaloud.model.early_exit import META_FILE
     from thinkaloud.model.loading import default_device, load_model
+    from thinkaloud.model.recorded import META_FILE
 
     cpu = (config.device or default_device()) == "cpu"
     accelerator = Accelerator(cpu=cpu)
@@ -291,7 +291,7 @@ def train_rl(
         if env is None:
             from thinkaloud.data.tasks import get_task
             from thinkaloud.hub import load_tokenizer
-            from thinkaloud.model.loading import saved_model_dir
+            from thinkaloud.model.recorded import saved_model_dir
 
             saved = saved_model_dir(config.model)
             base_name = json.loads((saved / META_FILE).read_text())["base_model"] if saved else config.model
@@ -314,7 +314,7 @@ def train_rl(
 
     judge = None
     if config.judge_url and config.judge_model is not None:  # __post_init__: both or neither
-        from thinkaloud.eval.judge import OpenAIJudge
+        from thinkaloud.measures.judge import OpenAIJudge
 
         judge = OpenAIJudge(config.judge_url, config.judge_model)
     console = Console(stderr=True, log_path=False) if accelerator.is_main_process else Console(quiet=True)

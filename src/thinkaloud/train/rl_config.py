@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from thinkaloud.data.tasks import DEFAULT_TASK, SPLITS
+from thinkaloud.data.splits import SPLITS
+from thinkaloud.data.tasks import DEFAULT_TASK
 
 
 @dataclass

@@ -12,7 +12,7 @@ bit-for-bit the same. Per evaluation one row:
      "prompt_accuracy": [per prompt], "prompt_depth_frac": [per prompt, its tokens' mean]}
 
 in ``OUT/heldout.jsonl`` (per run ``OUT/run-<r>/heldout.jsonl``, merged like ``log.jsonl``).
-``base_nll`` is the fluency proxy of ``thinkaloud.eval.fluency``: the base model's negative
+``base_nll`` is the fluency proxy of ``thinkaloud.measures.fluency``: the base model's negative
 log-likelihood per token of the completions (adapter off, no exits), token-weighted like the exit
 metrics. ``OUT/heldout_base.json`` holds the base model (adapter off, no exits, greedy) on the same
 prompts, the dashed level in the figure (``figures/rl_heldout``).
@@ -28,8 +28,8 @@ import torch
 
 from thinkaloud.data.env import Env, Prompt
 from thinkaloud.data.prompts import left_pad
-from thinkaloud.eval.fluency import response_nll
-from thinkaloud.eval.responses import chunked, from_generation
+from thinkaloud.measures.fluency import response_nll
+from thinkaloud.measures.responses import chunked, from_generation
 
 HELDOUT_FILE = "heldout.jsonl"
 HELDOUT_BASE_FILE = "heldout_base.json"

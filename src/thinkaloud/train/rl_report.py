@@ -1,6 +1,6 @@
 """What an RL run leaves to read: the log row of a step, the files, the merged log, figure and step table.
 
-Layout of an RL output folder (the RL directory of ``thinkaloud.eval.report``):
+Layout of an RL output folder (the RL directory of ``thinkaloud.report.build``):
 
 - ``OUT/log.jsonl``: one row per run and step (``run``, ``step``, ``reward``, ``accuracy``,
   ``depth_frac``, ``als``, ``early_exit_rate``, ``kl``, ``length``, ``base_nll``, ``loss``,
@@ -17,7 +17,7 @@ Layout of an RL output folder (the RL directory of ``thinkaloud.eval.report``):
 
 The logged ``depth_frac``, ``als`` and ``early_exit_rate`` are token-weighted over a step's completions
 (the eval metrics), and so is ``base_nll``: the base model's negative log-likelihood per token of the
-step's completions (the fluency proxy of ``thinkaloud.eval.fluency``), read from the reference
+step's completions (the fluency proxy of ``thinkaloud.measures.fluency``), read from the reference
 log-probabilities of the KL term. The completions are sampled at temperature 1, so it sits above the
 NLL of greedy eval responses; compare it across steps and with ``base.json``'s (the base model's own
 samples), not with an eval's.
@@ -55,7 +55,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 def write_outputs(out: Path, runs: int, figure: bool = True) -> None:
     """Merge the runs' logs into ``OUT/log.jsonl`` (several runs) and redraw the dynamics figure."""
-    from thinkaloud.eval.plots import plot_rl_dynamics, save_figure
+    from thinkaloud.report.plots import plot_rl_dynamics, save_figure
     from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FIGURE, HELDOUT_FILE
 
     out = Path(out)

@@ -17,7 +17,7 @@ import torch
 
 from thinkaloud.data.env import Env, Prompt
 from thinkaloud.data.prompts import left_pad
-from thinkaloud.model.generate import GenerationOutput
+from thinkaloud.model.generation_output import GenerationOutput
 
 
 def sample_rollouts(

@@ -41,7 +41,8 @@ from thinkaloud.io import atomic_write_text
 from thinkaloud.model import arch
 from thinkaloud.model.early_exit import EarlyExitModel
 from thinkaloud.model.exits import exit_targets
-from thinkaloud.model.loading import RUN_MODEL_DIR, default_device, load_model
+from thinkaloud.model.loading import default_device, load_model
+from thinkaloud.model.recorded import RUN_MODEL_DIR
 from thinkaloud.train import losses
 from thinkaloud.train.common import (
     JsonlLog,

@@ -1,0 +1,259 @@
+"""The paper's findings, in kind, on the embedded SmolLM2-135M-Instruct, on a laptop CPU, offline.
+
+Task: ``tom`` (generated theory-of-mind stories, the paper's RL task). The base model scores about
+10–20% on it with the strict "Answer: <container>" format (0–4% on ``rg:chain_sum``), so accuracy
+carries some signal. Calibration and RL draw from the train split, every eval from the test split
+(the splits are disjoint by content hash). Stages, each in ``out/<stage>`` and reused when a re-run
+finds it finished:
+
+1. calibrate on the train split (greedy base-model rollouts, per-layer KL to the final layer);
+2. Stage 1 (Table 1, Figures 3–4 in kind): SFT at KL factors 0.25, 1 and 4 from that one calibration,
+   each evaluated on the same test items with the fluency proxies (``thinkaloud.measures.fluency``; judge
+   coherence too with ``--judge``), early-exit rate, ALS, accuracy and TV distance of its exit histogram
+   to the calibration target at its factor (the target SFT trained towards);
+3. Stage 2 (Figure 2 in kind): RL from the F = 1 model with 3 seeds (``RLConfig.runs = 3``), the held-out
+   evaluation of ``thinkaloud.train.rl_heldout`` at step 0 (the SFT model), mid-way and at the end on
+   fixed test prompts: accuracy, mean compute and the fluency proxy per step, runs, mean ± 1 SE, base dashed;
+4. externalisation: reliance (early answering) and the future lens for the base, SFT (F = 1) and RL
+   (seed 0) models, in their evals;
+5. the findings (``thinkaloud.experiments.findings``), printed and written with the figures into the report
+   (``thinkaloud.experiments.demo_outputs`` writes the Stage-1 table and the findings).
+
+λ and β. On SmolLM2 an exit costs several nats of KL to the base: measured on 233 tokens of greedy base
+completions of ``tom`` train prompts (logit lens, adapter off), per token at exit layers 5/10/15/20/25:
+KL(p_L‖p_ℓ) = 16.7/20.4/19.5/16.6/6.9 nats (the calibration's D; the demo prints it from its own
+calibration) and KL(p_ℓ‖p_L) = 9.0/9.2/8.6/6.6/4.0 nats — the second is what the RL reward's KL̂ (log π −
+log π_ref of a token sampled after an exit) charges. Exiting a token at ℓ instead of L gains λ(L−ℓ)/L
+in the depth term and costs about β·KL(p_ℓ‖p_L); with the paper's λ = 1.5, β = 0.25 that is 0.25 vs
+0.99 nats at layer 25 and 1.25 vs 2.26 at layer 5: the KL term wins everywhere and holds exits back.
+``RL_BETA = 0.02`` keeps λ = 1.5 and makes the exit penalty win at every exit layer with a margin of
+≥ 3× (layer 25: 0.25 vs 0.08; layer 5: 1.25 vs 0.18), while the task reward still pays for answers.
+
+Budget: ``make demo`` ≤ 15 minutes on 2 cores; the sizes below (``FULL``) were chosen for that
+(``--quick``: ``QUICK``, ≤ 3 minutes, for CI). The eval's speed baseline (a second generation per
+eval) and its target measure (a layer-KL pass) are off: TV distances use the calibration's targets.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from thinkaloud.data.calibrate import CalibrateConfig, calibrate
+from thinkaloud.errors import UserError
+from thinkaloud.eval.run import evaluate
+from thinkaloud.experiments.demo_config import (
+    FULL,
+    KL_FACTORS,
+    QUICK,
+    RL_BETA,
+    RL_LAMBDA,
+    RL_SEEDS,
+    STAGE1_TITLE,
+    DemoConfig,
+)
+from thinkaloud.io import atomic_write_json
+from thinkaloud.measures.config import EvalConfig
+from thinkaloud.report.job import ReportConfig, report
+from thinkaloud.report.terminal import sweep_table
+from thinkaloud.train.rl import train_rl
+from thinkaloud.train.rl_config import RLConfig
+from thinkaloud.train.sft import SFTConfig, train_sft
+
+
+def check_folder(out: Path, config: DemoConfig) -> None:
+    """Record the settings that determine the results in ``out/demo.json``; refuse a folder of other settings
+    (its finished stages would be reused)."""
+    identity = {
+        "model": config.model,
+        "task": config.task,
+        "seed": config.seed,
+        "quick": config.quick,
+        "judge": config.judge,
+    }
+    path = out / "demo.json"
+    if path.exists() and (previous := json.loads(path.read_text())) != identity:
+        raise UserError(f"{out} holds a demo with other settings ({previous}); choose another --out")
+    atomic_write_json(path, identity)
+
+
+def _sft_name(factor: float) -> str:
+    return f"sft-kl{factor:g}"
+
+
+def _done(path: Path, name: str = "summary.json") -> bool:
+    return (path / name).exists()
+
+
+def demo(config: DemoConfig, console: Console | None = None) -> Path:
+    """Run the demo described in the module docstring into ``config.out``; returns the report folder."""
+    from thinkaloud.experiments import findings as df
+    from thinkaloud.experiments.demo_outputs import (
+        calibration_targets,
+        kl_cost_table,
+        write_demo_findings,
+        write_stage1,
+    )
+
+    console = console or Console()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    sizes = QUICK if config.quick else FULL
+    out = Path(config.out)
+    check_folder(out, config)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    timings: dict[str, float] = {}
+
+    def stage(name: str, done: bool, fn) -> None:
+        if done:
+            console.print(f"[dim]✓ {name}: finished earlier, reused[/]")
+            return
+        console.rule(f"[bold]{name}")
+        start = time.perf_counter()
+        fn()
+        timings[name] = time.perf_counter() - start
+
+    # 1. calibration (train split)
+    calib = out / "calib"
+    manifest = calib / "manifest.json"
+    stage(
+        "calibrate",
+        manifest.exists() and json.loads(manifest.read_text()).get("complete", False),
+        lambda: calibrate(
+            CalibrateConfig(
+                out=str(calib),
+                model=config.model,
+                task=config.task,
+                n=sizes.calib_n,
+                max_new_tokens=sizes.calib_tokens,
+                seed=config.seed,
+                split="train",
+                batch_size=12,
+                shard_size=sizes.calib_n,
+            ),
+            console,
+        ),
+    )
+    targets, L, _ = calibration_targets(calib)
+    console.print(kl_cost_table(calib))
+
+    # 2. Stage 1: SFT at each KL factor, each evaluated on the same test items
+    def evaluate_model(label: str, model: str, measures: list[str]) -> None:
+        evaluate(
+            EvalConfig(
+                model=model,
+                out=str(out / "eval" / label),
+                task=config.task,
+                n=sizes.eval_n,
+                seed=config.seed,
+                split="test",
+                max_new_tokens=sizes.eval_tokens,
+                batch_size=12,
+                target=False,
+                speed_baseline=False,
+                judge=config.judge,
+                measures=measures,
+                label=label,
+                show=0,
+            )
+        )
+
+    every = ["reliance", "lens", "fluency"]
+    stage("eval base", _done(out / "eval" / "base"), lambda: evaluate_model("base", config.model, every))
+    for f in KL_FACTORS:
+        run = out / _sft_name(f)
+        stage(
+            f"SFT at KL factor {f:g}",
+            (run / "model").exists(),
+            lambda run=run, f=f: train_sft(
+                SFTConfig(
+                    calib=str(calib),
+                    out=str(run),
+                    kl_factor=f,
+                    steps=sizes.sft_steps,
+                    batch_size=sizes.sft_batch,
+                    exit_loss="expected",
+                    seed=config.seed,
+                    save_every=sizes.sft_steps,
+                    resume=(run / "checkpoints").exists(),
+                ),
+                console,
+            ),
+        )
+        label = f"F={f:g}"
+        stage(
+            f"eval {label}",
+            _done(out / "eval" / label),
+            lambda run=run, label=label, f=f: evaluate_model(label, str(run), every if f == 1.0 else ["fluency"]),
+        )
+
+    # 3. Stage 2: RL from the F = 1 model, 3 seeds, held-out evaluation every few steps
+    rl = out / "rl"
+    stage(
+        f"RL ({RL_SEEDS} seeds, λ={RL_LAMBDA:g}, β={RL_BETA:g})",
+        _done(rl, "log.jsonl") and all((rl / f"run-{r}" / "model").exists() for r in range(RL_SEEDS)),
+        lambda: train_rl(
+            RLConfig(
+                model=str(out / _sft_name(1.0)),
+                out=str(rl),
+                task=config.task,
+                lam=RL_LAMBDA,
+                beta=RL_BETA,
+                k=sizes.rl_k,
+                prompts_per_step=sizes.rl_prompts,
+                steps=sizes.rl_steps,
+                runs=RL_SEEDS,
+                seed=config.seed,
+                max_new_tokens=sizes.rl_tokens,
+                base_prompts=0,
+                save_every=sizes.rl_steps,
+                eval_every=sizes.rl_eval_every,
+                eval_n=sizes.rl_eval_n,
+                resume=(rl / "config.yaml").exists(),
+            )
+        ),
+    )
+    stage("eval RL (seed 0)", _done(out / "eval" / "RL"), lambda: evaluate_model("RL", str(rl / "run-0"), every))
+
+    # 4. Stage-1 table, findings, report
+    labels = ["base"] + [f"F={f:g}" for f in KL_FACTORS] + ["RL"]
+    records = {label: df.EvalRecords.read(label, out / "eval" / label) for label in labels}
+    stage1 = write_stage1(out / "stage1", records, targets)
+    findings_dir = out / "findings"
+    findings = write_demo_findings(findings_dir, records, targets, rl, L, config)
+    report_dir = out / "report"
+    stage(
+        "report",
+        False,
+        lambda: report(
+            ReportConfig(
+                dirs=[str(out / "eval" / label) for label in labels] + [str(stage1), str(rl), str(findings_dir)],
+                out=str(report_dir),
+            )
+        ),
+    )
+
+    console.print(sweep_table(json.loads((stage1 / "sweep.json").read_text())["rows"], title=STAGE1_TITLE))
+    console.rule("[bold]Findings")
+    console.print(df.findings_block(findings), highlight=False)
+    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    console.print(
+        f"Wall time {wall:.0f} s, CPU time {cpu:.0f} s on {torch.get_num_threads()} thread(s) ({stages})",
+        highlight=False,
+    )
+    atomic_write_json(
+        out / "timings.json",
+        {
+            "total_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),
+            "threads": torch.get_num_threads(),
+            "stages_s": {k: round(v, 1) for k, v in timings.items()},
+        },
+    )
+    console.print(f"Report: [bold]{report_dir / 'report.html'}[/] (and report.md)")
+    return report_dir

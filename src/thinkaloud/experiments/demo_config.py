@@ -1,0 +1,81 @@
+"""The demo's settings: its config (``thinkaloud demo``'s flags), the KL factors and RL settings it runs, and the
+sizes of its full and ``--quick`` runs. Shared by the demo job (``thinkaloud.experiments.demo``) and the files
+it writes (``thinkaloud.experiments.demo_outputs``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from thinkaloud.hub import DEFAULT_MODEL
+
+DEMO_TASK = "tom"
+KL_FACTORS = (0.25, 1.0, 4.0)
+RL_LAMBDA, RL_BETA = 1.5, 0.02
+RL_SEEDS = 3
+
+
+STAGE1_TITLE = "Stage 1: SFT at three KL factors, and the base model (test split)"
+
+
+@dataclass
+class DemoConfig:
+    out: str = field(default="runs/demo", metadata={"help": "output folder (stages reused on re-runs)"})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "base model (default: the embedded SmolLM2-135M)"})
+    task: str = field(default=DEMO_TASK, metadata={"help": "offline task (paper's RL task: theory of mind, tom)"})
+    seed: int = field(default=0, metadata={"help": "seed of the items, training and sampling of every stage"})
+    quick: bool = field(default=False, metadata={"help": "a ≤ 3-minute version of every stage, for CI"})
+    judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "coherence judge for the evals: "
+            "openai:<base_url>#<model> | hf:<model> (default: none; "
+            "the fluency proxies stand in)"
+        },
+    )
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: all cores)"})
+
+
+@dataclass(frozen=True)
+class Sizes:
+    calib_n: int
+    calib_tokens: int
+    sft_steps: int
+    sft_batch: int
+    eval_n: int
+    eval_tokens: int
+    rl_steps: int
+    rl_prompts: int
+    rl_k: int
+    rl_tokens: int
+    rl_eval_every: int
+    rl_eval_n: int
+
+
+FULL = Sizes(
+    calib_n=24,
+    calib_tokens=48,
+    sft_steps=8,
+    sft_batch=2,
+    eval_n=24,
+    eval_tokens=48,
+    rl_steps=6,
+    rl_prompts=1,
+    rl_k=4,
+    rl_tokens=40,
+    rl_eval_every=3,
+    rl_eval_n=8,
+)
+QUICK = Sizes(
+    calib_n=6,
+    calib_tokens=16,
+    sft_steps=2,
+    sft_batch=2,
+    eval_n=4,
+    eval_tokens=16,
+    rl_steps=2,
+    rl_prompts=1,
+    rl_k=2,
+    rl_tokens=12,
+    rl_eval_every=2,
+    rl_eval_n=3,
+)

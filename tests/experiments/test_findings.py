@@ -1,0 +1,153 @@
+"""The demo's findings on synthetic outputs whose answer is known: verdicts, intervals, the written file."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from thinkaloud.experiments import findings as df
+from thinkaloud.report.build import build_report
+
+L, E = 30, [5, 10, 15, 20, 25]
+
+
+def records(
+    label: str, exit_share: float, nll: float, n: int = 24, seed: int = 0, early: int = 5, score: float = 0.5
+) -> df.EvalRecords:
+    """n responses of 20 tokens, each token exiting at ``early`` with probability ``exit_share``."""
+    rng = random.Random(seed)
+    layers = [[early if rng.random() < exit_share else L for _ in range(20)] for _ in range(n)]
+    return df.EvalRecords(
+        label,
+        layers,
+        [nll + rng.gauss(0, 0.1) for _ in range(n)],
+        [float(rng.random() < score) for _ in range(n)],
+        [None] * n,
+        L,
+        E + [L],
+    )
+
+
+def test_verdict_rules():
+    assert df.direction_verdict(0.3, (0.1, 0.5), +1) == df.HELD
+    assert df.direction_verdict(0.3, (-0.1, 0.5), +1) == df.NOT_SIGNIFICANT
+    assert df.direction_verdict(-0.3, (-0.5, -0.1), +1) == df.DID_NOT_HOLD
+    assert df.direction_verdict(-0.3, (-0.5, -0.1), -1) == df.HELD
+    assert df.no_harm_verdict([(0.0, (-0.2, 0.2))]) == df.HELD
+    assert df.no_harm_verdict([(-0.1, (-0.3, 0.1))]) == df.NOT_SIGNIFICANT
+    assert df.no_harm_verdict([(0.0, (-0.2, 0.2)), (-0.3, (-0.5, -0.1))]) == df.DID_NOT_HOLD
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
+    values = [random.Random(i).gauss(1.0, 1.0) for i in range(400)]
+    mean = lambda idx: sum(values[i] for i in idx) / len(idx)
+    lo, hi = df.bootstrap_ci(mean, 400)
+    assert lo < mean(range(400)) < hi and 0.1 < hi - lo < 0.3  # ≈ 2 · 1.96 / √400
+    lo_small, hi_small = df.bootstrap_ci(mean, 25)
+    assert hi_small - lo_small > hi - lo
+
+
+def test_finding_1_orders_factors_and_says_when_it_fails():
+    good = {0.25: records("a", 0.6, 2.0), 1.0: records("b", 0.3, 1.5, seed=1), 4.0: records("c", 0.05, 1.0, seed=2)}
+    exits, fluency = df.finding_1(good)
+    assert exits.verdict == df.HELD and fluency.verdict == df.HELD
+    assert exits.measured.startswith("early-exit rate 57.7% → 31.9% → 4.8%") and "F=0.25 − F=4" in exits.measured
+    reversed_nll = {**good, 0.25: records("a", 0.6, 0.9)}  # more exits, yet more natural text
+    assert df.finding_1(reversed_nll)[1].verdict == df.DID_NOT_HOLD
+    flat = {f: records(str(f), 0.3, 1.0, seed=7) for f in good}  # identical models: no ordering
+    assert df.finding_1(flat)[0].verdict == df.DID_NOT_HOLD
+
+
+def test_finding_2_compares_with_the_base_models_distance():
+    target = {5: 0.3, 10: 0.0, 15: 0.0, 20: 0.0, 25: 0.0, 30: 0.7}
+    base = records("base", 0.0, 1.0)
+    follows = {1.0: records("f", 0.3, 1.0)}
+    assert df.finding_2(follows, base, {1.0: target}).verdict == df.HELD
+    overshoots = {1.0: records("f", 0.95, 1.0)}  # TV ≈ 0.65 > base's 0.3
+    assert df.finding_2(overshoots, base, {1.0: target}).verdict == df.DID_NOT_HOLD
+
+
+def heldout_rows(drop: float, n: int = 8, runs: int = 3, acc_last: float = 0.25) -> list[dict]:
+    rows = []
+    for run in range(runs):
+        rng = random.Random(run)
+        start = [0.95 + rng.gauss(0, 0.01) for _ in range(n)]
+        for step, depths, acc in ((0, start, 0.25), (6, [d - drop + rng.gauss(0, 0.01) for d in start], acc_last)):
+            accs = [float(i < round(acc * n)) for i in range(n)]
+            rows.append(
+                {
+                    "run": run,
+                    "step": step,
+                    "n": n,
+                    "depth_frac": sum(depths) / n,
+                    "accuracy": sum(accs) / n,
+                    "prompt_depth_frac": depths,
+                    "prompt_accuracy": accs,
+                }
+            )
+    return rows
+
+
+def test_finding_3_and_4_on_heldout_rows():
+    assert df.finding_3(heldout_rows(0.1)).verdict == df.HELD
+    assert df.finding_3(heldout_rows(0.0)).verdict in (df.NOT_SIGNIFICANT, df.DID_NOT_HOLD)
+    assert df.finding_3(heldout_rows(-0.1)).verdict == df.DID_NOT_HOLD
+    assert "3 seeds" in df.finding_3(heldout_rows(0.1)).measured
+    base = {"accuracy": 0.25, "prompt_accuracy": [1.0, 1.0] + [0.0] * 6}
+    rl, b = records("RL", 0.5, 1.0, score=0.5), records("base", 0.0, 1.0, score=0.5)
+    assert df.finding_4(heldout_rows(0.1), base, rl, b).verdict == df.HELD
+    collapsed = {**base, "prompt_accuracy": [1.0] * 8, "accuracy": 1.0}  # the base answers all, RL a quarter
+    assert df.finding_4(heldout_rows(0.1), collapsed, rl, b).verdict == df.DID_NOT_HOLD
+
+
+def test_written_findings_become_the_reports_last_section(tmp_path):
+    from thinkaloud.report.measure_plots import plot_fluency_distributions
+    from thinkaloud.report.plots import save_figure
+
+    findings = [df.Finding("(3) RL lowers mean compute", "−5.0 pts [−8.0, −2.0]", df.HELD)]
+    save_figure(
+        plot_fluency_distributions({"base": [1.0, 1.2], "F=1": [1.5, 1.7, 1.6]}),
+        tmp_path / "findings" / "figures" / "fluency",
+    )
+    path = df.write_findings(
+        tmp_path / "findings",
+        "Findings: test",
+        findings,
+        ["a note"],
+        [],
+        [{"file": "figures/fluency", "caption": "fluency per response"}],
+    )
+    assert json.loads(path.read_text())["findings"][0]["verdict"] == "held"
+    md, page = build_report([tmp_path / "findings"], tmp_path / "report")
+    text = md.read_text()
+    assert "## Findings: test" in text and "| (3) RL lowers mean compute | −5.0 pts [−8.0, −2.0] | held |" in text
+    assert "a note" in text and "fluency per response" in page.read_text()
+    assert (tmp_path / "report" / "figures" / "findings_00_00_fluency.png").is_file()
+    assert "(2)" in df.findings_block(
+        [df.Finding("(2) x", "y", df.NOT_SIGNIFICANT)]
+    ) and "NOT SIGNIFICANT" in df.findings_block([df.Finding("(2) x", "y", df.NOT_SIGNIFICANT)])
+
+
+def test_paired_comparison_needs_the_same_items():
+    with pytest.raises(ValueError, match="not the same items"):
+        df._paired(records("a", 0.1, 1.0, n=4), records("b", 0.1, 1.0, n=5), "exit_rate")
+
+
+def test_demo_refuses_a_folder_of_other_settings(tmp_path):
+    from thinkaloud.errors import UserError
+    from thinkaloud.experiments.demo import check_folder
+    from thinkaloud.experiments.demo_config import DemoConfig
+
+    check_folder(tmp_path, DemoConfig(out=str(tmp_path), seed=1))
+    check_folder(tmp_path, DemoConfig(out=str(tmp_path), seed=1))  # the same settings: reused
+    with pytest.raises(UserError, match="other settings"):
+        check_folder(tmp_path, DemoConfig(out=str(tmp_path), seed=2))
+
+
+def test_finding_4_without_any_correct_base_answer_is_not_a_pass():
+    base = {"accuracy": 0.0, "prompt_accuracy": [0.0] * 8}
+    rl, b = records("RL", 0.5, 1.0, score=0.0), records("base", 0.0, 1.0, score=0.0)
+    finding = df.finding_4(heldout_rows(0.1, acc_last=0.0), base, rl, b)
+    assert finding.verdict == df.NOT_SIGNIFICANT and "no signal" in finding.measured
