@@ -41,6 +41,7 @@ judge was GPT-5 with its own rubric (``--rubric paper`` restates it; ours is the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -65,6 +66,7 @@ from thinkaloud.measures.config import EvalConfig
 from thinkaloud.measures.core import judge_measure, target_measure
 from thinkaloud.measures.externalisation import EXTERNALISATION_MEASURES
 from thinkaloud.model.loading import Loaded, default_device, load_model
+from thinkaloud.model.merging import merged_adapter
 from thinkaloud.model.recorded import RUN_MODEL_DIR
 from thinkaloud.report import viz
 from thinkaloud.report.terminal import print_results
@@ -100,7 +102,8 @@ def _generate_all(
     tokenizer = loaded.tokenizer
     generator = torch.Generator(device=device).manual_seed(config.seed)
     batches, seconds = [], 0.0
-    with progress(console) as bars:
+    merged = merged_adapter(loaded.model.peft) if config.merge_adapter else contextlib.nullcontext()
+    with progress(console) as bars, merged:
         bar = bars.add_task("generating", total=len(items))
         for s in range(0, len(items), config.batch_size):
             chunk = items[s : s + config.batch_size]

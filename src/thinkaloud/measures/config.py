@@ -113,6 +113,13 @@ class EvalConfig:
             "repetition (default: all three; reliance + lens cost about 0.8× the eval's generation on a CPU)"
         },
     )
+    merge_adapter: bool = field(
+        default=True,
+        metadata={
+            "help": "generate with the LoRA adapter merged into the weights (same function, without the LoRA "
+            "layers' extra matmuls; the base weights are restored exactly afterwards)"
+        },
+    )
     label: str | None = field(
         default=None,
         metadata={"help": "name in reports (default: 'base' for a base model, else the model folder's name)"},

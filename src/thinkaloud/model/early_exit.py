@@ -26,6 +26,8 @@ per-pass state ``_ExitRun`` that the hooks advance; ``thinkaloud.model.saving`` 
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 import logging
 import os
 from collections.abc import Iterator
@@ -221,6 +223,57 @@ class EarlyExitModel(nn.Module):
         )
         with self._running(run):
             hidden = self._hidden(input_ids, attention_mask)  # (B, T, C)
+        logits = arch.readout(self.peft, hidden)  # (B, T, V)
+        return ExitForwardOutput(logits=logits, exit_layers=run.exit_layers, exit_logprobs=run.logp)
+
+    @torch.no_grad()
+    def prefix_cache(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """A full-depth pass over a prefix that never exits (a prompt) → the wrapped model's own K/V cache of it,
+        for :meth:`forward_after`. Adapter on, as in ``forward``."""
+        input_ids, attention_mask = _check_inputs(input_ids, attention_mask)
+        out = arch.decoder(self.peft)(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=default_position_ids(attention_mask),
+            use_cache=True,
+        )
+        return out.get("cache", out.get("past_key_values"))  # named `cache` in recent transformers 5
+
+    def forward_after(
+        self,
+        cache,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        exit_layers: ExitSpec = None,
+        offset: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> ExitForwardOutput:
+        """``forward`` over (B, T) ``input_ids`` that continue the prefix of ``cache`` (from :meth:`prefix_cache`):
+        the same logits and exits as ``forward`` over prefix + these tokens with ``exits_from`` = the prefix's
+        length, without reading the prefix again. ``attention_mask`` is (B, S + T), prefix included; every one
+        of the T positions may exit. ``cache`` is copied, never extended, so one prefix serves many calls."""
+        S = cache.get_seq_length()
+        if attention_mask.shape != (input_ids.shape[0], S + input_ids.shape[1]):
+            raise ValueError(
+                f"attention_mask must cover the {S} cached and {input_ids.shape[1]} new columns, "
+                f"got shape {tuple(attention_mask.shape)}"
+            )
+        if isinstance(exit_layers, torch.Tensor) and exit_layers.shape != input_ids.shape:
+            raise ValueError(
+                f"exit_layers shape {tuple(exit_layers.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
+        new_mask = attention_mask[:, S:]  # (B, T)
+        run = _ExitRun(self.heads, self.num_layers, new_mask, exit_layers, offset, generator, capture=False)
+        decoder = arch.decoder(self.peft)
+        cache_kw = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        with self._running(run):
+            hidden = decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=default_position_ids(attention_mask)[:, S:],
+                use_cache=True,
+                **{cache_kw: copy.deepcopy(cache)},
+            ).last_hidden_state  # (B, T, C)
         logits = arch.readout(self.peft, hidden)  # (B, T, V)
         return ExitForwardOutput(logits=logits, exit_layers=run.exit_layers, exit_logprobs=run.logp)
 

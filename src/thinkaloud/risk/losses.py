@@ -99,25 +99,36 @@ def rollouts(
 def token_stats(model, roll: Rollouts, offset: float, seed: int) -> OffsetStats:
     """Token risk at ``offset``: per item, the share of completion tokens whose top-1 token with sampled exits
     differs from the full-depth top-1 (both teacher-forced on the full-depth rollout)."""
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    stats = OffsetStats([], [], [])
+    return token_stats_per_offset(model, roll, [offset], seed)[0]
+
+
+@torch.no_grad()
+def token_stats_per_offset(model, roll: Rollouts, offsets: list[float], seed: int) -> list[OffsetStats]:
+    """``token_stats`` at every offset, reading each batch's prompt once: the prompt never exits, so its keys
+    and values are the same at every offset (``EarlyExitModel.prefix_cache``), and each offset runs only the
+    positions that predict the new tokens (``forward_after``). One generator per offset, all seeded with
+    ``seed`` (common random numbers across offsets)."""
+    generators = [torch.Generator(device=model.device).manual_seed(seed) for _ in offsets]
+    stats = [OffsetStats([], [], []) for _ in offsets]
     for gen, ref in zip(roll.batches, roll.top1):
-        out = model(
-            gen.sequences,
-            gen.attention_mask,
-            exit_layers="sample",
-            offset=offset,
-            generator=generator,
-            exits_from=gen.prompt_length - 1,
-        )
-        sl = gen.predicting_positions()
-        top = out.logits[:, sl].argmax(-1)  # (b, N)
+        sl = gen.predicting_positions()  # columns P-1 … P+N-2: the last prompt token and all but the last new one
+        cache = model.prefix_cache(gen.sequences[:, : sl.start], gen.attention_mask[:, : sl.start])
         completion = gen.completion_mask  # (b, N)
-        differ = ((top != ref) & completion).sum(-1).double() / completion.sum(-1)  # (b,)
-        stats.losses += differ.tolist()
-        layers, context = _per_item(gen, out.exit_layers[:, sl])
-        stats.layers += layers
-        stats.context += context
+        for offset, generator, st in zip(offsets, generators, stats):
+            out = model.forward_after(
+                cache,
+                gen.sequences[:, sl],
+                gen.attention_mask[:, : sl.stop],
+                exit_layers="sample",
+                offset=offset,
+                generator=generator,
+            )
+            top = out.logits.argmax(-1)  # (b, N)
+            differ = ((top != ref) & completion).sum(-1).double() / completion.sum(-1)  # (b,)
+            st.losses += differ.tolist()
+            layers, context = _per_item(gen, out.exit_layers)
+            st.layers += layers
+            st.context += context
     return stats
 
 
@@ -154,3 +165,20 @@ def offset_stats(loaded: Loaded, task: Task, roll: Rollouts, offset: float, conf
     if config.risk == "token":
         return token_stats(loaded.model, roll, offset, config.seed)
     return answer_stats(loaded, task, roll, offset, config.seed, config.max_new_tokens)
+
+
+def stats_per_offset(
+    loaded: Loaded, task: Task, roll: Rollouts, offsets: list[float], config: RiskConfig, advance=lambda: None
+) -> list[OffsetStats]:
+    """``offset_stats`` at every offset (token risk: each prompt read once for all of them); ``advance`` is
+    called once per offset done (a progress bar)."""
+    if config.risk == "token":
+        out = token_stats_per_offset(loaded.model, roll, offsets, config.seed)
+        for _ in offsets:
+            advance()
+        return out
+    out = []
+    for offset in offsets:
+        out.append(offset_stats(loaded, task, roll, offset, config))
+        advance()
+    return out

@@ -61,7 +61,7 @@ from thinkaloud.measures.base import progress
 from thinkaloud.model.loading import default_device, load_model
 from thinkaloud.model.recorded import record_offset, saved_model_dir
 from thinkaloud.risk.config import GUARANTEE, RISKS, RiskConfig, parse_offsets
-from thinkaloud.risk.losses import offset_stats, rollouts
+from thinkaloud.risk.losses import offset_stats, rollouts, stats_per_offset
 from thinkaloud.risk.ltt import learn_then_test
 from thinkaloud.risk.report import _plot, _print
 
@@ -111,10 +111,7 @@ def choose_offset(config: RiskConfig) -> dict[str, Any]:
         bar = bars.add_task(f"{config.risk} risk per offset", total=len(offsets) + 1)
         roll = rollouts(loaded, task, items, **gen_args)
         bars.advance(bar)
-        per_offset = []
-        for offset in offsets:
-            per_offset.append(offset_stats(loaded, task, roll, offset, config))
-            bars.advance(bar)
+        per_offset = stats_per_offset(loaded, task, roll, offsets, config, advance=lambda: bars.advance(bar))
     ltt = learn_then_test([s.losses for s in per_offset], config.epsilon, config.delta, binary=config.risk == "answer")
     chosen = None if ltt.chosen is None else offsets[ltt.chosen]
 
