@@ -15,7 +15,17 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerF
 from tests.tiny import MAX_TINY_PARAMS
 from thinkaloud import EarlyExitModel, ExitConfig
 from thinkaloud.cli import main
-from thinkaloud.eval.run import EvalConfig, ReportConfig, evaluate, parse_judge_spec, report, token_strings
+from thinkaloud.eval.lineage import Lineage
+from thinkaloud.eval.run import (
+    EvalConfig,
+    ReportConfig,
+    evaluate,
+    parse_judge_spec,
+    report,
+    resolve_target,
+    token_strings,
+)
+from thinkaloud.eval.terminal import describe_target
 
 SUMMARY_KEYS = {
     "model",
@@ -211,7 +221,7 @@ def test_eval_base_and_trained_then_report(tiny_dir, tmp_path, judge_url):
     assert base["num_layers"] == 6 and base["exit_layers"] == [5]
     assert base["target"] == {
         "kl_factor": 1.0,
-        "source": f"default (no KL factor in the lineage: base model {tiny_dir})",
+        "source": f"the default, since the lineage has no KL factor (base model {tiny_dir})",
     }
     assert base["speed_baseline"] == {"skipped": "the evaluated model is the base model"}
     assert base["speedup_vs_base"] is None
@@ -250,7 +260,7 @@ def test_eval_base_and_trained_then_report(tiny_dir, tmp_path, judge_url):
     assert all(r["judge"]["overall"] == 7 and r["judge_missing"] is None for r in records)
     # A saved model outside a run: unknown lineage, target at the default F = 1, said so.
     assert summary["stage"] == "unknown" and summary["target"]["kl_factor"] == 1.0
-    assert summary["target"]["source"].startswith("default")
+    assert summary["target"]["source"].startswith("the default, since the lineage has no KL factor (saved model ")
     # The base model timed on the same prompts: the speedup is the ratio of the two decode times per token.
     speed = summary["speed_baseline"]
     assert speed["decode_tokens"] > 0 and speed["decode_ms_per_token"] > 0
@@ -381,3 +391,15 @@ def test_cli_help_lists_the_fields_and_the_paper_settings(capsys):
         assert exit_info.value.code == 0
         text = " ".join(capsys.readouterr().out.split())
         assert all(flag in text for flag in flags), text
+
+
+def test_the_target_line_says_plainly_where_its_kl_factor_comes_from():
+    config = EvalConfig(model="smollm2-135m", out="unused")
+    base = resolve_target(config, Lineage("base", "base model smollm2-135m"))
+    assert describe_target(base) == (
+        "KL factor 1 — the default, since the lineage has no KL factor (base model smollm2-135m)"
+    )
+    rl = Lineage("rl", "sft run runs/sft", kl_factor=0.25, via=("runs/rl",))
+    assert describe_target(resolve_target(config, rl)) == "KL factor 0.25 — sft run runs/sft (via RL run runs/rl)"
+    given = EvalConfig(model="smollm2-135m", out="unused", kl_factor=2.0)
+    assert describe_target(resolve_target(given, rl)) == "KL factor 2 — kl_factor given"

@@ -71,7 +71,7 @@ from thinkaloud.eval.report_job import ReportConfig, report
 from thinkaloud.eval.risk import eval_offset
 from thinkaloud.eval.rubrics import RUBRICS, check_rubric
 from thinkaloud.eval.speed import speed_measure, warm_up
-from thinkaloud.eval.terminal import print_results
+from thinkaloud.eval.terminal import describe_target, print_results
 from thinkaloud.io import atomic_write_json, atomic_write_text
 from thinkaloud.model.loading import RUN_MODEL_DIR, Loaded, default_device, load_model
 
@@ -89,6 +89,7 @@ __all__ = [
 
 BASE_LABEL = "base"
 DEFAULT_KL_FACTOR = 1.0
+DEFAULT_SOURCE = "the default"  # how a target's source begins when no KL factor was given or found
 
 
 @dataclass
@@ -217,7 +218,10 @@ def resolve_target(config: EvalConfig, origin: Lineage) -> dict[str, Any] | None
         return {"kl_factor": float(config.kl_factor), "source": "kl_factor given"}
     if origin.kl_factor is not None:
         return {"kl_factor": origin.kl_factor, "source": origin.source}
-    return {"kl_factor": DEFAULT_KL_FACTOR, "source": f"default (no KL factor in the lineage: {origin.source})"}
+    return {
+        "kl_factor": DEFAULT_KL_FACTOR,
+        "source": f"{DEFAULT_SOURCE}, since the lineage has no KL factor ({origin.source})",
+    }
 
 
 def measures_for(config: EvalConfig) -> list[Measure]:
@@ -316,8 +320,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     if unchecked:
         console.print(f"[yellow]{unchecked}")
     target = resolve_target(config, origin)
-    if target is not None and target["source"].startswith("default"):
-        console.print(f"[yellow]target: KL factor {DEFAULT_KL_FACTOR:g} — {target['source']}")
+    if target is not None and target["source"].startswith(DEFAULT_SOURCE):
+        console.print(f"[yellow]target: {describe_target(target)}")
 
     with console.status(f"loading {config.model}…"):
         loaded = load_model(config.model, device=device)

@@ -20,6 +20,11 @@ def _num(x: float | None, fmt: str) -> str:
     return "—" if x is None else format(x, fmt)
 
 
+def describe_target(target: dict[str, Any]) -> str:
+    """The calibration target in words: "KL factor 1 — <where the factor comes from>"."""
+    return f"KL factor {target['kl_factor']:g} — {target['source']}"
+
+
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     """(metric, value) rows of the summary table."""
     coherence, target = s.get("coherence"), s.get("target")
@@ -120,5 +125,5 @@ def print_results(
         hist.add_row(f"target (F={s['kl_factor']:g})", *(_pct(s["target_hist"][k]) for k in s["exit_hist"]))
     console.print(hist)
     if s.get("target"):
-        console.print(f"target: KL factor {s['target']['kl_factor']:g} ({s['target']['source']})", highlight=False)
+        console.print(f"target: {describe_target(s['target'])}", highlight=False)
     console.print(f"Wrote summary.json, records.jsonl, config.json and tokens.html to {out}")
