@@ -33,6 +33,7 @@ SUMMARY_KEYS = {
     "stage",
     "task",
     "split",
+    "data",
     "n",
     "num_layers",
     "exit_layers",
@@ -403,3 +404,19 @@ def test_the_target_line_says_plainly_where_its_kl_factor_comes_from():
     assert describe_target(resolve_target(config, rl)) == "KL factor 0.25 — sft run runs/sft (via RL run runs/rl)"
     given = EvalConfig(model="smollm2-135m", out="unused", kl_factor=2.0)
     assert describe_target(resolve_target(given, rl)) == "KL factor 2 — kl_factor given"
+
+
+def test_eval_on_a_named_file_uses_every_row_and_says_so(tiny_dir, tmp_path, capsys):
+    data = tmp_path / "test.jsonl"  # three questions that a hash split would all put in "train"
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in (3, 4, 5)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = dict(n=3, max_new_tokens=2, measures=[], speed_baseline=False, target=False, show=0)
+    summary = evaluate(EvalConfig(model=str(tiny_dir), out=str(tmp_path / "out"), task=f"gsm8k:{data}", **common))
+    assert summary["n"] == 3 and summary["split"] == "test"
+    assert summary["data"] == {"file": str(data), "split_by_hash": False, "rows_in_file": 3, "rows_used": 3}
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "data: 3 items drawn from" in shown and ": all its 3 rows" in shown
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["data"] == summary["data"]
+    generated = evaluate(EvalConfig(model=str(tiny_dir), out=str(tmp_path / "rg"), task="rg:chain_sum", **common))
+    assert generated["data"] is None and "items drawn from" not in capsys.readouterr().out

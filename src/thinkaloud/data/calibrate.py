@@ -47,7 +47,7 @@ FORMAT_VERSION = 1
 class CalibrateConfig:
     out: str = field(metadata={"help": "output folder (resumes if it holds a partial run with the same settings)"})
     model: str = field(default="smollm2-135m", metadata={"help": "base model: alias, local folder or hub id"})
-    task: str = field(default=DEFAULT_TASK, metadata={"help": "task spec: gsm8k[:path], rg:<name>, tom"})
+    task: str = field(default=DEFAULT_TASK, metadata={"help": "task spec: gsm8k[:<path>[:split]], rg:<name>, tom"})
     n: int = field(default=32, metadata={"help": "number of prompts"})
     max_new_tokens: int = field(default=128, metadata={"help": "completion length limit K (paper: up to 400)"})
     seed: int = field(default=0, metadata={"help": "seed for items and (when sampling) rollouts"})

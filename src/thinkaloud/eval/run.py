@@ -6,7 +6,9 @@
 1. the model's lineage (``thinkaloud.eval.lineage``): base model, SFT run or RL run, with the KL
    factor of its Stage-1 run, its training task and calibration. The task defaults to the lineage's
    (else ``DEFAULT_TASK``); the items must not overlap the calibration the model was trained on
-   (``check_no_leakage``: the job stops before loading the model and names the overlapping items);
+   (``check_no_leakage``: the job stops before loading the model and names the overlapping items).
+   A data file is used as named (``thinkaloud.data.gsm8k``): ``summary.json``'s ``data`` and the
+   terminal say which file and how many of its rows the items were drawn from;
 2. load the model (``thinkaloud.model.loading.load_model``). A base model has fresh heads that never
    fire; it is evaluated with offset = −∞ (no exits) and labelled "base". Otherwise the offset is
    ``--offset`` if given, else the one recorded with the model by ``thinkaloud risk --save`` (with a
@@ -106,8 +108,8 @@ class EvalConfig:
     task: str | None = field(
         default=None,
         metadata={
-            "help": f"task spec: gsm8k[:<path>], rg:<dataset>, tom (default: the run's training task, else "
-            f"{DEFAULT_TASK}; paper: gsm8k)"
+            "help": f"task spec: gsm8k[:<path>] (a file is used whole; <file>:split splits it by question hash), "
+            f"rg:<dataset>, tom (default: the run's training task, else {DEFAULT_TASK}; paper: gsm8k)"
         },
     )
     n: int = field(default=32, metadata={"help": "number of items (paper: 50 GSM8K prompts)"})
@@ -342,6 +344,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "stage": origin.stage,
         "task": task_spec,
         "split": config.split,
+        "data": task.data_source(config.split),
         "n": len(records),
         "num_layers": L,
         "exit_layers": E,

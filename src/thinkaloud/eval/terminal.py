@@ -25,6 +25,19 @@ def describe_target(target: dict[str, Any]) -> str:
     return f"KL factor {target['kl_factor']:g} — {target['source']}"
 
 
+def describe_data(s: dict[str, Any]) -> str | None:
+    """The rows of a data file the items came from, in words (None for a task that generates its items)."""
+    data = s.get("data")
+    if not data:
+        return None
+    rows = (
+        f"the {data['rows_used']:,} of its {data['rows_in_file']:,} rows whose question hashes to {s['split']}"
+        if data["split_by_hash"]
+        else f"all its {data['rows_used']:,} rows"
+    )
+    return f"{s['n']} items drawn from {data['file']}: {rows}"
+
+
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     """(metric, value) rows of the summary table."""
     coherence, target = s.get("coherence"), s.get("target")
@@ -110,6 +123,9 @@ def print_results(
         f"tokens {tokens} · exits {exits}",
         highlight=False,
     )
+    data = describe_data(s)
+    if data is not None:
+        console.print(f"data: {data}", highlight=False)
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -64,6 +64,7 @@ import torch
 import yaml
 
 from thinkaloud.data.env import Env, Prompt, Scored, TaskEnv
+from thinkaloud.data.task import check_disjoint
 from thinkaloud.io import atomic_write_json, atomic_write_text
 from thinkaloud.train.common import (
     JsonlLog,
@@ -306,9 +307,10 @@ def train_rl(
                 format_penalty=config.format_penalty,
             )
             if config.eval_every and heldout_env is None:
-                heldout_env = TaskEnv(
-                    task, env.tokenizer, seed=config.seed, pool=config.eval_n, split=config.eval_split
-                )
+                heldout = TaskEnv(task, env.tokenizer, seed=config.seed, pool=config.eval_n, split=config.eval_split)
+                what = f"the {config.split} (training) and {config.eval_split} (held-out) prompts of {config.task}"
+                check_disjoint(env.items, heldout.items, what)
+                heldout_env = heldout
     elif env is None:
         raise ValueError("a custom make_model needs a custom env (no tokenizer to render the task with)")
 
