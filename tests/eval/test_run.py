@@ -305,10 +305,10 @@ def test_cli_yaml_without_target_and_no_exits(tiny_dir, tmp_path):
 
 def test_lenient_answers_reach_the_task(tiny_dir, tmp_path, monkeypatch):
     """Strict answer extraction unless asked: the flag is passed to the real task (spied, not replaced)."""
-    import thinkaloud.eval.run as run_module
+    import thinkaloud.data.tasks as tasks_module  # the eval reads its task with tasks.load_items
 
-    real, built = run_module.get_task, []
-    monkeypatch.setattr(run_module, "get_task", lambda spec, **kw: built.append(real(spec, **kw)) or built[-1])
+    real, built = tasks_module.get_task, []
+    monkeypatch.setattr(tasks_module, "get_task", lambda spec, **kw: built.append(real(spec, **kw)) or built[-1])
     for lenient in (True, False):
         evaluate(
             EvalConfig(

@@ -70,6 +70,7 @@ from thinkaloud.data.splits import (  # noqa: F401
 )
 from thinkaloud.data.task import Item, Task, render_prompt  # noqa: F401
 from thinkaloud.data.tom_task import TOM_SYSTEM_PROMPT, TomTask  # noqa: F401
+from thinkaloud.errors import DataError, as_user_errors
 
 DEFAULT_TASK = "rg:chain_sum"
 KNOWN_TASKS = [
@@ -118,3 +119,14 @@ def get_task(
     if kind == "tom" and not arg:
         return TomTask(config=tom_config, **kw)
     raise ValueError(f"unknown task {spec!r}; expected one of {KNOWN_TASKS}")
+
+
+def load_items(spec: str, n: int, *, seed: int = 0, split: str = "train", **task_kw: Any) -> tuple[Task, list[Item]]:
+    """``get_task(spec, **task_kw)`` and its ``n`` items of ``split``: how a job reads its task, once.
+
+    A bad spec, a malformed data file or too few items raise a ``DataError`` (a user error: the command
+    prints it as one line); a missing file raises FileNotFoundError, as ``Task.items`` does.
+    """
+    with as_user_errors(ValueError, error=DataError):
+        task = get_task(spec, **task_kw)
+        return task, task.items(n, seed=seed, split=split)

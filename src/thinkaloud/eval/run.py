@@ -54,7 +54,7 @@ import torch
 from rich.console import Console
 
 from thinkaloud.data.prompts import encode_prompts
-from thinkaloud.data.tasks import DEFAULT_TASK, SPLITS, Item, Task, get_task
+from thinkaloud.data.tasks import DEFAULT_TASK, SPLITS, Item, Task, load_items
 from thinkaloud.eval import metrics, viz
 from thinkaloud.eval.decode import token_strings
 from thinkaloud.eval.externalisation import DEFAULT_MEASURES, EXTERNALISATION_MEASURES, MEASURES, check_measures
@@ -316,8 +316,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     for note in origin.notes:
         console.print(f"[yellow]{note}")
     task_spec = config.task or origin.task or DEFAULT_TASK
-    task = get_task(task_spec, lenient=config.lenient_answers)
-    items = task.items(config.n, seed=config.seed, split=config.split)
+    task, items = load_items(task_spec, config.n, seed=config.seed, split=config.split, lenient=config.lenient_answers)
     unchecked = check_no_leakage(origin.calib, items, what=f"{config.model} was trained on")
     if unchecked:
         console.print(f"[yellow]{unchecked}")
