@@ -11,7 +11,8 @@ ALS between two exit layers' savings a and b, the lower layer exits with probabi
 upper one always, so E[ALS] = p·a + (1−p)·b. The ideal speedup is the analytic FLOP ratio
 (``thinkaloud.measures.metrics.flop_per_token``): skipped layers cost only their K/V projections,
 embedding and unembedding always run; a mixture-of-experts MLP counts as a dense MLP of its active
-experts (``num_experts_per_tok`` × expert width). realised/ideal = measured speedup / ideal speedup.
+experts (``num_experts_per_tok`` × expert width: ``model_dims``). realised/ideal = measured speedup /
+ideal speedup.
 
 The ``*-small`` random configs are one per family thinkaloud supports beyond Llama/Qwen2: small enough
 for a CPU (12 layers, width 512, vocabulary 32k) but with each family's features switched on (sliding
@@ -113,15 +114,6 @@ RANDOM_CONFIGS |= {
 }
 
 
-def active_dims(config) -> dict[str, int]:
-    """``model_dims`` with a mixture-of-experts MLP counted as its active experts."""
-    dims = model_dims(config)
-    top_k = getattr(config, "num_experts_per_tok", None)
-    if top_k:
-        dims["intermediate"] = top_k * (getattr(config, "moe_intermediate_size", None) or config.intermediate_size)
-    return dims
-
-
 def load(args):
     if args.random_config:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -210,7 +202,7 @@ def run(args, console: Console) -> None:
 def batch_table(model, tokenizer, batch: int, args) -> Table:
     """The decode table of one batch size: HF generate, ours with exits off, ours at each target ALS."""
     cfg = model.hf_config
-    dims = active_dims(cfg)
+    dims = model_dims(cfg)
     L, N = model.num_layers, args.new_tokens
     ids, mask = prompts(tokenizer, batch, cfg.vocab_size, args.device)
     context = float(mask.sum(-1).float().mean()) + N / 2

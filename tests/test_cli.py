@@ -4,6 +4,7 @@ fields, ``python -m thinkaloud``, and the rule that tells a model folder from a 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from thinkaloud import cli
-from thinkaloud.errors import ModelNotFoundError, UsageError, UserError
+from thinkaloud.errors import DataError, ModelNotFoundError, UsageError, UserError
 from thinkaloud.hub import looks_like_path, resolve_model_path
 from thinkaloud.model.loading import load_model
 
@@ -76,6 +77,58 @@ def test_unknown_task_and_unknown_reasoning_gym_dataset(capsys, tmp_path):
         "unknown reasoning-gym dataset 'chain_sun'",
         "chain_sum",
     )
+
+
+class _Stop(Exception):
+    """Raised where a job would load its model: what it read before is all it reads of its inputs."""
+
+
+def _stop(*args, **kwargs):
+    raise _Stop
+
+
+def test_eval_reads_its_data_file_once_and_the_job_raises_its_errors(capsys, tmp_path, monkeypatch):
+    from thinkaloud.data import gsm8k
+    from thinkaloud.eval import run
+
+    data = tmp_path / "test.jsonl"
+    data.write_text('{"question": "1 + 1?", "answer": "2\\n#### 2"}\n')
+    reads = []
+    real = gsm8k.read_gsm8k_jsonl
+    monkeypatch.setattr(gsm8k, "read_gsm8k_jsonl", lambda path: reads.append(path) or real(path))
+    monkeypatch.setattr(run, "load_model", _stop)
+    with pytest.raises(_Stop):
+        cli.main(["eval", "--model", "m", "--out", str(tmp_path / "o"), "--task", f"gsm8k:{data}", "--n", "1"])
+    assert reads == [data]  # by the job, not once more by the command line before it
+    data.write_text('{"question": "no answer"}\n')
+    with pytest.raises(DataError, match=r"test\.jsonl:1: expected an object") as e:
+        run.evaluate(run.EvalConfig(model="m", out=str(tmp_path / "o"), task=f"gsm8k:{data}", n=1))
+    assert isinstance(e.value, UserError) and "\n" not in str(e.value)
+    data.write_text('{"question": "1 + 1?", "answer": "2\\n#### 2"}\n')
+    with pytest.raises(DataError, match="asked for 2 GSM8K items"):
+        run.evaluate(run.EvalConfig(model="m", out=str(tmp_path / "o"), task=f"gsm8k:{data}", n=2))
+
+
+def test_sft_reads_its_calibration_once_and_the_job_raises_its_errors(tmp_path, monkeypatch):
+    from thinkaloud.data import calibrate
+    from thinkaloud.train import sft
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    manifest = {"complete": True, "shards": [], "config": {"model": "m"}, "exit_layers": [2], "items": []}
+    (calib / "manifest.json").write_text(json.dumps(manifest))
+    reads = []
+    real = calibrate.load_calibration
+    counting = lambda path: reads.append(path) or real(path)  # noqa: E731 (one spy for both names)
+    monkeypatch.setattr(calibrate, "load_calibration", counting)
+    monkeypatch.setattr(sft, "load_calibration", counting)
+    monkeypatch.setattr(sft, "load_model", _stop)
+    with pytest.raises(_Stop):
+        cli.main(["sft", "--calib", str(calib), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert len(reads) == 1
+    (calib / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(DataError, match="incomplete calibration"):
+        sft.train_sft(sft.SFTConfig(calib=str(calib), out=str(tmp_path / "o"), device="cpu"))
 
 
 def test_unsupported_model_lists_the_families(capsys, tmp_path):

@@ -15,15 +15,18 @@ Errors. A command runs in four steps, and which exceptions are the user's to fix
    missing argument);
 2. build the config (read ``--config``, apply the flags, the dataclass's own validation): every
    ``ValueError``, ``TypeError``, ``OSError`` or YAML error, since this step only reads user input;
-3. check the inputs the config names, before any model is loaded (``check_inputs``): task specs and
-   their data (fields ``task``, ``eval_task``), models (``model``), calibration folders (``calib``),
-   result folders (``dirs``): every ``ValueError`` or ``OSError``;
+3. check the models and result folders the config names, before any model is loaded (``check_inputs``:
+   fields ``model`` and ``dirs``; they are small to read): every ``ValueError`` or ``OSError``;
 4. run the job: a ``thinkaloud.errors.UserError`` (e.g. an unsupported model), or an ``OSError``
    about a path (missing, already there, of the wrong kind, not writable: ``errors.PATH_ERRORS``).
+   Task specs, their data files and calibration folders are checked where the job reads them, once,
+   before it loads a model: reading them raises a ``thinkaloud.errors.DataError`` (a ``UserError``)
+   for an unknown task, a malformed line, too few items or an incomplete calibration
+   (``thinkaloud.data.tasks.load_items``, ``thinkaloud.data.calibrate.load_calibration``).
 
 A user error prints one line on stderr, ``thinkaloud <verb>: error: <message>``, and exits with
 status 2. Anything else is a bug and keeps its traceback: a ``ValueError`` from inside a running job
-is not the user's, since step 3 has checked the inputs. ``--debug`` (before or after the verb) also
+is not the user's: the inputs are checked in step 3 or raise a ``UserError`` where they are read. ``--debug`` (before or after the verb) also
 prints the traceback of user errors. Ctrl-C prints ``thinkaloud <verb>: interrupted`` and exits with
 status 130.
 """
@@ -37,7 +40,6 @@ import sys
 import traceback
 import types
 import typing
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -253,34 +255,17 @@ def build_config(cls, args: argparse.Namespace):
 
 
 def check_inputs(config) -> None:
-    """Check every input ``config`` names, by field name, fast and without loading a model.
+    """Check the models and result folders ``config`` names, by field name, fast and without loading a model.
 
-    ``task`` / ``eval_task``: the spec is known and ``n`` items of its split can be drawn (a GSM8K
-    file is read and validated whole); ``model``: ``check_model_spec``; ``calib``: a complete
-    calibration folder; ``dirs``: eval, sweep or RL result folders. Raises what those checks raise.
+    ``model``: ``check_model_spec``; ``dirs``: eval, sweep or RL result folders. Raises what those checks
+    raise. Task specs, data files and calibration folders are not read here: the job reads them once,
+    and raises a ``DataError`` there (module docstring).
     """
-    for field_name, split_field in (("task", "split"), ("eval_task", "eval_split")):
-        spec = getattr(config, field_name, None)
-        if isinstance(spec, str):
-            from thinkaloud.data.tasks import get_task
-
-            with warnings.catch_warnings():  # the job warns again, once
-                warnings.simplefilter("ignore")
-                get_task(spec).items(
-                    getattr(config, "n", 1),
-                    seed=getattr(config, "seed", 0),
-                    split=getattr(config, split_field, "train"),
-                )
     model = getattr(config, "model", None)
     if isinstance(model, str):
         from thinkaloud.model.loading import check_model_spec
 
         check_model_spec(model)
-    calib = getattr(config, "calib", None)
-    if isinstance(calib, str):
-        from thinkaloud.data.calibrate import load_calibration
-
-        load_calibration(calib)
     dirs = getattr(config, "dirs", None)
     if isinstance(dirs, list):
         from thinkaloud.report.build import detect_kind

@@ -32,6 +32,11 @@ class UsageError(UserError):
     """A command line that the parser rejects (unknown flag, bad value, missing argument)."""
 
 
+class DataError(UserError, ValueError):
+    """A task spec, data file or calibration folder that cannot give what a job asks of it: an unknown task,
+    a malformed line, too few items, an incomplete calibration. Raised where the job reads it, once."""
+
+
 class ModelNotFoundError(UserError, FileNotFoundError):
     """A model spec that names no model: a missing local folder, or a hub id that cannot be loaded."""
 
@@ -46,11 +51,12 @@ def one_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def as_user_errors(*types: type[BaseException]) -> Iterator[None]:
-    """Re-raise exceptions of ``types`` raised inside the block as ``UserError`` (the original is chained)."""
+def as_user_errors(*types: type[BaseException], error: type[UserError] = UserError) -> Iterator[None]:
+    """Re-raise exceptions of ``types`` raised inside the block as ``error`` (a ``UserError``; the original
+    is chained)."""
     try:
         yield
     except UserError:
         raise
     except types as e:
-        raise UserError(one_line(e)) from e
+        raise error(one_line(e)) from e

@@ -96,7 +96,7 @@ def test_manifest_records_its_items_and_they_never_overlap_test_items(tiny_dir, 
     ]
     data = tmp_path / "gsm8k.jsonl"  # ONE file: train and test come from it by question hash
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = f"gsm8k:{data}"
+    spec = f"gsm8k:{data}:split"
     out = calibrate(
         CalibrateConfig(
             out=str(tmp_path / "cal"),

@@ -98,7 +98,7 @@ def in_split(rows: list[dict], split: str) -> list[dict]:
 
 @pytest.mark.skipif(not Path(GSM8K_FILE).is_file(), reason=f"{gsm8k.GSM8K_ENV} names no GSM8K file")
 def test_gsm8k_real_file():
-    task = get_task(f"gsm8k:{GSM8K_FILE}")
+    task = get_task(f"gsm8k:{GSM8K_FILE}:split")  # one file, split by question hash
     items = task.items(20, seed=0)
     assert items == task.items(20, seed=0)
     assert [it.id for it in items] != [it.id for it in task.items(20, seed=1)]
@@ -112,10 +112,19 @@ def test_gsm8k_real_file():
         assert task.score(it, f"#### {int(it.answer) + 1}") == 0.0
     test = task.items(100, seed=0, split="test")
     assert not {it.key for it in task.items(1000, seed=0)} & {it.key for it in test}
+    whole = get_task(f"gsm8k:{GSM8K_FILE}")  # named without :split: every row, for any split
+    assert whole.data_source("test") == {
+        "file": GSM8K_FILE,
+        "split_by_hash": False,
+        "rows_in_file": len(lines),
+        "rows_used": len(lines),
+    }
+    assert task.data_source("test")["rows_used"] < len(lines) // 5 and task.data_source("test")["split_by_hash"]
 
 
-def test_gsm8k_single_file_is_split_by_question_hash(tmp_path):
-    task = Gsm8kTask(path=write_jsonl(tmp_path / "train.jsonl", ROWS))
+def test_gsm8k_single_file_is_split_by_question_hash_on_request(tmp_path):
+    task = get_task(f"gsm8k:{write_jsonl(tmp_path / 'train.jsonl', ROWS)}:split")
+    assert task.split_by_hash and Gsm8kTask(path=tmp_path / "train.jsonl", split_by_hash=True).split_by_hash
     sizes = {split: len(in_split(ROWS, split)) for split in SPLITS}
     assert sum(sizes.values()) == 600 and 400 < sizes["train"] < 560 and min(sizes.values()) > 30
     everything = {split: task.items(sizes[split], seed=0, split=split) for split in SPLITS}
@@ -143,7 +152,7 @@ def test_gsm8k_items_are_a_seeded_sample(tmp_path):
 
 
 def test_gsm8k_train_and_test_from_one_file_are_disjoint_for_every_seed(tmp_path):
-    task = get_task(f"gsm8k:{write_jsonl(tmp_path / 'gsm8k.jsonl', ROWS[:60])}")
+    task = get_task(f"gsm8k:{write_jsonl(tmp_path / 'gsm8k.jsonl', ROWS[:60])}:split")
     n_test = len(in_split(ROWS[:60], "test"))
     assert n_test >= 2
     for seed in range(5):
@@ -151,6 +160,28 @@ def test_gsm8k_train_and_test_from_one_file_are_disjoint_for_every_seed(tmp_path
         test = task.items(n_test, seed=seed, split="test")
         assert not {it.key for it in train} & {it.key for it in test}
         assert not {it.meta["index"] for it in train} & {it.meta["index"] for it in test}
+
+
+def test_a_gsm8k_file_is_used_whole_for_any_split(tmp_path):
+    path = write_jsonl(tmp_path / "test.jsonl", ROWS[3:6])
+    task = get_task(f"gsm8k:{path}")
+    for split in SPLITS:  # the hash would put none of these three in the test split
+        items = task.items(3, seed=1, split=split)
+        assert sorted(it.meta["index"] for it in items) == [0, 1, 2]
+        assert task.data_source(split) == {
+            "file": str(path),
+            "split_by_hash": False,
+            "rows_in_file": 3,
+            "rows_used": 3,
+        }
+    assert not in_split(ROWS[3:6], "test")
+    with pytest.raises(ValueError, match=f"asked for 4 GSM8K items but {re.escape(str(path))} has 3$"):
+        task.items(4, split="test")
+    with pytest.raises(ValueError, match="the test part of .* has 0"):
+        get_task(f"gsm8k:{path}:split").items(1, split="test")
+    with pytest.raises(ValueError, match="used as given"):
+        get_task(f"gsm8k:{tmp_path}:split").items(1)
+    assert get_task("rg:chain_sum").data_source("test") is None  # generated items: no file
 
 
 def test_gsm8k_directory_reads_the_split_file_as_given(tmp_path):
@@ -187,9 +218,12 @@ def test_gsm8k_file_that_is_not_text(tmp_path):
 
 
 def test_gsm8k_env_var(tmp_path, monkeypatch):
-    monkeypatch.setenv(gsm8k.GSM8K_ENV, str(write_jsonl(tmp_path / "train.jsonl", ROWS[:40])))
+    path = write_jsonl(tmp_path / "train.jsonl", ROWS[:40])
+    monkeypatch.setenv(gsm8k.GSM8K_ENV, str(path))  # the same as gsm8k:<path>: the whole file
+    assert len(get_task("gsm8k").items(40, split="test")) == 40
+    monkeypatch.setenv(gsm8k.GSM8K_ENV, f"{path}:split")
     n = len(in_split(ROWS[:40], "train"))
-    assert len(get_task("gsm8k").items(n)) == n
+    assert len(get_task("gsm8k").items(n)) == n and get_task("gsm8k").data_source("train")["rows_used"] == n
 
 
 def test_gsm8k_without_a_source_says_how_to_give_one(monkeypatch, tmp_path):

@@ -144,3 +144,22 @@ def test_eval_refuses_items_of_the_calibration(trained, tmp_path):
         )
     assert "--split" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "leak").exists()  # refused before anything ran
+
+
+def test_calibrating_and_evaluating_on_the_same_file_is_refused(tmp_path):
+    """A file is used whole for every split, so the eval's items are the calibration's: the leakage check refuses."""
+    data = tmp_path / "gsm8k.jsonl"
+    rows = [
+        {"question": f"Ann has {i} apples and buys {i + 3}. How many?", "answer": f"#### {2 * i + 3}"} for i in range(5)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = tiny_model_dir(tmp_path / "base")
+    tiny_calibration(tmp_path / "calib", base, task=f"gsm8k:{data}", n=3, split="train")
+    sft = tmp_path / "sft"
+    EarlyExitModel.from_base(base, ExitConfig(exit_layers=[2, 4])).save_pretrained(sft / "model")
+    _sft_config(sft, str(tmp_path / "calib"), 1.0)
+    for task in (None, f"gsm8k:{data}"):  # the lineage's task, or the same file named again
+        with pytest.raises(LeakageError, match=r"3 of the 5 eval items are in the calibration") as e:
+            evaluate(EvalConfig(model=str(sft), out=str(tmp_path / "eval"), task=task, n=5, split="test", show=0))
+        assert "\n" not in str(e.value)
+    assert not (tmp_path / "eval").exists()  # refused before anything ran

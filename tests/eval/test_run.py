@@ -16,11 +16,13 @@ from tests.tiny import MAX_TINY_PARAMS
 from thinkaloud.cli import main
 from thinkaloud.config import ExitConfig
 from thinkaloud.eval.decode import token_strings
-from thinkaloud.eval.run import evaluate
+from thinkaloud.eval.lineage import Lineage
+from thinkaloud.eval.run import evaluate, resolve_target
 from thinkaloud.measures.config import EvalConfig
 from thinkaloud.measures.judge import parse_judge_spec
 from thinkaloud.model.early_exit import EarlyExitModel
 from thinkaloud.report.job import ReportConfig, report
+from thinkaloud.report.terminal import describe_target
 
 SUMMARY_KEYS = {
     "model",
@@ -28,6 +30,7 @@ SUMMARY_KEYS = {
     "stage",
     "task",
     "split",
+    "data",
     "n",
     "num_layers",
     "exit_layers",
@@ -216,7 +219,7 @@ def test_eval_base_and_trained_then_report(tiny_dir, tmp_path, judge_url):
     assert base["num_layers"] == 6 and base["exit_layers"] == [5]
     assert base["target"] == {
         "kl_factor": 1.0,
-        "source": f"default (no KL factor in the lineage: base model {tiny_dir})",
+        "source": f"the default, since the lineage has no KL factor (base model {tiny_dir})",
     }
     assert base["speed_baseline"] == {"skipped": "the evaluated model is the base model"}
     assert base["speedup_vs_base"] is None
@@ -255,7 +258,7 @@ def test_eval_base_and_trained_then_report(tiny_dir, tmp_path, judge_url):
     assert all(r["judge"]["overall"] == 7 and r["judge_missing"] is None for r in records)
     # A saved model outside a run: unknown lineage, target at the default F = 1, said so.
     assert summary["stage"] == "unknown" and summary["target"]["kl_factor"] == 1.0
-    assert summary["target"]["source"].startswith("default")
+    assert summary["target"]["source"].startswith("the default, since the lineage has no KL factor (saved model ")
     # The base model timed on the same prompts: the speedup is the ratio of the two decode times per token.
     speed = summary["speed_baseline"]
     assert speed["decode_tokens"] > 0 and speed["decode_ms_per_token"] > 0
@@ -299,10 +302,10 @@ def test_cli_yaml_without_target_and_no_exits(tiny_dir, tmp_path):
 
 def test_lenient_answers_reach_the_task(tiny_dir, tmp_path, monkeypatch):
     """Strict answer extraction unless asked: the flag is passed to the real task (spied, not replaced)."""
-    import thinkaloud.eval.run as run_module
+    import thinkaloud.data.tasks as tasks_module  # the eval reads its task with tasks.load_items
 
-    real, built = run_module.get_task, []
-    monkeypatch.setattr(run_module, "get_task", lambda spec, **kw: built.append(real(spec, **kw)) or built[-1])
+    real, built = tasks_module.get_task, []
+    monkeypatch.setattr(tasks_module, "get_task", lambda spec, **kw: built.append(real(spec, **kw)) or built[-1])
     for lenient in (True, False):
         evaluate(
             EvalConfig(
@@ -386,3 +389,31 @@ def test_cli_help_lists_the_fields_and_the_paper_settings(capsys):
         assert exit_info.value.code == 0
         text = " ".join(capsys.readouterr().out.split())
         assert all(flag in text for flag in flags), text
+
+
+def test_the_target_line_says_plainly_where_its_kl_factor_comes_from():
+    config = EvalConfig(model="smollm2-135m", out="unused")
+    base = resolve_target(config, Lineage("base", "base model smollm2-135m"))
+    assert describe_target(base) == (
+        "KL factor 1 — the default, since the lineage has no KL factor (base model smollm2-135m)"
+    )
+    rl = Lineage("rl", "sft run runs/sft", kl_factor=0.25, via=("runs/rl",))
+    assert describe_target(resolve_target(config, rl)) == "KL factor 0.25 — sft run runs/sft (via RL run runs/rl)"
+    given = EvalConfig(model="smollm2-135m", out="unused", kl_factor=2.0)
+    assert describe_target(resolve_target(given, rl)) == "KL factor 2 — kl_factor given"
+
+
+def test_eval_on_a_named_file_uses_every_row_and_says_so(tiny_dir, tmp_path, capsys):
+    data = tmp_path / "test.jsonl"  # three questions that a hash split would all put in "train"
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in (3, 4, 5)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = dict(n=3, max_new_tokens=2, measures=[], speed_baseline=False, target=False, show=0)
+    summary = evaluate(EvalConfig(model=str(tiny_dir), out=str(tmp_path / "out"), task=f"gsm8k:{data}", **common))
+    assert summary["n"] == 3 and summary["split"] == "test"
+    assert summary["data"] == {"file": str(data), "split_by_hash": False, "rows_in_file": 3, "rows_used": 3}
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "data: 3 items drawn from" in shown and ": all its 3 rows" in shown
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["data"] == summary["data"]
+    generated = evaluate(EvalConfig(model=str(tiny_dir), out=str(tmp_path / "rg"), task="rg:chain_sum", **common))
+    assert generated["data"] is None and "items drawn from" not in capsys.readouterr().out

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.tiny import build_tiny
+from tests.tolerances import approx
 from thinkaloud.config import ExitConfig
 from thinkaloud.measures.fluency import (
     distinct_ngrams,
@@ -83,8 +84,9 @@ def test_nll_chunking_and_batching_agree(model):
     together = response_nll(model, rs)
     assert [n for _, n in together] == [9, 4, 14, 1]
     nll = [v for v, _ in together]
-    assert [v for v, _ in response_nll(model, rs, chunk_rows=3)] == pytest.approx(nll, abs=1e-9)
-    assert [v for r in rs for v, _ in response_nll(model, [r])] == pytest.approx(nll, abs=1e-4)
+    # float32 readouts of other batch shapes: the sums agree to float32 rounding, not bit for bit
+    assert [v for v, _ in response_nll(model, rs, chunk_rows=3)] == approx(nll, torch.float32)
+    assert [v for r in rs for v, _ in response_nll(model, [r])] == approx(nll, torch.float32)
 
 
 def test_repetition_on_hand_made_tokens():

@@ -140,3 +140,25 @@ def test_model_dims_from_config():
     dims = model_dims(cfg)
     assert dims == dict(hidden=64, intermediate=128, n_heads=4, n_kv_heads=2, head_dim=16, vocab=100, num_layers=3)
     assert math.isfinite(flop_savings([1, 3], **dims, context=8))
+
+
+@pytest.mark.parametrize(
+    "family, expert_width, active_width",
+    [
+        # top-2 of 4 experts; experts narrower than the dense MLP layers (intermediate_size 64)
+        ("qwen3_moe", dict(moe_intermediate_size=24), 2 * 24),
+        ("gpt_oss", dict(intermediate_size=24), 2 * 24),  # its intermediate_size is the expert width
+    ],
+)
+def test_model_dims_counts_a_mixture_of_experts_as_its_active_experts(family, expert_width, active_width):
+    from tests.tiny import tiny_config
+
+    cfg = tiny_config(family)
+    for name, value in expert_width.items():
+        setattr(cfg, name, value)
+    dims = model_dims(cfg)
+    assert dims["intermediate"] == active_width
+    # each layer's MLP costs what a dense SwiGLU of the active width does: 3 matrices, 2 FLOPs per multiply-add
+    L = cfg.num_hidden_layers
+    no_mlp = flop_per_token(**{**dims, "intermediate": 0}, context=1, exit_layer=L)
+    assert flop_per_token(**dims, context=1, exit_layer=L) - no_mlp == L * 3 * 2 * cfg.hidden_size * active_width

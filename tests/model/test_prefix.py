@@ -13,6 +13,7 @@ from thinkaloud.data.prompts import left_pad
 from thinkaloud.model import arch
 from thinkaloud.model.early_exit import EarlyExitModel
 from thinkaloud.model.generate import prefill
+from thinkaloud.model.kv_cache import Prefix
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,3 +96,34 @@ def test_select_and_generate_refuse_what_does_not_fit():
         model.generate(torch.tensor([[5], [6]]), prefix=shared, max_new_tokens=118)
     cut = shared.select([0, 0], [2, 5])
     assert cut.valid.shape == (2, 5) and cut.valid.sum(-1).tolist() == [2, 5] and cut.next_position.tolist() == [2, 5]
+
+
+def test_select_copies_no_keys_and_generate_gathers_them_once():
+    model = wrap("llama")
+    ids, mask = left_pad(TEXTS, 0)
+    shared = prefill(model, ids, mask)
+    rows, keep, tails = zip(*CONTINUATIONS)
+    cut = shared.select(rows, keep)
+    for mine, theirs in ((cut.cache.k, shared.cache.k), (cut.cache.v, shared.cache.v)):
+        assert all(a.data_ptr() == b.data_ptr() for a, b in zip(mine, theirs))  # the same storage: no copy
+    assert cut.rows.tolist() == list(rows) and cut.columns == max(len(TEXTS[r]) for r in rows)
+    # a selection of a selection reads the rows of the one cache, as a direct selection would
+    again = cut.select([2, 0], [4, 11])
+    assert again.cache is shared.cache and again.rows.tolist() == [1, 0]
+    direct = shared.select([1, 0], [4, 11])
+    assert torch.equal(again.valid, direct.valid) and torch.equal(again.positions, direct.positions)
+    # generate gathers the kept rows into its own cache, once, and writes nothing into the shared one
+    before = [k.clone() for k in shared.cache.k]
+    copies = []
+    real = Prefix.copy_into
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Prefix, "copy_into", lambda self, cache: copies.append(cache) or real(self, cache))
+        tail_ids, tail_mask = left_pad(tails, 0)
+        model.generate(
+            tail_ids, tail_mask, prefix=cut, max_new_tokens=3, do_sample=False, offset=-math.inf, stop_token_ids=[]
+        )
+    assert len(copies) == 1 and all(c.data_ptr() != s.data_ptr() for c, s in zip(copies[0].k, shared.cache.k))
+    assert all(torch.equal(a, b) for a, b in zip(before, shared.cache.k))
+    S, kept = cut.columns, list(rows)
+    assert all(torch.equal(c[:, :, :S], k[kept, :, :S]) for c, k in zip(copies[0].k, shared.cache.k))
+    assert all(torch.equal(c[:, :, :S], v[kept, :, :S]) for c, v in zip(copies[0].v, shared.cache.v))

@@ -310,7 +310,9 @@ def test_report_states_target_rubric_and_measured_speed(report_dirs, tmp_path):
     text = md.read_text()
     assert "| decode ms/token | speedup vs base |" in text
     assert re.search(r"^\| sft \|.*\| 12.50 \| 1.25 \|", text, re.M)
-    assert "sft: target F=1 (sft run runs/sft)" in text and "sft: coherence judged with the paper rubric" in text
+    assert (
+        "sft: target KL factor 1 — sft run runs/sft" in text and "sft: coherence judged with the paper rubric" in text
+    )
 
 
 def test_report_command_takes_folders_as_arguments(tmp_path, monkeypatch):

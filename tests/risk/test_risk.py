@@ -211,6 +211,18 @@ def test_save_on_a_base_model_is_a_user_error(tiny_dir, tmp_path, capsys):
     assert code == 2 and "base model" in capsys.readouterr().err
 
 
+def test_calibration_and_validation_items_of_one_file_must_be_disjoint(tiny_dir, tmp_path, capsys):
+    data = tmp_path / "gsm8k.jsonl"  # one file is used whole: --split and --val-split would draw the same items
+    data.write_text(
+        "".join(json.dumps({"question": f"{i} + {i}?", "answer": f"#### {2 * i}"}) + "\n" for i in range(4))
+    )
+    argv = ["risk", "--model", tiny_dir, "--out", str(tmp_path / "r"), "--epsilon", "0.1", "--n", "2"]
+    code = main([*argv, "--task", f"gsm8k:{data}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "share 2 questions" in err[0] and ":split" in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
 def test_recorded_offset_follows_the_weights(tiny_dir, tmp_path):
     folder = _saved(tiny_dir, tmp_path / "a", bias=6.0)  # at offset 0 nearly every token exits
     record_offset(folder, None, {"risk": "token", "epsilon": 0.1, "delta": 0.1, "task": TASK})

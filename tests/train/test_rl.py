@@ -144,6 +144,19 @@ def tiny_dir(tmp_path_factory):
     return tiny_model_dir(tmp_path_factory.mktemp("rl") / "model")
 
 
+def test_heldout_prompts_of_one_file_must_not_be_the_training_prompts(tiny_dir, tmp_path, capsys):
+    data = tmp_path / "gsm8k.jsonl"  # a file is used whole: its train and test prompts are the same rows
+    data.write_text(
+        "".join(json.dumps({"question": f"{i} + {i}?", "answer": f"#### {2 * i}"}) + "\n" for i in range(8))
+    )
+    argv = ["rl", "--model", tiny_dir, "--lam", "1", "--beta", "0", "--steps", "1", "--device", "cpu"]
+    argv += ["--eval-every", "1", "--eval-n", "2", "--out", str(tmp_path / "rl")]
+    assert cli_main([*argv, "--task", f"gsm8k:{data}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "(held-out) prompts of" in err[0] and "share 2 questions" in err[0], err
+    assert not (tmp_path / "rl" / "log.jsonl").exists()
+
+
 def test_cli_runs_a_task_with_several_seeds(tiny_dir, tmp_path):
     out = tmp_path / "rl"
     code = cli_main(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -17,6 +18,7 @@ from thinkaloud.cli import main as cli_main
 from thinkaloud.model.exits import exit_log_distribution, exit_targets
 from thinkaloud.model.loading import load_model
 from thinkaloud.train import losses
+from thinkaloud.train.common import CheckpointError, latest_checkpoint, read_state
 from thinkaloud.train.sft import SFTConfig, train_sft
 
 
@@ -70,7 +72,44 @@ def test_resume_after_kill_equals_uninterrupted(calib, tmp_path, exit_loss):
     lb = load_file(str(tmp_path / "killed" / "model" / "adapter" / "adapter_model.safetensors"))
     assert all(torch.equal(la[k], lb[k]) for k in la)
     logs = (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
-    assert [eval(line)["step"] for line in logs] == [1, 2, 3, 4]
+    assert [json.loads(line)["step"] for line in logs] == [1, 2, 3, 4]
+
+
+class _TouchOnLoad:
+    """Pickled, it asks the unpickler to create ``marker``: what a malicious ``state.pt`` would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_refuses_a_state_pt_that_would_run_code(calib, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_sft(sft_config(calib, out, steps=2))
+    ckpt = latest_checkpoint(out)
+    assert ckpt is not None
+    state = torch.load(ckpt / "state.pt", weights_only=True)  # what thinkaloud writes loads safely
+    marker = tmp_path / "created-by-the-checkpoint"
+    torch.save({**state, "extra": _TouchOnLoad(marker)}, ckpt / "state.pt")
+    before = sorted(tmp_path.rglob("*"))
+    argv = ["sft", "--calib", str(calib), "--out", str(out), "--steps", "4", "--device", "cpu", "--resume"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the model's loading progress: one line, no traceback
+    assert last.startswith("thinkaloud sft: error: refused to load ") and "Traceback" not in err, err
+    assert f"{ckpt / 'state.pt'}" in last and "could run code" in last
+    assert not marker.exists() and sorted(tmp_path.rglob("*")) == before  # nothing created
+    with pytest.raises(CheckpointError, match="refused to load"):
+        read_state(ckpt)
+
+    (ckpt / "state.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="unreadable|refused"):
+        read_state(ckpt)
+    (out / "checkpoints" / "latest.json").write_text(json.dumps({"step": 2, "path": "../../elsewhere"}))
+    with pytest.raises(CheckpointError, match="not to a step-<n> folder"):
+        latest_checkpoint(out)
 
 
 def test_two_process_ddp_ends_with_identical_weights(calib, tmp_path):

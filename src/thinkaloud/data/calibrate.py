@@ -32,7 +32,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from thinkaloud.data.prompts import encode_prompts
-from thinkaloud.data.tasks import DEFAULT_TASK, get_task
+from thinkaloud.data.tasks import DEFAULT_TASK, load_items
+from thinkaloud.errors import DataError
 from thinkaloud.io import atomic_save_safetensors, atomic_write_json
 from thinkaloud.model import arch
 from thinkaloud.model.exits import exit_targets
@@ -47,7 +48,7 @@ FORMAT_VERSION = 1
 class CalibrateConfig:
     out: str = field(metadata={"help": "output folder (resumes if it holds a partial run with the same settings)"})
     model: str = field(default="smollm2-135m", metadata={"help": "base model: alias, local folder or hub id"})
-    task: str = field(default=DEFAULT_TASK, metadata={"help": "task spec: gsm8k[:path], rg:<name>, tom"})
+    task: str = field(default=DEFAULT_TASK, metadata={"help": "task spec: gsm8k[:<path>[:split]], rg:<name>, tom"})
     n: int = field(default=32, metadata={"help": "number of prompts"})
     max_new_tokens: int = field(default=128, metadata={"help": "completion length limit K (paper: up to 400)"})
     seed: int = field(default=0, metadata={"help": "seed for items and (when sampling) rollouts"})
@@ -101,10 +102,11 @@ def calibrate(config: CalibrateConfig, console: Console | None = None) -> Path:
     """Run (or resume) a calibration; returns the output folder."""
     console = console or Console()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
-    task = get_task(config.task, system_prompt=config.system_prompt)
-    items = task.items(config.n, seed=config.seed, split=config.split)
+    task, items = load_items(
+        config.task, config.n, seed=config.seed, split=config.split, system_prompt=config.system_prompt
+    )
+    out.mkdir(parents=True, exist_ok=True)
     loaded = load_model(config.model, device=config.device or default_device())
     model, tokenizer = loaded.model, loaded.tokenizer
     model_hash = arch.unembedding_hash(model.base)
@@ -123,11 +125,11 @@ def calibrate(config: CalibrateConfig, console: Console | None = None) -> Path:
     if manifest_path.exists():
         previous = json.loads(manifest_path.read_text())
         if previous.get("config") != config.identity() or previous.get("model_hash") != model_hash:
-            raise ValueError(
+            raise DataError(
                 f"{out} holds a calibration with other settings ({previous.get('config')}); use a new --out folder"
             )
         if previous.get("items", manifest["items"]) != manifest["items"]:
-            raise ValueError(
+            raise DataError(
                 f"{out} holds a calibration of other items (written by another version); use a new --out folder"
             )
         manifest["shards"] = [s for s in previous["shards"] if (out / s["file"]).exists()]
@@ -218,26 +220,41 @@ def _write_shard(path: Path, rows: list[CalibrationRow]) -> None:
     )
 
 
-def load_calibration(directory: str | Path) -> tuple[dict, list[CalibrationRow]]:
-    """(manifest, rows) of a complete calibration folder, rows in item order."""
-    from safetensors import safe_open
-
+def calibration_manifest(directory: str | Path) -> dict:
+    """The manifest of a complete calibration folder; a missing one raises FileNotFoundError, an
+    unreadable or incomplete one a ``DataError``."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{directory} holds no {MANIFEST}: run `thinkaloud calibrate --out {directory}` first")
-    manifest = json.loads(path.read_text())
-    if not manifest.get("complete"):
-        raise ValueError(
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise DataError(f"{path} is not a calibration manifest (invalid JSON)") from None
+    if not isinstance(manifest, dict) or not manifest.get("complete"):
+        raise DataError(
             f"{directory} holds an incomplete calibration; run the same calibrate command again to finish it"
         )
+    return manifest
+
+
+def load_calibration(directory: str | Path) -> tuple[dict, list[CalibrationRow]]:
+    """(manifest, rows) of a complete calibration folder, rows in item order; raises what
+    ``calibration_manifest`` raises, and a ``DataError`` for an unreadable shard."""
+    from safetensors import SafetensorError, safe_open
+
+    directory = Path(directory)
+    manifest = calibration_manifest(directory)
     rows: list[CalibrationRow] = []
     for shard in manifest["shards"]:
-        with safe_open(str(directory / shard["file"]), framework="pt") as f:
-            ids, offs = f.get_tensor("input_ids"), f.get_tensor("row_offsets")
-            kl, kl_offs = f.get_tensor("kl"), f.get_tensor("kl_offsets")
-            prompt_lengths = f.get_tensor("prompt_lengths")
-            item_ids = json.loads(f.metadata()["item_ids"])
+        try:
+            with safe_open(str(directory / shard["file"]), framework="pt") as f:
+                ids, offs = f.get_tensor("input_ids"), f.get_tensor("row_offsets")
+                kl, kl_offs = f.get_tensor("kl"), f.get_tensor("kl_offsets")
+                prompt_lengths = f.get_tensor("prompt_lengths")
+                item_ids = json.loads(f.metadata()["item_ids"])
+        except SafetensorError as e:
+            raise DataError(f"{directory / shard['file']}: unreadable calibration shard ({e})") from None
         for i, item_id in enumerate(item_ids):
             rows.append(
                 CalibrationRow(
@@ -256,7 +273,7 @@ def calibration_items(directory: str | Path) -> list[dict]:
     try:
         items = json.loads(path.read_text()).get("items", [])
     except (json.JSONDecodeError, AttributeError):
-        raise ValueError(f"{path} is not a calibration manifest (invalid JSON object)") from None
+        raise DataError(f"{path} is not a calibration manifest (invalid JSON object)") from None
     return [{"id": str(it["id"]), "key": str(it["key"])} for it in items]
 
 

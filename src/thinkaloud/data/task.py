@@ -5,10 +5,12 @@ splits: `thinkaloud.data.tasks`."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from thinkaloud.data.splits import question_key
+from thinkaloud.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,21 @@ class Item:
             object.__setattr__(self, "key", question_key(self.question))
 
 
+class OverlapError(UserError, ValueError):
+    """Two sets of items that must be disjoint (a job's training and held-out items) share questions."""
+
+
+def check_disjoint(a: Sequence[Item], b: Sequence[Item], what: str) -> None:
+    """Refuse ``a`` and ``b`` when they share a question (by content, ``Item.key``); ``what`` names both."""
+    shared = {it.key for it in a} & {it.key for it in b}
+    if shared:
+        raise OverlapError(
+            f"{what} share {len(shared)} questions; they must be disjoint. A GSM8K file is used whole for "
+            "every split: give a directory with one <split>.jsonl per split, or gsm8k:<file>:split to split "
+            "one file by question hash"
+        )
+
+
 class Task(ABC):
     """A source of items with a prompt format and a scorer."""
 
@@ -35,6 +52,12 @@ class Task(ABC):
     @abstractmethod
     def items(self, n: int, seed: int = 0, split: str = "train") -> list[Item]:
         """`n` items, the same for the same (n, seed, split); raises ValueError if fewer exist."""
+
+    def data_source(self, split: str) -> dict[str, Any] | None:
+        """Where the items of ``split`` come from, for a task that reads a data file: ``{"file",
+        "split_by_hash", "rows_in_file", "rows_used"}`` (the rows ``items`` draws from); None for a task
+        that generates its items."""
+        return None
 
     @abstractmethod
     def locate_answer(self, completion: str) -> tuple[int, str] | None:

@@ -3,8 +3,8 @@
 A task draws `Item`s (question + reference answer), renders an item as a prompt for a chat or
 base model, and scores a completion in [0, 1]. `get_task(spec)` builds one from a spec string:
 
-- `gsm8k` / `gsm8k:<path>`: grade-school math from the official JSONL (`question`, `answer`
-  ending in `#### n`). Score 1 iff the final number equals the reference.
+- `gsm8k` / `gsm8k:<path>` / `gsm8k:<file>:split`: grade-school math from the official JSONL
+  (`question`, `answer` ending in `#### n`). Score 1 iff the final number equals the reference.
 - `rg:<name>`: any reasoning-gym dataset, scored by the dataset's own `score_answer` (which
   may give partial credit). `rg:chain_sum` defaults to easy sums (2-3 terms of 1-2 digits).
 - `tom`: our theory-of-mind stories (`thinkaloud.data.tom`). Score 1 iff the answer names the
@@ -27,9 +27,11 @@ final answer's statement, and the answer.
 
 Splits (`thinkaloud.data.splits`): disjoint by construction. An item's split is fixed by a hash of
 its question (80% train / 10% validation / 10% test); `Item.key` is that hash, for leakage checks
-by content. A single GSM8K file is a pool: `split` selects its rows whose question hashes to that
-split. A directory with `<split>.jsonl` files (and the hub's train / test) are used as given: that
-is the user's split. reasoning-gym and tom generate candidates deterministically (split and seed
+by content. A GSM8K file the user names is used as named: whole, whichever split is asked for
+(`gsm8k:/data/test.jsonl` evaluates on every row of it); calibrating and evaluating on the same file
+is refused by the leakage check, by content. `gsm8k:<file>:split` asks for a hash split of one file:
+`split` selects its rows whose question hashes to that split. A directory with `<split>.jsonl` files
+(and the hub's train / test) are used as given: that is the user's split. reasoning-gym and tom generate candidates deterministically (split and seed
 select separate candidate streams) and keep those in the requested split, skipping repeated
 questions, until `n` are collected. The same (n, seed, split) always gives the same items, and
 `items(k)` is a prefix of `items(n)` for k < n.
@@ -48,11 +50,18 @@ from typing import Any
 from thinkaloud.data import tom
 from thinkaloud.data.gsm8k import Gsm8kTask
 from thinkaloud.data.rg import ReasoningGymTask
-from thinkaloud.data.task import Task
+from thinkaloud.data.task import Item, Task
 from thinkaloud.data.tom_task import TomTask
+from thinkaloud.errors import DataError, as_user_errors
 
 DEFAULT_TASK = "rg:chain_sum"
-KNOWN_TASKS = ["gsm8k", "gsm8k:<path.jsonl>", "rg:<reasoning-gym dataset name>", "tom"]
+KNOWN_TASKS = [
+    "gsm8k",
+    "gsm8k:<file.jsonl or directory>",
+    "gsm8k:<file.jsonl>:split",
+    "rg:<reasoning-gym dataset name>",
+    "tom",
+]
 
 
 def get_task(
@@ -67,7 +76,7 @@ def get_task(
     """Build a task from a spec in KNOWN_TASKS.
 
     system_prompt: None keeps the task's default; "" means no system prompt.
-    path: GSM8K JSONL file or directory (same as `gsm8k:<path>`).
+    path: GSM8K JSONL file or directory (same as `gsm8k:<path>`; `<file>:split` splits a file by question hash).
     rg_kwargs: reasoning-gym config fields for `rg:<name>`, on top of RG_DEFAULT_KWARGS.
     tom_config: generator settings for `tom`.
     lenient: accept answers without a final-answer marker (the last number / line); see the module docstring.
@@ -92,3 +101,14 @@ def get_task(
     if kind == "tom" and not arg:
         return TomTask(config=tom_config, **kw)
     raise ValueError(f"unknown task {spec!r}; expected one of {KNOWN_TASKS}")
+
+
+def load_items(spec: str, n: int, *, seed: int = 0, split: str = "train", **task_kw: Any) -> tuple[Task, list[Item]]:
+    """``get_task(spec, **task_kw)`` and its ``n`` items of ``split``: how a job reads its task, once.
+
+    A bad spec, a malformed data file or too few items raise a ``DataError`` (a user error: the command
+    prints it as one line); a missing file raises FileNotFoundError, as ``Task.items`` does.
+    """
+    with as_user_errors(ValueError, error=DataError):
+        task = get_task(spec, **task_kw)
+        return task, task.items(n, seed=seed, split=split)

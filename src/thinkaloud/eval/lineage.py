@@ -162,6 +162,7 @@ def check_no_leakage(calib: str | None, items: Sequence[Item], what: str = "the 
         shown = ", ".join(ids[:5]) + (", …" if len(ids) > 5 else "")
         raise LeakageError(
             f"{len(ids)} of the {len(items)} eval items are in the calibration {calib} that {what} "
-            f"({shown}); evaluate on unseen items: another --split or --seed, or another task file"
+            f"({shown}); evaluate on unseen items: another task file (a GSM8K file is used whole for every "
+            "split), or another --split or --seed of a split task (rg:, tom, gsm8k:<file>:split)"
         )
     return None

@@ -6,7 +6,9 @@
 1. the model's lineage (``thinkaloud.eval.lineage``): base model, SFT run or RL run, with the KL
    factor of its Stage-1 run, its training task and calibration. The task defaults to the lineage's
    (else ``DEFAULT_TASK``); the items must not overlap the calibration the model was trained on
-   (``check_no_leakage``: the job stops before loading the model and names the overlapping items);
+   (``check_no_leakage``: the job stops before loading the model and names the overlapping items).
+   A data file is used as named (``thinkaloud.data.gsm8k``): ``summary.json``'s ``data`` and the
+   terminal say which file and how many of its rows the items were drawn from;
 2. load the model (``thinkaloud.model.loading.load_model``). A base model has fresh heads that never
    fire; it is evaluated with offset = −∞ (no exits) and labelled "base". Otherwise the offset is
    ``--offset`` if given, else the one recorded with the model by ``thinkaloud risk --save`` (with a
@@ -54,7 +56,7 @@ from rich.console import Console
 
 from thinkaloud.data.prompts import encode_prompts
 from thinkaloud.data.task import Item, Task
-from thinkaloud.data.tasks import DEFAULT_TASK, get_task
+from thinkaloud.data.tasks import DEFAULT_TASK, load_items
 from thinkaloud.eval.decode import token_strings
 from thinkaloud.eval.lineage import Lineage, check_no_leakage, lineage
 from thinkaloud.eval.offset import eval_offset
@@ -69,10 +71,11 @@ from thinkaloud.model.loading import Loaded, default_device, load_model
 from thinkaloud.model.merging import merged_adapter
 from thinkaloud.model.recorded import RUN_MODEL_DIR
 from thinkaloud.report import viz
-from thinkaloud.report.terminal import print_results
+from thinkaloud.report.terminal import describe_target, print_results
 
 BASE_LABEL = "base"
 DEFAULT_KL_FACTOR = 1.0
+DEFAULT_SOURCE = "the default"  # how a target's source begins when no KL factor was given or found
 
 
 def resolve_target(config: EvalConfig, origin: Lineage) -> dict[str, Any] | None:
@@ -83,7 +86,10 @@ def resolve_target(config: EvalConfig, origin: Lineage) -> dict[str, Any] | None
         return {"kl_factor": float(config.kl_factor), "source": "kl_factor given"}
     if origin.kl_factor is not None:
         return {"kl_factor": origin.kl_factor, "source": origin.source}
-    return {"kl_factor": DEFAULT_KL_FACTOR, "source": f"default (no KL factor in the lineage: {origin.source})"}
+    return {
+        "kl_factor": DEFAULT_KL_FACTOR,
+        "source": f"{DEFAULT_SOURCE}, since the lineage has no KL factor ({origin.source})",
+    }
 
 
 def measures_for(config: EvalConfig) -> list[Measure]:
@@ -177,14 +183,13 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     for note in origin.notes:
         console.print(f"[yellow]{note}")
     task_spec = config.task or origin.task or DEFAULT_TASK
-    task = get_task(task_spec, lenient=config.lenient_answers)
-    items = task.items(config.n, seed=config.seed, split=config.split)
+    task, items = load_items(task_spec, config.n, seed=config.seed, split=config.split, lenient=config.lenient_answers)
     unchecked = check_no_leakage(origin.calib, items, what=f"{config.model} was trained on")
     if unchecked:
         console.print(f"[yellow]{unchecked}")
     target = resolve_target(config, origin)
-    if target is not None and target["source"].startswith("default"):
-        console.print(f"[yellow]target: KL factor {DEFAULT_KL_FACTOR:g} — {target['source']}")
+    if target is not None and target["source"].startswith(DEFAULT_SOURCE):
+        console.print(f"[yellow]target: {describe_target(target)}")
 
     with console.status(f"loading {config.model}…"):
         loaded = load_model(config.model, device=device)
@@ -205,6 +210,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "stage": origin.stage,
         "task": task_spec,
         "split": config.split,
+        "data": task.data_source(config.split),
         "n": len(records),
         "num_layers": L,
         "exit_layers": E,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from thinkaloud.data.calibrate import load_calibration
-from thinkaloud.data.tasks import get_task
+from thinkaloud.data.calibrate import calibration_manifest
+from thinkaloud.data.tasks import load_items
 from thinkaloud.eval.lineage import check_no_leakage
 from thinkaloud.eval.run import evaluate
 from thinkaloud.io import atomic_write_json
@@ -82,10 +82,10 @@ class SweepConfig:
 def sweep(config: SweepConfig, console: Console | None = None) -> list[dict]:
     console = console or Console()
     out = Path(config.out)
-    manifest, _ = load_calibration(config.calib)
+    manifest = calibration_manifest(config.calib)  # the rows are read by each SFT run
     model = config.model or manifest["config"]["model"]
     task = config.eval_task or manifest["config"]["task"]
-    items = get_task(task, lenient=config.lenient_answers).items(config.n, seed=config.seed, split=config.eval_split)
+    _, items = load_items(task, config.n, seed=config.seed, split=config.eval_split, lenient=config.lenient_answers)
     unchecked = check_no_leakage(config.calib, items, what="the sweep trains on")
     if unchecked:
         console.print(f"[yellow]{unchecked}")

@@ -41,8 +41,8 @@ class EvalConfig:
     task: str | None = field(
         default=None,
         metadata={
-            "help": f"task spec: gsm8k[:<path>], rg:<dataset>, tom (default: the run's training task, else "
-            f"{DEFAULT_TASK}; paper: gsm8k)"
+            "help": f"task spec: gsm8k[:<path>] (a file is used whole; <file>:split splits it by question hash), "
+            f"rg:<dataset>, tom (default: the run's training task, else {DEFAULT_TASK}; paper: gsm8k)"
         },
     )
     n: int = field(default=32, metadata={"help": "number of items (paper: 50 GSM8K prompts)"})

@@ -136,19 +136,35 @@ def tv_distance(p: Mapping[Any, float], q: Mapping[Any, float]) -> float:
 def model_dims(config: Any) -> dict[str, int]:
     """The keyword arguments of ``flop_per_token`` / ``flop_savings`` read from a HF config.
 
+    A mixture-of-experts MLP counts as the dense MLP of the experts each token runs through:
+    ``intermediate`` = ``num_experts_per_tok`` × expert width (``moe_intermediate_size`` for Qwen3-MoE,
+    ``intermediate_size`` for gpt-oss, whose config holds no other). Its router (hidden × experts per
+    layer) is ignored as small, and so are dense MLP layers among the expert layers (Qwen3-MoE's
+    ``mlp_only_layers``, ``decoder_sparse_step`` > 1): every layer counts as an expert layer.
+
     Usage: ``flop_savings(exit_layers, context=512, **model_dims(model.config))``.
     """
     n_heads = int(config.num_attention_heads)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
     return {
         "hidden": int(config.hidden_size),
-        "intermediate": int(config.intermediate_size),
+        "intermediate": _mlp_width(config),
         "n_heads": n_heads,
         "n_kv_heads": int(getattr(config, "num_key_value_heads", None) or n_heads),
         "head_dim": int(head_dim),
         "vocab": int(config.vocab_size),
         "num_layers": int(config.num_hidden_layers),
     }
+
+
+def _mlp_width(config: Any) -> int:
+    """The width of the MLP a token runs through: the dense width, or active experts × expert width."""
+    experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+    top_k = getattr(config, "num_experts_per_tok", None)
+    if not (experts and top_k):
+        return int(config.intermediate_size)
+    expert_width = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+    return int(top_k) * int(expert_width)
 
 
 def _flop_terms(

@@ -33,8 +33,8 @@ Prefix: ``prefill(model, ids, mask)`` reads a text once at full depth (no exits,
 position) and returns a :class:`~thinkaloud.model.kv_cache.Prefix`; ``generate(..., prefix=p)`` then
 treats each row of ``input_ids`` as the continuation of row i of ``p`` (its positions follow
 ``p.next_position``; it attends to ``p``'s valid keys). The result is that of generating from the
-concatenated texts, without reading the prefix again; ``sequences`` hold the continuation and the new
-tokens only. With ``Prefix.select`` one pass over a prompt and its reasoning serves every cut of it
+concatenated texts, without reading the prefix again (its keys and values are copied once, into the
+generation's cache); ``sequences`` hold the continuation and the new tokens only. With ``Prefix.select`` one pass over a prompt and its reasoning serves every cut of it
 (early answering, ``thinkaloud.measures.reliance``).
 
 Streaming: ``on_token(rows, tokens, exit_layers, token_logprobs)``, if given, is called once per step
@@ -264,15 +264,14 @@ def _generate(
     )
     stop = torch.tensor(stop_ids, device=device, dtype=torch.long)
 
-    S0 = 0 if prefix is None else prefix.cache.size  # columns before the prompt's first
+    S0 = 0 if prefix is None else prefix.columns  # columns before the prompt's first
     cache = KVCache(L, B, spec.num_kv_heads, S0 + P + max_new_tokens, spec.head_dim, dtype, device)
     positions = default_position_ids(attention_mask)  # (B, P)
     new_valid = torch.ones(B, max_new_tokens, dtype=torch.bool, device=device)
     new_positions = positions[:, -1:] + 1 + torch.arange(max_new_tokens, device=device)  # (B, N)
     key_valid = torch.cat([attention_mask.bool(), new_valid], 1)  # (B, S) for every column
     if prefix is not None:
-        for i in range(L):
-            cache.k[i][:, :, :S0], cache.v[i][:, :, :S0] = prefix.cache.k[i], prefix.cache.v[i]
+        prefix.copy_into(cache)
         positions = positions + prefix.next_position[:, None]
         new_positions = new_positions + prefix.next_position[:, None]
         key_valid = torch.cat([prefix.valid, key_valid], 1)

@@ -13,7 +13,9 @@ attention over its valid keys is the same as over the contiguous sequence.
 (``thinkaloud.model.generate.prefill``) with its valid keys and the next position of each row.
 ``Prefix.select`` repeats rows and keeps only the first tokens of each, so that one pass over a
 shared text (a prompt and its whole reasoning) serves every cut of it; ``generate(..., prefix=…)``
-continues from there.
+continues from there. ``select`` copies no keys or values: its prefix names the rows it takes of the
+cache it shares (``Prefix.rows``), and ``generate`` gathers them once, straight into its own cache
+(``Prefix.copy_into``).
 """
 
 from __future__ import annotations
@@ -115,36 +117,46 @@ class Prefix:
     """Keys and values of a text already read at full depth, for ``generate(..., prefix=…)``."""
 
     cache: KVCache
-    """(B, H_kv, S, D) per layer."""
+    """(B0, H_kv, ≥S, D) per layer; shared with the prefix this one was selected from."""
     valid: torch.Tensor
     """(B, S) bool: the columns each row attends to."""
     positions: torch.Tensor
     """(B, S) the position of the token in each column (0 at a row's first token)."""
     next_position: torch.Tensor
     """(B,) the position of the token that follows each row's kept text (= its number of tokens)."""
+    rows: torch.Tensor | None = None
+    """(B,) the cache row that each row reads; None: row b is cache row b (B = B0)."""
 
     def __post_init__(self) -> None:
         B, S = self.valid.shape
+        cache_rows = self.cache.k[0].shape[0]
         shapes_agree = (
-            self.cache.k[0].shape[0] == B
-            and self.cache.size == S
+            (cache_rows == B if self.rows is None else self.rows.shape == (B,))
+            and self.cache.size >= S
             and self.positions.shape == (B, S)
             and self.next_position.shape == (B,)
         )
         if not shapes_agree:
             raise ValueError(
                 f"prefix shapes disagree: cache {tuple(self.cache.k[0].shape)}, valid {(B, S)}, "
-                f"positions {tuple(self.positions.shape)}, next_position {tuple(self.next_position.shape)}"
+                f"positions {tuple(self.positions.shape)}, next_position {tuple(self.next_position.shape)}, "
+                f"rows {None if self.rows is None else tuple(self.rows.shape)}"
             )
 
     @property
     def batch(self) -> int:
         return self.valid.shape[0]
 
+    @property
+    def columns(self) -> int:
+        """S, the cache columns a continuation starts after."""
+        return self.valid.shape[1]
+
     def select(self, rows: Sequence[int] | torch.Tensor, keep: Sequence[int] | torch.Tensor) -> Prefix:
         """A prefix whose row i is row ``rows[i]`` cut to its first ``keep[i]`` tokens (a row may repeat).
 
-        Columns that no row keeps any more are dropped from the end (less attention work)."""
+        Columns that no row keeps any more are dropped from the end (less attention work). The keys and
+        values are not copied: the new prefix shares this one's cache."""
         device = self.valid.device
         rows = torch.as_tensor(rows, dtype=torch.long, device=device)  # (R,)
         keep = torch.as_tensor(keep, dtype=torch.long, device=device)  # (R,)
@@ -160,7 +172,16 @@ class Prefix:
         valid = valid & (valid.long().cumsum(-1) <= keep[:, None])  # the first keep[i] real tokens
         used = valid.any(0).nonzero()
         end = int(used.max()) + 1 if used.numel() else 1
-        cache = KVCache.__new__(KVCache)
-        cache.k = [k[rows, :, :end] for k in self.cache.k]
-        cache.v = [v[rows, :, :end] for v in self.cache.v]
-        return Prefix(cache, valid[:, :end], self.positions[rows, :end], keep)
+        cache_rows = rows if self.rows is None else self.rows[rows]  # (R,) rows of the shared cache
+        return Prefix(self.cache, valid[:, :end], self.positions[rows, :end], keep, cache_rows)
+
+    def copy_into(self, cache: KVCache) -> None:
+        """Write this prefix's keys and values into columns ``:S`` of ``cache`` (B rows): the one copy."""
+        S = self.columns
+        for layer, (k, v) in enumerate(zip(self.cache.k, self.cache.v)):
+            if self.rows is None:
+                cache.k[layer][:, :, :S] = k[:, :, :S]
+                cache.v[layer][:, :, :S] = v[:, :, :S]
+            else:  # gathered straight into place, no intermediate tensor
+                torch.index_select(k[:, :, :S], 0, self.rows, out=cache.k[layer][:, :, :S])
+                torch.index_select(v[:, :, :S], 0, self.rows, out=cache.v[layer][:, :, :S])

@@ -4,7 +4,8 @@ The eval runner writes these directories (the contract this module reads):
 
 eval directory
   ``summary.json``: {"model", "label" ("base" | the run folder's name | …), "stage" ("base" | "sft" |
-    "rl" | "unknown"), "task", "split", "n", "num_layers": L, "exit_layers": E, "offset",
+    "rl" | "unknown"), "task", "split", "data": {"file", "split_by_hash", "rows_in_file", "rows_used"} (a task
+    read from a file) or null, "n", "num_layers": L, "exit_layers": E, "offset",
     "kl_factor" (of the target, or null), "target": {"kl_factor", "source"} or null, "accuracy",
     "early_exit_rate", "als", "mean_length", "tokens_per_s" (prefill included), "prefill_s",
     "decode_ms_per_token", "speed_baseline": {"prefill_s", "decode_s", "decode_tokens",

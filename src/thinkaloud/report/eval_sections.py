@@ -17,6 +17,7 @@ from typing import Any
 from thinkaloud.io import atomic_write_text
 from thinkaloud.report import measure_plots, plots, viz
 from thinkaloud.report.sections import FLUENCY_NOTE, Section, _Builder, _num, _pct, _read_jsonl, _slug
+from thinkaloud.report.terminal import describe_target
 
 
 def _field(summary: dict[str, Any], measure: str, key: str) -> Any:
@@ -81,9 +82,7 @@ def _eval_section(b: _Builder, dirs: Sequence[Path], n_examples: int, max_tokens
     ]
     sec.blocks.append(("table", (headers, rows)))
     notes = [
-        f"{s.get('label', d.name)}: target F={s['target']['kl_factor']:g} ({s['target']['source']})"
-        for d, s, _ in loaded
-        if s.get("target")
+        f"{s.get('label', d.name)}: target {describe_target(s['target'])}" for d, s, _ in loaded if s.get("target")
     ]
     notes += [
         f"{s.get('label', d.name)}: coherence judged with the {s['coherence']['rubric']} rubric"

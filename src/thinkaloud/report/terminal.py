@@ -21,6 +21,24 @@ def _num(x: float | None, fmt: str) -> str:
     return "—" if x is None else format(x, fmt)
 
 
+def describe_target(target: dict[str, Any]) -> str:
+    """The calibration target in words: "KL factor 1 — <where the factor comes from>"."""
+    return f"KL factor {target['kl_factor']:g} — {target['source']}"
+
+
+def describe_data(s: dict[str, Any]) -> str | None:
+    """The rows of a data file the items came from, in words (None for a task that generates its items)."""
+    data = s.get("data")
+    if not data:
+        return None
+    rows = (
+        f"the {data['rows_used']:,} of its {data['rows_in_file']:,} rows whose question hashes to {s['split']}"
+        if data["split_by_hash"]
+        else f"all its {data['rows_used']:,} rows"
+    )
+    return f"{s['n']} items drawn from {data['file']}: {rows}"
+
+
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     """(metric, value) rows of the summary table."""
     coherence, target = s.get("coherence"), s.get("target")
@@ -106,6 +124,9 @@ def print_results(
         f"tokens {tokens} · exits {exits}",
         highlight=False,
     )
+    data = describe_data(s)
+    if data is not None:
+        console.print(f"data: {data}", highlight=False)
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -121,7 +142,7 @@ def print_results(
         hist.add_row(f"target (F={s['kl_factor']:g})", *(_pct(s["target_hist"][k]) for k in s["exit_hist"]))
     console.print(hist)
     if s.get("target"):
-        console.print(f"target: KL factor {s['target']['kl_factor']:g} ({s['target']['source']})", highlight=False)
+        console.print(f"target: {describe_target(s['target'])}", highlight=False)
     console.print(f"Wrote summary.json, records.jsonl, config.json and tokens.html to {out}")
 
 

@@ -53,6 +53,7 @@ from typing import Any
 
 from rich.console import Console
 
+from thinkaloud.data.task import check_disjoint
 from thinkaloud.data.tasks import DEFAULT_TASK, get_task
 from thinkaloud.errors import UserError, as_user_errors
 from thinkaloud.eval.lineage import check_no_leakage, lineage
@@ -89,6 +90,7 @@ def choose_offset(config: RiskConfig) -> dict[str, Any]:
         task = get_task(task_spec)
         items = task.items(config.n, seed=config.seed, split=config.split)
         val_items = task.items(config.val_n or config.n, seed=config.seed, split=config.val_split)
+    check_disjoint(items, val_items, f"the {config.split} and {config.val_split} items of {task_spec}")
     for some_items in (items, val_items):
         unchecked = check_no_leakage(origin.calib, some_items, what=f"{config.model} was trained on")
         if unchecked:

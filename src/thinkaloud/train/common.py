@@ -5,21 +5,36 @@ heads), optimiser state, step, RNG states and the data order position. They are 
 temporary folder and renamed into place, so a kill never leaves a partial checkpoint; it may leave the
 temporary itself (``.step-*.tmp``, ``.latest.json.*.tmp``), which the next run of the same folder
 removes (:func:`remove_stale_temporaries`).
+
+A checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain values only (the RNG
+states are a tuple of ints and byte tensors), never a pickled object, whose loading could run code. A
+``state.pt`` that holds anything else, or a ``latest.json`` that points outside the checkpoint folder,
+is refused with a :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from thinkaloud.errors import UserError, one_line
 from thinkaloud.io import atomic_folder, atomic_write_json
 
 CKPT_DIR = "checkpoints"
+STATE_FILE = "state.pt"
+STATE_KEYS = ("step", "trainable", "optimizer", "rng", "extra")
+_STEP_RE = re.compile(r"step-\d+")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that a run cannot resume from: not one that thinkaloud wrote."""
 
 
 def set_seed(seed: int) -> None:
@@ -74,7 +89,7 @@ def save_checkpoint(out: Path, step: int, model, optimizer, extra: dict[str, Any
                 "rng": _rng_state(),
                 "extra": extra or {},
             },
-            tmp / "state.pt",
+            tmp / STATE_FILE,
         )
     atomic_write_json(root / "latest.json", {"step": step, "path": final.name})
     for old in sorted(root.glob("step-*"))[:-keep]:
@@ -106,13 +121,38 @@ def latest_checkpoint(out: Path) -> Path | None:
     pointer = Path(out) / CKPT_DIR / "latest.json"
     if not pointer.exists():
         return None
-    path = Path(out) / CKPT_DIR / json.loads(pointer.read_text())["path"]
-    return path if (path / "state.pt").exists() else None
+    try:
+        name = json.loads(pointer.read_text())["path"]
+    except (ValueError, TypeError, KeyError):
+        raise CheckpointError(f"{pointer} is not a checkpoint pointer (a JSON object with a path)") from None
+    if not isinstance(name, str) or not _STEP_RE.fullmatch(name):
+        raise CheckpointError(f"{pointer} points to {name!r}, not to a step-<n> folder beside it")
+    path = Path(out) / CKPT_DIR / name
+    return path if (path / STATE_FILE).exists() else None
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The contents of ``path/state.pt``, loaded with ``weights_only=True`` (module docstring)."""
+    file = Path(path) / STATE_FILE
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" (it names {named.group(1)})" if named else ""
+        raise CheckpointError(
+            f"refused to load {file}: it holds more than tensors and plain values{what}, and loading it could "
+            "run code; delete that checkpoint folder, or start again without --resume"
+        ) from None
+    except (RuntimeError, EOFError) as e:  # a truncated or corrupted file
+        raise CheckpointError(f"{file} is unreadable ({one_line(e)}); delete that checkpoint folder") from None
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+        raise CheckpointError(f"{file} is not a thinkaloud checkpoint (expected a dict of {', '.join(STATE_KEYS)})")
+    return state
 
 
 def load_checkpoint(path: Path, model, optimizer) -> dict[str, Any]:
     """Restore weights, optimiser and RNG from ``path``; returns {"step": ..., "extra": ...}."""
-    state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+    state = read_state(path)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state["trainable"].items():

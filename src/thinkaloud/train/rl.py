@@ -64,6 +64,8 @@ import torch
 import yaml
 
 from thinkaloud.data.env import Env, Prompt, Scored, TaskEnv
+from thinkaloud.data.task import check_disjoint
+from thinkaloud.errors import DataError, as_user_errors
 from thinkaloud.io import atomic_write_json, atomic_write_text
 from thinkaloud.train.common import (
     JsonlLog,
@@ -296,19 +298,22 @@ def train_rl(
             saved = saved_model_dir(config.model)
             base_name = json.loads((saved / META_FILE).read_text())["base_model"] if saved else config.model
             pool = config.pool or config.steps * config.prompts_per_step * accelerator.num_processes
-            task = get_task(config.task, lenient=config.lenient_answers)
-            env = TaskEnv(
-                task,
-                load_tokenizer(base_name),
-                seed=config.seed,
-                pool=max(pool, config.base_prompts),
-                split=config.split,
-                format_penalty=config.format_penalty,
-            )
-            if config.eval_every and heldout_env is None:
-                heldout_env = TaskEnv(
-                    task, env.tokenizer, seed=config.seed, pool=config.eval_n, split=config.eval_split
+            tokenizer = load_tokenizer(base_name)
+            with as_user_errors(ValueError, error=DataError):  # the task and its data, read once, here
+                task = get_task(config.task, lenient=config.lenient_answers)
+                env = TaskEnv(
+                    task,
+                    tokenizer,
+                    seed=config.seed,
+                    pool=max(pool, config.base_prompts),
+                    split=config.split,
+                    format_penalty=config.format_penalty,
                 )
+                if config.eval_every and heldout_env is None:
+                    heldout = TaskEnv(task, tokenizer, seed=config.seed, pool=config.eval_n, split=config.eval_split)
+                    what = f"the {config.split} (training) and {config.eval_split} (held-out) prompts of {config.task}"
+                    check_disjoint(env.items, heldout.items, what)
+                    heldout_env = heldout
     elif env is None:
         raise ValueError("a custom make_model needs a custom env (no tokenizer to render the task with)")
 

@@ -25,7 +25,7 @@ class RLConfig:
     out: str = field(metadata={"help": "output folder (log.jsonl, base.json, figures/, model/ or run-<r>/model)"})
     task: str = field(
         default=DEFAULT_TASK,
-        metadata={"help": "task spec: gsm8k[:path], rg:<dataset>, tom (the paper's RL figure: tom)"},
+        metadata={"help": "task spec: gsm8k[:<path>[:split]], rg:<dataset>, tom (the paper's RL figure: tom)"},
     )
     lam: float = field(
         default=1.5,
