@@ -245,3 +245,12 @@ def tiny_calibration(out, model_dir: str, **overrides):
 
     fields = dict(task="rg:chain_sum", n=4, max_new_tokens=4, batch_size=4, shard_size=4, device="cpu")
     return calibrate(CalibrateConfig(out=str(out), model=model_dir, **{**fields, **overrides}))
+
+
+def free_port() -> str:
+    """A TCP port no one listens on now (bound to port 0, then released), for a multi-process test's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])

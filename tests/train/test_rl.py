@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.tiny import build_tiny, tiny_model_dir
+from tests.tiny import build_tiny, free_port, tiny_model_dir
 from thinkaloud.cli import main as cli_main
 from thinkaloud.config import ExitConfig
 from thinkaloud.data.env import Prompt, Scored
@@ -325,7 +325,7 @@ def test_two_process_ddp_ends_with_identical_weights(tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29541",
+        free_port(),
         str(script),
         str(tmp_path / "ddp"),
     ]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.tiny import tiny_calibration, tiny_model_dir
+from tests.tiny import free_port, tiny_calibration, tiny_model_dir
 from thinkaloud.cli import main as cli_main
 from thinkaloud.model.exits import exit_log_distribution, exit_targets
 from thinkaloud.model.loading import load_model
@@ -122,7 +122,7 @@ def test_two_process_ddp_ends_with_identical_weights(calib, tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29533",
+        free_port(),
         str(script),
         str(calib),
         str(tmp_path / "ddp"),

@@ -158,6 +158,19 @@ def _gather_prompts(config: GenerateConfig) -> list[dict[str, Any]]:
 # Model and offset
 
 
+def parse_offset(value: Any) -> float | None:
+    """An offset given as text or a number (a model argument of lm-eval or Inspect): None when unset, ``-inf``
+    (also ``off``, ``none``) for exits off, else a finite number or a ``ValueError``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("-inf", "off", "none"):
+        return -math.inf
+    offset = float(value)
+    if math.isnan(offset) or offset == math.inf:
+        raise ValueError(f"offset must be a number or -inf, got {value!r}")
+    return offset
+
+
 def resolve_offset(requested: float | None, loaded: Loaded) -> tuple[float, str]:
     """(offset, where it comes from): a base model never exits; else the given one, the recorded one, or 0."""
     if loaded.is_base:

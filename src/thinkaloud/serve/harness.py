@@ -65,24 +65,13 @@ from thinkaloud.data.prompts import left_pad, pad_id, prompt_ids, special_prefix
 from thinkaloud.measures import metrics
 from thinkaloud.model import arch
 from thinkaloud.model.loading import default_device, load_model
-from thinkaloud.serve.chat import DTYPES, resolve_offset
+from thinkaloud.serve.chat import DTYPES, parse_offset, resolve_offset
 
 NAME = "thinkaloud"
 TARGET = "thinkaloud.serve.harness:ThinkaloudLM"
 LOGLIKELIHOOD_MODES = ("expected", "off")
 CHUNK = 256  # positions whose (V,) distributions are materialised at once
 logger = logging.getLogger("lm_eval.thinkaloud")  # shown by lm-eval's own log handler
-
-
-def _offset(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str) and value.strip().lower() in ("-inf", "off", "none"):
-        return -math.inf
-    offset = float(value)
-    if math.isnan(offset) or offset == math.inf:
-        raise ValueError(f"offset must be a number or -inf, got {value!r}")
-    return offset
 
 
 class ThinkaloudLM(TemplateLM):
@@ -125,7 +114,7 @@ class ThinkaloudLM(TemplateLM):
         self._device = torch.device(device or default_device())
         self.loaded = load_model(str(spec), dtype=DTYPES[str(dtype)], device=str(self._device))
         self.model, self.tokenizer = self.loaded.model.eval(), self.loaded.tokenizer
-        self.offset, self.offset_source = resolve_offset(_offset(offset), self.loaded)
+        self.offset, self.offset_source = resolve_offset(parse_offset(offset), self.loaded)
         self.mode = "off" if self.offset == -math.inf else loglikelihood
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8  # "auto" → 8
         context = getattr(self.model.hf_config, "max_position_embeddings", None) or 2048

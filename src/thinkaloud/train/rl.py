@@ -91,6 +91,7 @@ from thinkaloud.train.rl_report import (
 )
 from thinkaloud.train.rloo import completion_rewards, depth_fraction, kl_estimate, policy_loss, rloo_advantages
 from thinkaloud.train.rollouts import policy_logprobs, reference_logprobs, sample_rollouts
+from thinkaloud.train.trackers import Trackers, accelerator_kwargs
 
 __all__ = ["step_table", "train_rl"]
 
@@ -142,8 +143,11 @@ def rl_run(ctx: _Context, run: int) -> None:
         if acc.is_main_process and ctx.heldout is not None
         else None
     )
+    trackers = Trackers(
+        acc, cfg.report_to, "thinkaloud-rl", dataclasses.asdict(cfg), ctx.out, run=run if cfg.runs > 1 else None
+    )
     if start == 0:
-        log_heldout(ctx, policy, run, 0, heldout_log)
+        trackers.log(log_heldout(ctx, policy, run, 0, heldout_log) or {}, 0, prefix="heldout/")
     warned = False
 
     for step in range(start + 1, cfg.steps + 1):
@@ -185,7 +189,8 @@ def rl_run(ctx: _Context, run: int) -> None:
         if log is not None:  # the main process
             log.write(row)
             ctx.console.print(format_row(row, cfg.runs, cfg.steps), highlight=False, soft_wrap=True)
-        log_heldout(ctx, policy, run, step, heldout_log)
+        trackers.log(row, step)
+        trackers.log(log_heldout(ctx, policy, run, step, heldout_log) or {}, step, prefix="heldout/")
         if step % cfg.save_every == 0 or step == cfg.steps:
             acc.wait_for_everyone()
             if acc.is_main_process:
@@ -197,6 +202,7 @@ def rl_run(ctx: _Context, run: int) -> None:
     acc.wait_for_everyone()
     if acc.is_main_process:
         policy.save_pretrained(folder / MODEL_DIR)
+    trackers.end()
     acc.free_memory()
 
 
@@ -279,8 +285,8 @@ def train_rl(
     from thinkaloud.model.recorded import META_FILE
 
     cpu = (config.device or default_device()) == "cpu"
-    accelerator = Accelerator(cpu=cpu)
     out = Path(config.out)
+    accelerator = Accelerator(cpu=cpu, **accelerator_kwargs(config.report_to, out))
     if not config.resume and any((out / name).exists() for name in (LOG_FILE, "checkpoints", "run-0", MODEL_DIR)):
         raise FileExistsError(f"{out} already holds an RL run; pass --resume to continue it, or choose a new --out")
     dtype = getattr(torch, config.dtype)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from thinkaloud.data.splits import SPLITS
 from thinkaloud.data.tasks import DEFAULT_TASK
+from thinkaloud.train.trackers import check_report_to
 
 
 @dataclass
@@ -112,8 +113,13 @@ class RLConfig:
     )
     eval_n: int = field(default=16, metadata={"help": "held-out prompts of --eval-split (greedy tokens)"})
     eval_split: str = field(default="test", metadata={"help": "split of the held-out prompts (not --split)"})
+    report_to: str = field(
+        default="none",
+        metadata={"help": "also log the metrics to tensorboard | wandb | none (log.jsonl stays the record)"},
+    )
 
     def __post_init__(self) -> None:
+        check_report_to(self.report_to)
         if self.k < 2:
             raise ValueError(f"k must be >= 2 (leave-one-out baseline), got {self.k}")
         for name in ("prompts_per_step", "steps", "runs", "max_new_tokens", "save_every", "judge_every"):

@@ -101,12 +101,13 @@ def _kwargs(cfg) -> dict[str, Any]:
     return {"max_new_tokens": cfg.max_new_tokens, "offset": cfg.offset, "batch_size": BATCH}
 
 
-def log_heldout(ctx, policy, run: int, step: int, log) -> None:
+def log_heldout(ctx, policy, run: int, step: int, log) -> dict[str, Any] | None:
     """Evaluate ``policy`` on the held-out prompts and log the row, when ``step`` is due (main process only:
-    ``log`` is None elsewhere). ``ctx`` is the RL loop's context (config, heldout env, console)."""
+    ``log`` is None elsewhere); returns the row, or None. ``ctx`` is the RL loop's context (config,
+    heldout env, console)."""
     cfg = ctx.config
     if ctx.heldout is None or log is None or not due(step, cfg.eval_every, cfg.steps):
-        return
+        return None
     with ctx.console.status(f"run {run}: held-out evaluation at step {step}…"):
         row = evaluate_policy(
             policy, ctx.heldout, ctx.heldout.prompts(0, cfg.eval_n), seed=cfg.seed + run, **_kwargs(cfg)
@@ -118,6 +119,7 @@ def log_heldout(ctx, policy, run: int, step: int, log) -> None:
         f"{row['base_nll']:.3f}",
         highlight=False,
     )
+    return row
 
 
 def evaluate_heldout_base(ctx, model) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from thinkaloud.train.common import (
     save_checkpoint,
     set_seed,
 )
+from thinkaloud.train.trackers import Trackers, accelerator_kwargs, check_report_to
 
 
 @dataclass
@@ -97,7 +98,10 @@ class SFTConfig:
     seed: int = field(default=0, metadata={"help": "seed for data order, exit draws and dropout"})
     bf16: bool = field(default=True, metadata={"help": "bf16 mixed precision on GPU (ignored on CPU)"})
     device: str | None = field(default=None, metadata={"help": "cpu | cuda (default: cuda if available)"})
-    log_with: str | None = field(default=None, metadata={"help": "also log to tensorboard | wandb"})
+    report_to: str = field(
+        default="none",
+        metadata={"help": "also log the metrics to tensorboard | wandb | none (log.jsonl stays the record)"},
+    )
 
     def __post_init__(self) -> None:
         if self.exit_loss not in ("sample", "expected"):
@@ -107,6 +111,7 @@ class SFTConfig:
         for name in ("steps", "batch_size", "grad_accum", "exit_samples", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_report_to(self.report_to)
         if not self.kl_factor > 0:
             raise ValueError(
                 f"kl_factor must be > 0 (F = 0 would send every token to the first exit layer, "
@@ -201,8 +206,7 @@ def train_sft(
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision="bf16" if config.bf16 and not cpu else "no",
-        log_with=config.log_with,
-        project_dir=str(out),
+        **accelerator_kwargs(config.report_to, out),
     )
     exit_config = ExitConfig(
         exit_layers=manifest["exit_layers"],
@@ -238,8 +242,7 @@ def train_sft(
         if accelerator.is_main_process
         else None
     )
-    if config.log_with:
-        accelerator.init_trackers("thinkaloud-sft", config=dataclasses.asdict(config))
+    trackers = Trackers(accelerator, config.report_to, "thinkaloud-sft", dataclasses.asdict(config), out)
 
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
@@ -289,8 +292,7 @@ def train_sft(
             }
             if log is not None:
                 log.write(row)
-            if config.log_with:
-                accelerator.log(stats, step=done)
+            trackers.log(row, step=done)
             progress.update(
                 bar,
                 advance=1,
@@ -306,6 +308,5 @@ def train_sft(
     if accelerator.is_main_process:
         core.save_pretrained(out / RUN_MODEL_DIR)
         console.print(f"SFT done: {out / RUN_MODEL_DIR}")
-    if config.log_with:
-        accelerator.end_training()
+    trackers.end()
     return out
