@@ -9,6 +9,9 @@ base model, and scores a completion in [0, 1]. `get_task(spec)` builds one from 
   may give partial credit). `rg:chain_sum` defaults to easy sums (2-3 terms of 1-2 digits).
 - `tom`: our theory-of-mind stories (`thinkaloud.data.tom`). Score 1 iff the answer names the
   right container.
+- `organism` / `organism:<hop counts>`: variable-binding chains answered directly, by written hops or
+  after filler (`thinkaloud.data.organism`), for a model trained from scratch. Score 1 iff the digit
+  after the last `=` is the chain's.
 
 Answers (`thinkaloud.data.answers` has the exact rules). Strict by default: only an explicit
 final-answer marker counts (a `#### <number>` line for gsm8k, `\\boxed{}`, "The answer is" /
@@ -49,6 +52,7 @@ from typing import Any
 
 from thinkaloud.data import tom
 from thinkaloud.data.gsm8k import Gsm8kTask
+from thinkaloud.data.organism import OrganismConfig, OrganismTask
 from thinkaloud.data.rg import ReasoningGymTask
 from thinkaloud.data.task import Item, Task
 from thinkaloud.data.tom_task import TomTask
@@ -61,6 +65,8 @@ KNOWN_TASKS = [
     "gsm8k:<file.jsonl>:split",
     "rg:<reasoning-gym dataset name>",
     "tom",
+    "organism",
+    "organism:<hop counts, e.g. 2,3>",
 ]
 
 
@@ -100,7 +106,20 @@ def get_task(
         return ReasoningGymTask(arg, rg_kwargs=rg_kwargs, **kw)
     if kind == "tom" and not arg:
         return TomTask(config=tom_config, **kw)
+    if kind == "organism":
+        if any(v is not None for v in extra.values()) or system_prompt:
+            raise ValueError(f"task {spec!r} takes no path, rg_kwargs, tom_config or system prompt")
+        return OrganismTask(OrganismConfig(ks=_hop_counts(arg)) if arg else None)
     raise ValueError(f"unknown task {spec!r}; expected one of {KNOWN_TASKS}")
+
+
+def _hop_counts(arg: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(k) for k in arg.split(","))
+    except ValueError:
+        raise ValueError(
+            f"organism:<hop counts> takes comma-separated integers, e.g. organism:2,3; got {arg!r}"
+        ) from None
 
 
 def load_items(spec: str, n: int, *, seed: int = 0, split: str = "train", **task_kw: Any) -> tuple[Task, list[Item]]:
