@@ -172,23 +172,32 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
 def plot_rl_dynamics(
     log_rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None = None, title: str = "RL dynamics"
 ) -> Figure:
-    """Accuracy, average compute (mean depth fraction), the fluency proxy (base-model NLL per token, if
-    logged) and coherence (if logged) per RL step.
+    """Accuracy, average compute (mean depth fraction) and, where logged, the fluency proxies (base-model
+    NLL per token, distinct-2), coherence, KL̂ to the base with its target, β, and the share of
+    degenerate completions per RL step; four panels a row.
 
     Each run is a thin light line; the mean across runs at each step carries ±1 SE error bars (SE =
-    sample std / √runs); the base model's level (``base``) is a dashed horizontal line.
+    sample std / √runs); the base model's level (``base``) and the KL target are dashed horizontal lines.
     """
     panels = [("accuracy", "accuracy"), ("depth_frac", "average compute (mean depth ℓ/L)")]
-    if any(r.get("base_nll") is not None for r in log_rows):
-        panels.append(("base_nll", "fluency proxy (base-model NLL, nats/token)"))
-    if any(r.get("coherence") is not None for r in log_rows):
-        panels.append(("coherence", "coherence (mean overall score)"))
+    optional = [
+        ("base_nll", "fluency proxy (base-model NLL, nats/token)"),
+        ("distinct2", "fluency proxy (distinct-2)"),
+        ("coherence", "coherence (mean overall score)"),
+        ("kl", "KL̂ to the base (nats/token)"),
+        ("beta", "β (KL weight)"),
+        ("degenerate", "degenerate completions (share)"),
+    ]
+    panels += [(key, name) for key, name in optional if any(r.get(key) is not None for r in log_rows)]
+    targets = {float(r["kl_target"]) for r in log_rows if r.get("kl_target") is not None}
     runs: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for row in log_rows:
         runs[int(row.get("run", 0))].append(row)
-    fig = Figure(figsize=(4.6 * len(panels), 3.8), layout="constrained")
+    cols = min(4, len(panels))
+    grid = (math.ceil(len(panels) / cols), cols)
+    fig = Figure(figsize=(4.6 * cols, 3.8 * grid[0]), layout="constrained")
     for i, (key, name) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax = fig.add_subplot(*grid, i + 1)
         by_step: dict[int, list[float]] = defaultdict(list)
         for j, (_, rows) in enumerate(sorted(runs.items())):
             points = sorted((int(r["step"]), float(r[key])) for r in rows if r.get(key) is not None)
@@ -217,6 +226,11 @@ def plot_rl_dynamics(
             )
         if base and base.get(key) is not None:
             ax.axhline(float(base[key]), **BASE_STYLE, label="base model")
+        if key == "kl":
+            for t in sorted(targets):
+                ax.axhline(t, color="#b2182b", linestyle=":", linewidth=1.2, label=f"target T = {t:g}")
+        if key == "beta" and steps and min(v for s in steps for v in by_step[s]) > 0:
+            ax.set_yscale("log")
         ax.set_xlabel("RL step")
         ax.set_ylabel(name)
         ax.set_title(name.split(" (")[0].capitalize())
