@@ -15,6 +15,8 @@ def test_kinds_of_one_completion():
     assert kinds([5, 6, EOS], {EOS}, "  \n", True)["empty"]  # blank text is empty
     assert kinds([7, 7, 7, EOS], {EOS}, "...", False) == {"empty": False, "repeat": True, "no_answer": True}
     assert kinds([7, 7, 7], {EOS}, None, None)["repeat"]  # cut at the cap: no stop token
+    assert not kinds([7, 8, 9], {EOS}, "Let us think", False)["no_answer"]  # cut at the cap: may yet answer
+    assert kinds([7, 8, 9, EOS], {EOS}, "Let us think", False)["no_answer"]  # ended without an answer
     assert not kinds([7, EOS], {EOS}, ".", None)["repeat"]  # one token is not a repeat
     assert kinds([7, 8, 7, EOS], {EOS}, "Answer: box", True) == {"empty": False, "repeat": False, "no_answer": False}
 
@@ -35,8 +37,8 @@ def test_counts_and_shares_of_a_generation():
     )
     assert counts(out, {EOS}, None, None) == [4, 1, 1, 0, 2]
     answered = torch.tensor([False, False, False, True])
-    assert counts(out, {EOS}, None, answered) == [4, 1, 1, 3, 3]
-    assert shares([4, 1, 1, 3, 3]) == {"degenerate": 0.75, "empty": 0.25, "repeat": 0.25, "no_answer": 0.75}
+    assert counts(out, {EOS}, None, answered) == [4, 1, 1, 2, 3]  # rows 0 and 2 ended unanswered, row 1 was cut
+    assert shares([4, 1, 1, 2, 3]) == {"degenerate": 0.75, "empty": 0.25, "repeat": 0.25, "no_answer": 0.5}
 
 
 def test_collapse_needs_consecutive_steps_above_the_share():

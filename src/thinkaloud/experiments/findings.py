@@ -11,7 +11,12 @@ calibration targets and the RL folder's held-out log (``thinkaloud.train.rl_held
 3. RL lowers mean compute: the mean depth ℓ/L on the fixed held-out prompts is lower at the last RL
    step than at step 0 (the SFT model), over the three seeds;
 4. accuracy holds: the RL policies' held-out accuracy is not significantly below the base model's on
-   the same prompts, and neither is the final RL model's eval accuracy.
+   the same prompts, and neither is the final RL model's eval accuracy;
+5. coherence holds through RL: against the SFT model RL started from, on the same prompts — the held-out
+   prompts at the last step against step 0 (seeds pooled) and the RL model's eval against the F = 1 eval
+   — the judge's coherence does not fall when a judge is configured; otherwise neither fluency proxy
+   worsens: the base-model NLL per token does not rise and distinct-2 does not fall (a response too
+   short for a bigram counts as distinct-2 = 0). The paper's third claim for Stage 2 (Figure 2).
 
 Uncertainty: 95% percentile-bootstrap intervals (``BOOTSTRAP`` resamples, fixed seed) over items —
 paired where two models answered the same items (the evals share their items; the held-out prompts
@@ -21,7 +26,8 @@ direction and its interval excludes 0, "not significant" when it has the directi
 includes 0, "did not hold" otherwise; for (4), a claim of no harm: "did not hold" when an interval
 lies entirely below 0, "not significant" when an estimate falls by more than ``ACCURACY_MARGIN`` with an
 interval that includes 0 or when the base model answers nothing correctly (nothing to hold), "held"
-otherwise. Small samples (tens of items, three seeds) give wide
+otherwise; (5) is a claim of no harm too, with the same rule on each measure in its worse direction and
+``COHERENCE_MARGINS`` in place of the accuracy margin. Small samples (tens of items, three seeds) give wide
 intervals: "not significant" is common and says only that.
 """
 
@@ -39,6 +45,8 @@ from thinkaloud.measures.metrics import tv_distance
 
 BOOTSTRAP = 2000
 ACCURACY_MARGIN = 0.05
+COHERENCE_MARGINS = {"base_nll": 0.25, "distinct2": 0.05, "coherence": 0.5}
+"""Worsening tolerated by (5) before "not significant": nats/token, share of distinct bigrams, judge points."""
 HELD, NOT_SIGNIFICANT, DID_NOT_HOLD = "held", "not significant", "did not hold"
 
 
@@ -75,10 +83,15 @@ def direction_verdict(estimate: float, ci: tuple[float, float], sign: int) -> st
     return HELD if sign * ci[0] > 0 and sign * ci[1] > 0 else NOT_SIGNIFICANT
 
 
-def no_harm_verdict(estimates: Sequence[tuple[float, tuple[float, float]]]) -> str:
+def no_harm_verdict(estimates: Sequence[tuple[float, tuple[float, float]]], margin: float = ACCURACY_MARGIN) -> str:
+    """Estimates with intervals, oriented so that below 0 is harm."""
     if any(hi < 0 for _, (_, hi) in estimates):
         return DID_NOT_HOLD
-    return NOT_SIGNIFICANT if any(est < -ACCURACY_MARGIN for est, _ in estimates) else HELD
+    return NOT_SIGNIFICANT if any(est < -margin for est, _ in estimates) else HELD
+
+
+def worst(verdicts: Sequence[str]) -> str:
+    return DID_NOT_HOLD if DID_NOT_HOLD in verdicts else NOT_SIGNIFICANT if NOT_SIGNIFICANT in verdicts else HELD
 
 
 def _ci(ci: tuple[float, float], scale: float = 100, fmt: str = ".1f") -> str:
@@ -98,6 +111,7 @@ class EvalRecords:
     coherence: list[float | None]
     num_layers: int
     exit_support: list[int]
+    distinct2: list[float | None] | None = None  # distinct-2 of each response (None: too short, or not measured)
 
     @classmethod
     def read(cls, label: str, d: Path) -> EvalRecords:
@@ -111,6 +125,7 @@ class EvalRecords:
             [(r.get("judge") or {}).get("overall") for r in recs],
             int(summary["num_layers"]),
             list(summary["exit_layers"]) + [int(summary["num_layers"])],
+            [(r.get("fluency") or {}).get("distinct2") for r in recs],
         )
 
     def exit_rate(self, idx: Sequence[int]) -> float:
@@ -130,6 +145,14 @@ class EvalRecords:
     def hist(self, idx: Sequence[int]) -> dict[int, float]:
         tokens = [x for i in idx for x in self.exit_layers[i]]
         return {ly: sum(x == ly for x in tokens) / max(len(tokens), 1) for ly in self.exit_support}
+
+    def distinct2_mean(self, idx: Sequence[int]) -> float:
+        """Mean distinct-2 over the responses, a response too short for a bigram counting as 0."""
+        values = self.distinct2 or [None] * len(self)
+        return sum(values[i] or 0.0 for i in idx) / max(len(idx), 1)
+
+    def coherence_mean(self, idx: Sequence[int]) -> float:
+        return sum(c for i in idx if (c := self.coherence[i]) is not None) / max(len(idx), 1)
 
     def accuracy(self, idx: Sequence[int]) -> float:
         return sum(self.scores[i] for i in idx) / max(len(idx), 1)
@@ -211,7 +234,7 @@ def finding_2(
         tv_base = tv_distance(base.hist(range(len(base))), target)
         parts.append(f"F={f:g}: TV {tv:.3f} {_ci(ci, 1, '.3f')} vs base {tv_base:.3f}")
         verdicts.append(direction_verdict(tv_base - tv, (tv_base - ci[1], tv_base - ci[0]), +1))
-    verdict = DID_NOT_HOLD if DID_NOT_HOLD in verdicts else NOT_SIGNIFICANT if NOT_SIGNIFICANT in verdicts else HELD
+    verdict = worst(verdicts)
     return Finding(
         "(2) the learned exit histogram follows its target (TV trained < TV base)", "; ".join(parts), verdict
     )
@@ -269,6 +292,39 @@ def finding_4(
     if not any(heldout_base["prompt_accuracy"]) and not any(base.scores):
         verdict, measured = NOT_SIGNIFICANT, measured + "; no signal: the base model answered none correctly"
     return Finding("(4) accuracy holds (RL vs the base model)", measured, verdict)
+
+
+def finding_5(heldout: Sequence[dict[str, Any]], rl: EvalRecords, sft: EvalRecords) -> Finding:
+    """Coherence through RL: the RL policies against the SFT model they started from, on the same prompts."""
+    first, last = _ends(heldout)
+    prompts = lambda rows, key: {k: [v or 0.0 for v in r[key]] for k, r in rows.items()}  # distinct-2: None → 0
+    held = {
+        key: _pooled(prompts(last, f"prompt_{key}"), prompts(first, f"prompt_{key}"))
+        for key in ("base_nll", "distinct2")
+    }
+    evals = {"base_nll": _paired(rl, sft, "nll_mean"), "distinct2": _paired(rl, sft, "distinct2_mean")}
+    step = f"step {first[min(first)]['step']} → {last[min(last)]['step']}"
+    ends = lambda key, fmt: ", ".join(
+        f"{format(first[k][key] or 0, fmt)} → {format(last[k][key] or 0, fmt)}" for k in sorted(first)
+    )
+    measured = (
+        f"held-out ({first[min(first)]['n']} prompts, {len(first)} seeds, {step}): base-model NLL {ends('base_nll', '.2f')} "
+        f"nats/token, per prompt {held['base_nll'][0]:+.3f} {_ci(held['base_nll'][1], 1, '.3f')}; distinct-2 "
+        f"{ends('distinct2', '.2f')}, per prompt {held['distinct2'][0]:+.3f} {_ci(held['distinct2'][1], 1, '.3f')}; "
+        f"eval ({len(rl)} items) {rl.label} − {sft.label}: NLL {evals['base_nll'][0]:+.3f} "
+        f"{_ci(evals['base_nll'][1], 1, '.3f')}, distinct-2 {evals['distinct2'][0]:+.3f} {_ci(evals['distinct2'][1], 1, '.3f')}"
+    )
+    flip = lambda est, ci: (-est, (-ci[1], -ci[0]))  # NLL: a rise is the harm
+    verdict = worst(
+        [no_harm_verdict([flip(*held["base_nll"]), flip(*evals["base_nll"])], COHERENCE_MARGINS["base_nll"])]
+        + [no_harm_verdict([held["distinct2"], evals["distinct2"]], COHERENCE_MARGINS["distinct2"])]
+    )
+    what = "fluency proxies: base-model NLL per token and distinct-2"
+    if all(c is not None for c in rl.coherence + sft.coherence):
+        d_coh, ci_coh = _paired(rl, sft, "coherence_mean")
+        measured += f"; judge coherence {rl.label} − {sft.label}: {d_coh:+.2f} {_ci(ci_coh, 1, '.2f')}"
+        verdict, what = no_harm_verdict([(d_coh, ci_coh)], COHERENCE_MARGINS["coherence"]), "judge's coherence"
+    return Finding(f"(5) coherence holds through RL (RL vs the SFT model it started from; {what})", measured, verdict)
 
 
 def findings_block(findings: Sequence[Finding]) -> str:

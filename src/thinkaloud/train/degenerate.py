@@ -8,12 +8,12 @@ evaluation) therefore counts, per completion, whether it is
 - ``empty``: no visible text — the decoded text is blank, or (without decoded text) no token besides
   the stop token;
 - ``repeat``: one token, repeated: at least two tokens besides the stop token, all the same id;
-- ``no_answer``: the task extracts no answer from it (with strict extraction: no answer marker);
-  only for environments that extract answers (``Scored.answered``), else never counted;
+- ``no_answer``: it ended (with the stop token) and the task extracts no answer from it (with strict
+  extraction: no answer marker); only for environments that extract answers (``Scored.answered``).
+  A completion cut at the token cap is not counted: it may have been on its way to the answer (at the
+  demo's 40 tokens, nearly every completion of the starting model is cut before it answers);
 
-and logs the share of each and ``degenerate``, the share that is any of the three. A completion cut at
-the token cap before its answer counts as ``no_answer`` too: at short caps the starting model already
-has some, so read the share against step 0 (held-out) or the first steps.
+and logs the share of each and ``degenerate``, the share that is any of the three.
 
 A run has **collapsed** when ``degenerate`` exceeds ``COLLAPSE_SHARE`` at ``COLLAPSE_STEPS`` consecutive
 steps or more (:func:`collapse`). The RL loop still saves such a run's model, for inspection, but says so
@@ -38,11 +38,12 @@ def kinds(ids: Sequence[int], stop_ids: Collection[int], text: str | None, answe
     content = list(ids)
     while content and content[-1] in stop_ids:
         content.pop()
+    stopped = len(content) < len(ids)
     empty = (not text.strip()) if text is not None else not content
     return {
         "empty": empty,
         "repeat": not empty and len(content) >= 2 and len(set(content)) == 1,
-        "no_answer": answered is False,
+        "no_answer": answered is False and stopped,
     }
 
 
