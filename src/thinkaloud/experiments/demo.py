@@ -46,11 +46,15 @@ from rich.console import Console
 from thinkaloud.data.calibrate import CalibrateConfig, calibrate
 from thinkaloud.errors import UserError
 from thinkaloud.eval.run import evaluate
+from thinkaloud.experiments import demo_rl
 from thinkaloud.experiments.demo_config import (
     FULL,
     KL_FACTORS,
     QUICK,
     RL_BETA,
+    RL_EVAL_TARGET,
+    RL_KL_HORIZON,
+    RL_KL_TARGETS,
     RL_LAMBDA,
     RL_SEEDS,
     STAGE1_TITLE,
@@ -61,7 +65,7 @@ from thinkaloud.measures.config import EvalConfig
 from thinkaloud.report.job import ReportConfig, report
 from thinkaloud.report.terminal import sweep_table
 from thinkaloud.train.rl import train_rl
-from thinkaloud.train.rl_config import RLConfig
+from thinkaloud.train.rl_report import read_summaries
 from thinkaloud.train.sft import SFTConfig, train_sft
 
 
@@ -74,6 +78,13 @@ def check_folder(out: Path, config: DemoConfig) -> None:
         "seed": config.seed,
         "quick": config.quick,
         "judge": config.judge,
+        "rl": {
+            "lam": RL_LAMBDA,
+            "beta": RL_BETA,
+            "kl_targets": list(RL_KL_TARGETS),
+            "kl_horizon": RL_KL_HORIZON,
+            "seeds": RL_SEEDS,
+        },
     }
     path = out / "demo.json"
     if path.exists() and (previous := json.loads(path.read_text())) != identity:
@@ -191,47 +202,34 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
             lambda run=run, label=label, f=f: evaluate_model(label, str(run), every if f == 1.0 else ["fluency"]),
         )
 
-    # 3. Stage 2: RL from the F = 1 model, 3 seeds, held-out evaluation every few steps
-    rl = out / "rl"
+    # 3. Stage 2: RL from the F = 1 model under each KL budget, held-out evaluation every few steps
+    rl_dirs = demo_rl.rl_dirs(out)
+    for target, folder in rl_dirs.items():
+        stage(
+            f"RL ({RL_SEEDS} seed(s), λ={RL_LAMBDA:g}, KL budget T={target:g} nats/token from β={RL_BETA:g})",
+            demo_rl.finished(folder),
+            lambda target=target: train_rl(demo_rl.rl_config(out, config, sizes, target, out / _sft_name(1.0))),
+        )
     stage(
-        f"RL ({RL_SEEDS} seeds, λ={RL_LAMBDA:g}, β={RL_BETA:g})",
-        _done(rl, "log.jsonl") and all((rl / f"run-{r}" / "model").exists() for r in range(RL_SEEDS)),
-        lambda: train_rl(
-            RLConfig(
-                model=str(out / _sft_name(1.0)),
-                out=str(rl),
-                task=config.task,
-                lam=RL_LAMBDA,
-                beta=RL_BETA,
-                k=sizes.rl_k,
-                prompts_per_step=sizes.rl_prompts,
-                steps=sizes.rl_steps,
-                runs=RL_SEEDS,
-                seed=config.seed,
-                max_new_tokens=sizes.rl_tokens,
-                base_prompts=0,
-                save_every=sizes.rl_steps,
-                eval_every=sizes.rl_eval_every,
-                eval_n=sizes.rl_eval_n,
-                resume=(rl / "config.yaml").exists(),
-            )
-        ),
+        f"eval RL (T={RL_EVAL_TARGET:g}, seed {config.seed})",
+        _done(out / "eval" / "RL"),
+        lambda: evaluate_model("RL", str(demo_rl.eval_run(out)), every),
     )
-    stage("eval RL (seed 0)", _done(out / "eval" / "RL"), lambda: evaluate_model("RL", str(rl / "run-0"), every))
 
     # 4. Stage-1 table, findings, report
     labels = ["base"] + [f"F={f:g}" for f in KL_FACTORS] + ["RL"]
     records = {label: df.EvalRecords.read(label, out / "eval" / label) for label in labels}
     stage1 = write_stage1(out / "stage1", records, targets)
     findings_dir = out / "findings"
-    findings = write_demo_findings(findings_dir, records, targets, rl, L, config)
+    findings = write_demo_findings(findings_dir, records, targets, rl_dirs, L, config)
     report_dir = out / "report"
     stage(
         "report",
         False,
         lambda: report(
             ReportConfig(
-                dirs=[str(out / "eval" / label) for label in labels] + [str(stage1), str(rl), str(findings_dir)],
+                dirs=[str(out / "eval" / label) for label in labels]
+                + [str(stage1), *map(str, rl_dirs.values()), str(findings_dir)],
                 out=str(report_dir),
             )
         ),
@@ -240,6 +238,13 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
     console.print(sweep_table(json.loads((stage1 / "sweep.json").read_text())["rows"], title=STAGE1_TITLE))
     console.rule("[bold]Findings")
     console.print(df.findings_block(findings), highlight=False)
+    for target, folder in rl_dirs.items():  # a collapsed policy is said, not saved as if nothing happened
+        for entry in read_summaries(folder):
+            if entry["collapse"]:
+                console.print(
+                    f"[bold red]RL at T={target:g}, run {entry['run']}: {entry['collapse']['message']}.[/]",
+                    highlight=False,
+                )
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     console.print(

@@ -240,7 +240,7 @@ def finding_2(
     )
 
 
-def _ends(heldout: Sequence[dict[str, Any]]) -> tuple[dict[int, dict], dict[int, dict]]:
+def ends(heldout: Sequence[dict[str, Any]]) -> tuple[dict[int, dict], dict[int, dict]]:
     """The held-out rows at each run's first and last evaluated step."""
     runs = sorted({int(r["run"]) for r in heldout})
     first = {run: min((r for r in heldout if r["run"] == run), key=lambda r: r["step"]) for run in runs}
@@ -258,7 +258,7 @@ def _pooled(a: dict[int, list[float]], b: dict[int, list[float]] | list[float]) 
 
 
 def finding_3(heldout: Sequence[dict[str, Any]]) -> Finding:
-    first, last = _ends(heldout)
+    first, last = ends(heldout)
     d, ci = _pooled(
         {k: v["prompt_depth_frac"] for k, v in last.items()}, {k: v["prompt_depth_frac"] for k, v in first.items()}
     )
@@ -268,7 +268,7 @@ def finding_3(heldout: Sequence[dict[str, Any]]) -> Finding:
     measured = (
         f"mean depth ℓ/L on {first[min(first)]['n']} held-out prompts, {steps}: "
         + ", ".join(f"{100 * first[k]['depth_frac']:.1f}% → {100 * last[k]['depth_frac']:.1f}%" for k in sorted(first))
-        + f" ({len(per_seed)} seeds); change {100 * m:+.1f} ± {100 * se:.1f} pts (mean ± SE over seeds), "
+        + f" ({_seeds(len(per_seed))}); change {100 * m:+.1f} ± {100 * se:.1f} pts (mean ± SE over seeds), "
         f"per prompt {100 * d:+.1f} pts {_ci(ci)}"
     )
     return Finding("(3) RL lowers mean compute", measured, direction_verdict(d, ci, -1))
@@ -277,7 +277,7 @@ def finding_3(heldout: Sequence[dict[str, Any]]) -> Finding:
 def finding_4(
     heldout: Sequence[dict[str, Any]], heldout_base: dict[str, Any], rl: EvalRecords, base: EvalRecords
 ) -> Finding:
-    _, last = _ends(heldout)
+    _, last = ends(heldout)
     d_held, ci_held = _pooled({k: v["prompt_accuracy"] for k, v in last.items()}, heldout_base["prompt_accuracy"])
     d_eval, ci_eval = _paired(rl, base, "accuracy")
     every = lambda r: list(range(len(r)))
@@ -294,33 +294,40 @@ def finding_4(
     return Finding("(4) accuracy holds (RL vs the base model)", measured, verdict)
 
 
-def finding_5(heldout: Sequence[dict[str, Any]], rl: EvalRecords, sft: EvalRecords) -> Finding:
-    """Coherence through RL: the RL policies against the SFT model they started from, on the same prompts."""
-    first, last = _ends(heldout)
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def finding_5(heldout: Sequence[dict[str, Any]], rl: EvalRecords | None, sft: EvalRecords) -> Finding:
+    """Coherence through RL: the RL policies against the SFT model they started from, on the same prompts
+    (``rl``: the RL model's eval, compared with ``sft``'s on the same items; None: the held-out prompts only)."""
+    first, last = ends(heldout)
     prompts = lambda rows, key: {k: [v or 0.0 for v in r[key]] for k, r in rows.items()}  # distinct-2: None → 0
-    held = {
-        key: _pooled(prompts(last, f"prompt_{key}"), prompts(first, f"prompt_{key}"))
-        for key in ("base_nll", "distinct2")
-    }
-    evals = {"base_nll": _paired(rl, sft, "nll_mean"), "distinct2": _paired(rl, sft, "distinct2_mean")}
+    nll = [_pooled(prompts(last, "prompt_base_nll"), prompts(first, "prompt_base_nll"))]
+    distinct = [_pooled(prompts(last, "prompt_distinct2"), prompts(first, "prompt_distinct2"))]
     step = f"step {first[min(first)]['step']} → {last[min(last)]['step']}"
-    ends = lambda key, fmt: ", ".join(
-        f"{format(first[k][key] or 0, fmt)} → {format(last[k][key] or 0, fmt)}" for k in sorted(first)
-    )
+    path = lambda key: ", ".join(f"{first[k][key] or 0:.2f} → {last[k][key] or 0:.2f}" for k in sorted(first))
     measured = (
-        f"held-out ({first[min(first)]['n']} prompts, {len(first)} seeds, {step}): base-model NLL {ends('base_nll', '.2f')} "
-        f"nats/token, per prompt {held['base_nll'][0]:+.3f} {_ci(held['base_nll'][1], 1, '.3f')}; distinct-2 "
-        f"{ends('distinct2', '.2f')}, per prompt {held['distinct2'][0]:+.3f} {_ci(held['distinct2'][1], 1, '.3f')}; "
-        f"eval ({len(rl)} items) {rl.label} − {sft.label}: NLL {evals['base_nll'][0]:+.3f} "
-        f"{_ci(evals['base_nll'][1], 1, '.3f')}, distinct-2 {evals['distinct2'][0]:+.3f} {_ci(evals['distinct2'][1], 1, '.3f')}"
+        f"held-out ({first[min(first)]['n']} prompts, {_seeds(len(first))}, {step}): base-model NLL "
+        f"{path('base_nll')} nats/token, per prompt {nll[0][0]:+.3f} {_ci(nll[0][1], 1, '.3f')}; distinct-2 "
+        f"{path('distinct2')}, per prompt {distinct[0][0]:+.3f} {_ci(distinct[0][1], 1, '.3f')}"
     )
+    if rl is not None:
+        nll.append(_paired(rl, sft, "nll_mean"))
+        distinct.append(_paired(rl, sft, "distinct2_mean"))
+        measured += (
+            f"; eval ({len(rl)} items) {rl.label} − {sft.label}: NLL {nll[1][0]:+.3f} {_ci(nll[1][1], 1, '.3f')}, "
+            f"distinct-2 {distinct[1][0]:+.3f} {_ci(distinct[1][1], 1, '.3f')}"
+        )
     flip = lambda est, ci: (-est, (-ci[1], -ci[0]))  # NLL: a rise is the harm
     verdict = worst(
-        [no_harm_verdict([flip(*held["base_nll"]), flip(*evals["base_nll"])], COHERENCE_MARGINS["base_nll"])]
-        + [no_harm_verdict([held["distinct2"], evals["distinct2"]], COHERENCE_MARGINS["distinct2"])]
+        [
+            no_harm_verdict([flip(*e) for e in nll], COHERENCE_MARGINS["base_nll"]),
+            no_harm_verdict(distinct, COHERENCE_MARGINS["distinct2"]),
+        ]
     )
     what = "fluency proxies: base-model NLL per token and distinct-2"
-    if all(c is not None for c in rl.coherence + sft.coherence):
+    if rl is not None and all(c is not None for c in rl.coherence + sft.coherence):
         d_coh, ci_coh = _paired(rl, sft, "coherence_mean")
         measured += f"; judge coherence {rl.label} − {sft.label}: {d_coh:+.2f} {_ci(ci_coh, 1, '.2f')}"
         verdict, what = no_harm_verdict([(d_coh, ci_coh)], COHERENCE_MARGINS["coherence"]), "judge's coherence"

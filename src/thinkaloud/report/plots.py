@@ -238,3 +238,38 @@ def plot_rl_dynamics(
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(title)
     return fig
+
+
+def plot_kl_frontier(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None = None) -> Figure:
+    """The trade-off of RL under KL budgets: per budget T (one point each, named in the legend), the change of
+    mean depth ℓ/L from the starting model to the last step against the change of the base model's NLL per
+    token (left) and against the accuracy at the last step (right). ``rows`` carry ``kl_target`` and
+    ``<key>_start``/``<key>_end`` for depth_frac, base_nll and accuracy (``thinkaloud.experiments.demo_rl``);
+    ``base`` the base model's level (dashed)."""
+    fig = Figure(figsize=(10.4, 4.2), layout="constrained")
+    cmap = colormaps["viridis"]
+    rows = sorted(rows, key=lambda r: r["kl_target"])
+    for i, (key, name, scale) in enumerate(
+        (("base_nll", "change of base-model NLL (nats/token)", 1.0), ("accuracy", "accuracy at the last step (%)", 100))
+    ):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for j, r in enumerate(rows):
+            x = 100 * (r["depth_frac_end"] - r["depth_frac_start"])
+            y = r["base_nll_end"] - r["base_nll_start"] if key == "base_nll" else scale * r["accuracy_end"]
+            color = cmap(0.9 * j / max(len(rows) - 1, 1))
+            ax.plot(x, y, "o", color=color, markersize=9, label=f"T = {r['kl_target']:g}")
+        if key == "base_nll":
+            ax.axhline(0.0, color=TARGET_COLOR, linewidth=1.0)
+        else:
+            start = sum(r["accuracy_start"] for r in rows) / max(len(rows), 1)
+            ax.axhline(scale * start, color=TARGET_COLOR, linewidth=1.0, label="starting model (step 0)")
+            if base and base.get("accuracy") is not None:
+                ax.axhline(scale * float(base["accuracy"]), **BASE_STYLE, label="base model")
+        ax.axvline(0.0, color=TARGET_COLOR, linewidth=1.0)
+        ax.set_xlabel("change of mean depth ℓ/L (points; < 0: compute fell)")
+        ax.set_ylabel(name)
+        ax.margins(x=0.2, y=0.2)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle("RL under a KL budget T: compute saved against fluency and accuracy (held-out prompts)")
+    return fig
