@@ -11,7 +11,7 @@ from thinkaloud.hub import DEFAULT_MODEL
 DEMO_TASK = "tom"
 KL_FACTORS = (0.25, 1.0, 4.0)
 RL_LAMBDA = 1.5
-RL_BETA = 0.1  # the starting β, which the KL controller adapts (thinkaloud.train.kl_control)
+RL_BETA = 0.25  # the starting β (the paper's), which the KL controller adapts (train/kl_control.py)
 RL_KL_HORIZON = 2.0  # completions: n/H = 2 with 4 completions a step, so β moves by a factor in [0.6, 1.4] a step
 # The KL budgets T (nats per generated token) and runs per budget. No T gave both (3) and (5) in the pilots
 # (thinkaloud.experiments.demo's docstring), so the demo runs three budgets, one seed each, as a frontier;
