@@ -14,7 +14,15 @@ L, E = 30, [5, 10, 15, 20, 25]
 
 
 def records(
-    label: str, exit_share: float, nll: float, n: int = 24, seed: int = 0, early: int = 5, score: float = 0.5
+    label: str,
+    exit_share: float,
+    nll: float,
+    n: int = 24,
+    seed: int = 0,
+    early: int = 5,
+    score: float = 0.5,
+    distinct2: float = 0.9,
+    coherence: float | None = None,
 ) -> df.EvalRecords:
     """n responses of 20 tokens, each token exiting at ``early`` with probability ``exit_share``."""
     rng = random.Random(seed)
@@ -24,9 +32,10 @@ def records(
         layers,
         [nll + rng.gauss(0, 0.1) for _ in range(n)],
         [float(rng.random() < score) for _ in range(n)],
-        [None] * n,
+        [None if coherence is None else coherence + rng.gauss(0, 0.3) for _ in range(n)],
         L,
         E + [L],
+        [min(1.0, distinct2 + rng.gauss(0, 0.02)) for _ in range(n)],
     )
 
 
@@ -69,13 +78,25 @@ def test_finding_2_compares_with_the_base_models_distance():
     assert df.finding_2(overshoots, base, {1.0: target}).verdict == df.DID_NOT_HOLD
 
 
-def heldout_rows(drop: float, n: int = 8, runs: int = 3, acc_last: float = 0.25) -> list[dict]:
+def heldout_rows(
+    drop: float,
+    n: int = 8,
+    runs: int = 3,
+    acc_last: float = 0.25,
+    nll_rise: float = 0.0,
+    d2_fall: float = 0.0,
+) -> list[dict]:
     rows = []
     for run in range(runs):
         rng = random.Random(run)
         start = [0.95 + rng.gauss(0, 0.01) for _ in range(n)]
-        for step, depths, acc in ((0, start, 0.25), (6, [d - drop + rng.gauss(0, 0.01) for d in start], acc_last)):
+        for step, depths, acc, nll, d2 in (
+            (0, start, 0.25, 1.8, 0.9),
+            (6, [d - drop + rng.gauss(0, 0.01) for d in start], acc_last, 1.8 + nll_rise, 0.9 - d2_fall),
+        ):
             accs = [float(i < round(acc * n)) for i in range(n)]
+            nlls = [nll + rng.gauss(0, 0.05) for _ in range(n)]
+            d2s = [d2 + rng.gauss(0, 0.01) for _ in range(n)]
             rows.append(
                 {
                     "run": run,
@@ -83,8 +104,12 @@ def heldout_rows(drop: float, n: int = 8, runs: int = 3, acc_last: float = 0.25)
                     "n": n,
                     "depth_frac": sum(depths) / n,
                     "accuracy": sum(accs) / n,
+                    "base_nll": sum(nlls) / n,
+                    "distinct2": sum(d2s) / n,
                     "prompt_depth_frac": depths,
                     "prompt_accuracy": accs,
+                    "prompt_base_nll": nlls,
+                    "prompt_distinct2": d2s,
                 }
             )
     return rows
@@ -100,6 +125,43 @@ def test_finding_3_and_4_on_heldout_rows():
     assert df.finding_4(heldout_rows(0.1), base, rl, b).verdict == df.HELD
     collapsed = {**base, "prompt_accuracy": [1.0] * 8, "accuracy": 1.0}  # the base answers all, RL a quarter
     assert df.finding_4(heldout_rows(0.1), collapsed, rl, b).verdict == df.DID_NOT_HOLD
+
+
+def test_finding_5_coherence_through_rl_against_the_sft_model():
+    sft = records("F=1", 0.3, 1.8, score=0.1)
+    same = records("RL", 0.5, 1.8, seed=3, score=0.1)
+    held = df.finding_5(heldout_rows(0.1), same, sft)
+    assert held.verdict == df.HELD and held.finding.startswith("(5) coherence holds through RL")
+    assert "fluency proxies" in held.finding and "3 seeds" in held.measured and "RL − F=1" in held.measured
+    # the text falls apart: the base model's NLL rises by more than a nat on the held-out prompts and the eval
+    broken = df.finding_5(heldout_rows(0.1, nll_rise=1.4, d2_fall=0.4), records("RL", 0.9, 3.2, seed=3), sft)
+    assert broken.verdict == df.DID_NOT_HOLD
+    # distinct-2 alone falling (a loop) is enough; a response with no bigram counts as 0
+    looping = records("RL", 0.5, 1.8, seed=3, distinct2=0.4)
+    assert df.finding_5(heldout_rows(0.1), looping, sft).verdict == df.DID_NOT_HOLD
+    rows = heldout_rows(0.1)
+    for r in rows:
+        if r["step"] == 6:
+            r["prompt_distinct2"] = [None] * 6 + r["prompt_distinct2"][6:]  # empty answers
+    assert df.finding_5(rows, same, sft).verdict == df.DID_NOT_HOLD
+    # the rules of (4): a significant rise, even a small one, did not hold; a rise beyond the margin whose
+    # interval includes 0 is not significant
+    assert df.finding_5(heldout_rows(0.1, nll_rise=0.1), same, sft).verdict == df.DID_NOT_HOLD
+    rows = heldout_rows(0.1)
+    start = {r["run"]: r["prompt_base_nll"] for r in rows if r["step"] == 0}
+    for r in rows:  # +0.3 nats on average, beyond the margin, but +1.8 on half the prompts and −1.2 on the others
+        if r["step"] == 6:
+            r["prompt_base_nll"] = [v + (1.8 if i % 2 else -1.2) for i, v in enumerate(start[r["run"]])]
+    noisy = df.finding_5(rows, same, sft)
+    assert noisy.verdict == df.NOT_SIGNIFICANT and "+0.300 [" in noisy.measured, noisy.measured
+
+
+def test_finding_5_uses_the_judge_when_there_is_one():
+    sft = records("F=1", 0.3, 1.8, coherence=7.0)
+    judged = df.finding_5(heldout_rows(0.1, nll_rise=1.4), records("RL", 0.5, 3.0, seed=3, coherence=7.0), sft)
+    assert judged.verdict == df.HELD and "judge's coherence" in judged.finding and "judge coherence" in judged.measured
+    worse = records("RL", 0.5, 1.8, seed=3, coherence=4.0)
+    assert df.finding_5(heldout_rows(0.1), worse, sft).verdict == df.DID_NOT_HOLD
 
 
 def test_written_findings_become_the_reports_last_section(tmp_path):

@@ -127,11 +127,12 @@ def test_saving_again_keeps_the_card_current(tmp_path):
     with torch.no_grad():
         model.heads.bias.fill_(-1.0)
     (tmp_path / "sft" / "config.yaml").write_text(
-        yaml.safe_dump({"model": "runs/sft", "lam": 1.5, "task": "tom", "steps": 10, "offset": 0.0})
+        yaml.safe_dump({"model": "runs/sft", "lam": 1.5, "task": "tom", "steps": 10, "offset": 0.0, "kl_target": 0.75})
     )
     model.save_pretrained(saved)
     meta, body = split_card((saved / CARD_FILE).read_text())
     assert "rl" in meta["tags"] and "| training stage | rl |" in body and "| rl: lam | 1.5 |" in body
+    assert "| rl: kl_target | 0.75 |" in body  # the KL budget, when RL had one
 
 
 def test_base_model_names_for_the_hub(tmp_path):

@@ -234,7 +234,7 @@ def test_tradeoff_without_coherence_says_so(tmp_path):
     assert "No coherence" in fig.get_suptitle()
 
 
-@pytest.mark.parametrize("coherence_every, n_panels", [(5, 3), (None, 2)])
+@pytest.mark.parametrize("coherence_every, n_panels", [(5, 4), (None, 3)])  # accuracy, depth, (coherence), KL̂
 def test_rl_dynamics_figure(tmp_path, coherence_every, n_panels):
     d = write_rl_dir(tmp_path / "rl", runs=3, steps=12, coherence_every=coherence_every)
     rows = [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()]
@@ -242,14 +242,31 @@ def test_rl_dynamics_figure(tmp_path, coherence_every, n_panels):
     assert len(fig.axes) == n_panels
     ylabels = [ax.get_ylabel() for ax in fig.axes]
     assert ylabels[:2] == ["accuracy", "average compute (mean depth ℓ/L)"]
+    assert ylabels[-1] == "KL̂ to the base (nats/token)"
     for ax in fig.axes:
         assert ax.get_xlabel() == "RL step"
-        assert set(legend_texts(ax)) == {"individual runs (3)", "mean ± 1 SE", "base model"}
-        assert len(ax.lines) >= 3 + 1  # three runs, the mean, the base line
+        with_base = ax is not fig.axes[-1]  # no base level for the KL̂
+        assert set(legend_texts(ax)) == {"individual runs (3)", "mean ± 1 SE"} | (
+            {"base model"} if with_base else set()
+        )
+        assert len(ax.lines) >= 3 + with_base  # three runs, the mean, the base line
     # The mean line of the accuracy panel at step 0 is the mean across runs.
     first = [r["accuracy"] for r in rows if r["step"] == 0]
     mean_line = [line for line in fig.axes[0].lines if line.get_linewidth() == 1.8][0]
     assert mean_line.get_ydata()[0] == pytest.approx(sum(first) / 3)
+
+
+def test_rl_dynamics_figure_shows_beta_the_kl_target_and_degenerate_completions(tmp_path):
+    d = write_rl_dir(tmp_path / "rl", runs=2, steps=6, coherence_every=None)
+    rows = [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.update(beta=0.1 * 1.2 ** r["step"], kl_target=0.5, degenerate=0.1 * r["step"])
+    fig = plot_rl_dynamics(rows)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels[2:] == ["KL̂ to the base (nats/token)", "β (KL weight)", "degenerate completions (share)"]
+    kl_ax, beta_ax = fig.axes[2], fig.axes[3]
+    assert "target T = 0.5" in legend_texts(kl_ax) and beta_ax.get_yscale() == "log"
+    assert fig.axes[0].get_subplotspec().get_geometry()[:2] == (2, 4)  # five panels: two rows of four
 
 
 def test_save_figure_writes_png_and_svg(tmp_path):

@@ -45,6 +45,8 @@ class Scored:
     """(B,) task score in [0, 1] (the logged accuracy)."""
     texts: list[str] | None = None
     """Decoded completions, if the environment decodes (the judge needs them)."""
+    answered: torch.Tensor | None = None
+    """(B,) bool: the task found an answer (with strict extraction: an answer marker), if it extracts answers."""
 
 
 class Env(Protocol):
@@ -86,5 +88,7 @@ class TaskEnv:
             for row, n in zip(out.new_tokens.tolist(), out.lengths.tolist())
         ]
         acc = torch.tensor([self.task.score(p.item, t) for p, t in zip(prompts, texts)])
-        malformed = torch.tensor([float(self.task.extract_answer(t) is None) for t in texts])
-        return Scored(reward=acc - self.format_penalty * malformed, accuracy=acc, texts=texts)
+        answered = torch.tensor([self.task.extract_answer(t) is not None for t in texts])
+        return Scored(
+            reward=acc - self.format_penalty * (~answered).float(), accuracy=acc, texts=texts, answered=answered
+        )

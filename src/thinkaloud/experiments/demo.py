@@ -11,23 +11,48 @@ finds it finished:
    each evaluated on the same test items with the fluency proxies (``thinkaloud.measures.fluency``; judge
    coherence too with ``--judge``), early-exit rate, ALS, accuracy and TV distance of its exit histogram
    to the calibration target at its factor (the target SFT trained towards);
-3. Stage 2 (Figure 2 in kind): RL from the F = 1 model with 3 seeds (``RLConfig.runs = 3``), the held-out
-   evaluation of ``thinkaloud.train.rl_heldout`` at step 0 (the SFT model), mid-way and at the end on
-   fixed test prompts: accuracy, mean compute and the fluency proxy per step, runs, mean ± 1 SE, base dashed;
+3. Stage 2 (Figure 2 in kind): RL from the F = 1 model under KL budgets (``thinkaloud.experiments.demo_rl``),
+   with the held-out evaluation of ``thinkaloud.train.rl_heldout`` at step 0 (the SFT model), mid-way and at
+   the end on fixed test prompts: accuracy, mean compute, the fluency proxies, KL̂, β and degenerate
+   completions per step, base dashed; with several budgets, their frontier;
 4. externalisation: reliance (early answering) and the future lens for the base, SFT (F = 1) and RL
-   (seed 0) models, in their evals;
+   (T = ``RL_EVAL_TARGET``, seed 0) models, in their evals;
 5. the findings (``thinkaloud.experiments.findings``), printed and written with the figures into the report
    (``thinkaloud.experiments.demo_outputs`` writes the Stage-1 table and the findings).
 
-λ and β. On SmolLM2 an exit costs several nats of KL to the base: measured on 233 tokens of greedy base
-completions of ``tom`` train prompts (logit lens, adapter off), per token at exit layers 5/10/15/20/25:
-KL(p_L‖p_ℓ) = 16.7/20.4/19.5/16.6/6.9 nats (the calibration's D; the demo prints it from its own
-calibration) and KL(p_ℓ‖p_L) = 9.0/9.2/8.6/6.6/4.0 nats — the second is what the RL reward's KL̂ (log π −
-log π_ref of a token sampled after an exit) charges. Exiting a token at ℓ instead of L gains λ(L−ℓ)/L
-in the depth term and costs about β·KL(p_ℓ‖p_L); with the paper's λ = 1.5, β = 0.25 that is 0.25 vs
-0.99 nats at layer 25 and 1.25 vs 2.26 at layer 5: the KL term wins everywhere and holds exits back.
-``RL_BETA = 0.02`` keeps λ = 1.5 and makes the exit penalty win at every exit layer with a margin of
-≥ 3× (layer 25: 0.25 vs 0.08; layer 5: 1.25 vs 0.18), while the task reward still pays for answers.
+λ and the KL budget. On SmolLM2 an exit costs several nats of KL to the base. Measured on 233 tokens of
+greedy base completions of ``tom`` train prompts (logit lens, adapter off), per token at exit layers
+5/10/15/20/25: KL(p_L‖p_ℓ) = 16.7/20.4/19.5/16.6/6.9 nats (the calibration's D; the demo prints it from its
+own calibration) and KL(p_ℓ‖p_L) = 9.0/9.2/8.6/6.6/4.0 nats. The second is what the RL reward's KL̂
+(log π − log π_ref of a token sampled after an exit) charges. Exiting at ℓ instead of L gains λ(L−ℓ)/L in the
+depth term and costs about β·KL(p_ℓ‖p_L). With the paper's λ = 1.5 and β = 0.25 that is 0.25 vs 0.99 nats at
+layer 25 and 1.25 vs 2.26 at layer 5, so the KL term holds exits back. The old demo therefore used a fixed
+β = 0.02. Under it RL reached an 86% exit rate, and the text fell apart: base-model NLL 1.9 → 3.2,
+distinct-2 0.73 → 0.39, 0% accuracy in every seed. Now β starts at the paper's 0.25 and adapts every step
+so that the measured KL̂ tracks a budget T (``thinkaloud.train.kl_control``; horizon 2 completions, so β
+moves by a factor between 0.6 and 1.4 a step).
+
+T was chosen from pilots on seeds 1 and 2 (the report's seed is 0), each run through calibrate → SFT at
+F = 1 → 6 RL steps at the FULL sizes. The numbers below are means over the two seeds, on 8 held-out
+prompts, from step 0 to step 6. The base model's NLL is 0.56. The SFT model's own KL̂ is 1.2 nats/token,
+and it already answers none of these prompts within 40 tokens.
+
+=================  ============  ===========  ===========  ==========
+budget             exit rate     base NLL     distinct-2   accuracy
+=================  ============  ===========  ===========  ==========
+β = 0.02 fixed     25% → 57%     1.93 → 3.09  0.87 → 0.66  0% → 0%
+T = 0.75, β₀ 0.1   25% → 38%     1.93 → 2.26  0.87 → 0.82  0% → 0%
+T = 1, β₀ 0.25     25% → 20%     1.93 → 1.58  0.87 → 0.91  0% → 0%
+T = 1.5, β₀ 0.1    25% → 73%     1.93 → 3.55  0.87 → 0.60  0% → 0%
+T = 3, β₀ 0.1      25% → 75%     1.93 → 3.43  0.87 → 0.58  0% → 0%
+=================  ============  ===========  ===========  ==========
+
+No T gave both (3), compute falls, and (5), coherence holds. Below the SFT model's KL̂, β rises and the
+text holds, but compute does not fall. Above it, compute falls only as fast as the text degrades. So the
+demo runs three budgets, one run each, in place of three seeds (``RL_KL_TARGETS``, ``RL_SEEDS = 1``). It
+states (3) and (5) per budget and draws their frontier, and it says which finding fails at each T. One T
+with ``RL_SEEDS = 3`` would state them over three seeds instead. docs/method.md §3.1 has the table with
+the β paths.
 
 Budget: ``make demo`` ≤ 15 minutes on 2 cores; the sizes below (``FULL``) were chosen for that
 (``--quick``: ``QUICK``, ≤ 3 minutes, for CI). The eval's speed baseline (a second generation per
@@ -46,11 +71,15 @@ from rich.console import Console
 from thinkaloud.data.calibrate import CalibrateConfig, calibrate
 from thinkaloud.errors import UserError
 from thinkaloud.eval.run import evaluate
+from thinkaloud.experiments import demo_rl
 from thinkaloud.experiments.demo_config import (
     FULL,
     KL_FACTORS,
     QUICK,
     RL_BETA,
+    RL_EVAL_TARGET,
+    RL_KL_HORIZON,
+    RL_KL_TARGETS,
     RL_LAMBDA,
     RL_SEEDS,
     STAGE1_TITLE,
@@ -61,7 +90,7 @@ from thinkaloud.measures.config import EvalConfig
 from thinkaloud.report.job import ReportConfig, report
 from thinkaloud.report.terminal import sweep_table
 from thinkaloud.train.rl import train_rl
-from thinkaloud.train.rl_config import RLConfig
+from thinkaloud.train.rl_report import read_summaries
 from thinkaloud.train.sft import SFTConfig, train_sft
 
 
@@ -74,6 +103,13 @@ def check_folder(out: Path, config: DemoConfig) -> None:
         "seed": config.seed,
         "quick": config.quick,
         "judge": config.judge,
+        "rl": {
+            "lam": RL_LAMBDA,
+            "beta": RL_BETA,
+            "kl_targets": list(RL_KL_TARGETS),
+            "kl_horizon": RL_KL_HORIZON,
+            "seeds": RL_SEEDS,
+        },
     }
     path = out / "demo.json"
     if path.exists() and (previous := json.loads(path.read_text())) != identity:
@@ -191,47 +227,34 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
             lambda run=run, label=label, f=f: evaluate_model(label, str(run), every if f == 1.0 else ["fluency"]),
         )
 
-    # 3. Stage 2: RL from the F = 1 model, 3 seeds, held-out evaluation every few steps
-    rl = out / "rl"
+    # 3. Stage 2: RL from the F = 1 model under each KL budget, held-out evaluation every few steps
+    rl_dirs = demo_rl.rl_dirs(out)
+    for target, folder in rl_dirs.items():
+        stage(
+            f"RL ({RL_SEEDS} seed(s), λ={RL_LAMBDA:g}, KL budget T={target:g} nats/token from β={RL_BETA:g})",
+            demo_rl.finished(folder),
+            lambda target=target: train_rl(demo_rl.rl_config(out, config, sizes, target, out / _sft_name(1.0))),
+        )
     stage(
-        f"RL ({RL_SEEDS} seeds, λ={RL_LAMBDA:g}, β={RL_BETA:g})",
-        _done(rl, "log.jsonl") and all((rl / f"run-{r}" / "model").exists() for r in range(RL_SEEDS)),
-        lambda: train_rl(
-            RLConfig(
-                model=str(out / _sft_name(1.0)),
-                out=str(rl),
-                task=config.task,
-                lam=RL_LAMBDA,
-                beta=RL_BETA,
-                k=sizes.rl_k,
-                prompts_per_step=sizes.rl_prompts,
-                steps=sizes.rl_steps,
-                runs=RL_SEEDS,
-                seed=config.seed,
-                max_new_tokens=sizes.rl_tokens,
-                base_prompts=0,
-                save_every=sizes.rl_steps,
-                eval_every=sizes.rl_eval_every,
-                eval_n=sizes.rl_eval_n,
-                resume=(rl / "config.yaml").exists(),
-            )
-        ),
+        f"eval RL (T={RL_EVAL_TARGET:g}, seed {config.seed})",
+        _done(out / "eval" / "RL"),
+        lambda: evaluate_model("RL", str(demo_rl.eval_run(out)), every),
     )
-    stage("eval RL (seed 0)", _done(out / "eval" / "RL"), lambda: evaluate_model("RL", str(rl / "run-0"), every))
 
     # 4. Stage-1 table, findings, report
     labels = ["base"] + [f"F={f:g}" for f in KL_FACTORS] + ["RL"]
     records = {label: df.EvalRecords.read(label, out / "eval" / label) for label in labels}
     stage1 = write_stage1(out / "stage1", records, targets)
     findings_dir = out / "findings"
-    findings = write_demo_findings(findings_dir, records, targets, rl, L, config)
+    findings = write_demo_findings(findings_dir, records, targets, rl_dirs, L, config)
     report_dir = out / "report"
     stage(
         "report",
         False,
         lambda: report(
             ReportConfig(
-                dirs=[str(out / "eval" / label) for label in labels] + [str(stage1), str(rl), str(findings_dir)],
+                dirs=[str(out / "eval" / label) for label in labels]
+                + [str(stage1), *map(str, rl_dirs.values()), str(findings_dir)],
                 out=str(report_dir),
             )
         ),
@@ -240,6 +263,13 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
     console.print(sweep_table(json.loads((stage1 / "sweep.json").read_text())["rows"], title=STAGE1_TITLE))
     console.rule("[bold]Findings")
     console.print(df.findings_block(findings), highlight=False)
+    for target, folder in rl_dirs.items():  # a collapsed policy is said, not saved as if nothing happened
+        for entry in read_summaries(folder):
+            if entry["collapse"]:
+                console.print(
+                    f"[bold red]RL at T={target:g}, run {entry['run']}: {entry['collapse']['message']}.[/]",
+                    highlight=False,
+                )
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     console.print(

@@ -11,7 +11,16 @@ import torch
 from rich.table import Table
 
 from thinkaloud.data.calibrate import load_calibration
-from thinkaloud.experiments.demo_config import KL_FACTORS, RL_BETA, RL_LAMBDA, RL_SEEDS, DemoConfig
+from thinkaloud.experiments import demo_rl
+from thinkaloud.experiments.demo_config import (
+    KL_FACTORS,
+    RL_BETA,
+    RL_EVAL_TARGET,
+    RL_KL_HORIZON,
+    RL_LAMBDA,
+    RL_SEEDS,
+    DemoConfig,
+)
 from thinkaloud.io import atomic_write_json
 
 # ---------------------------------------------------------------------------------------------------
@@ -39,7 +48,13 @@ def kl_cost_table(calib: Path) -> Table:
         "tokens): depth gain λ(L−ℓ)/L against KL cost β·D (D = KL(p_L‖p_ℓ), an upper proxy of "
         "the reward's KL̂)"
     )
-    for col in ("exit layer", "D (nats)", f"gain λ={RL_LAMBDA:g}", "cost β=0.25 (paper)", f"cost β={RL_BETA:g} (demo)"):
+    for col in (
+        "exit layer",
+        "D (nats)",
+        f"gain λ={RL_LAMBDA:g}",
+        "cost β=0.25 (paper)",
+        f"cost β={RL_BETA:g} (demo's start)",
+    ):
         table.add_column(col, justify="right")
     for layer, d in zip(E, kl.tolist()):
         table.add_row(
@@ -86,24 +101,39 @@ def write_stage1(folder: Path, records: dict, targets: dict[float, dict[int, flo
 
 
 def write_demo_findings(
-    folder: Path, records: dict, targets: dict[float, dict[int, float]], rl: Path, L: int, config: DemoConfig
+    folder: Path,
+    records: dict,
+    targets: dict[float, dict[int, float]],
+    rl_dirs: dict[float, Path],
+    L: int,
+    config: DemoConfig,
 ) -> list:
-    """Compute the four findings, draw their figures and write ``folder/findings.json``."""
+    """Compute the five findings, draw their figures and write ``folder/findings.json``."""
     from thinkaloud.experiments import findings as df
     from thinkaloud.report.measure_plots import plot_fluency_distributions
-    from thinkaloud.report.plots import plot_exit_histogram, save_figure
-    from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FILE
+    from thinkaloud.report.plots import plot_exit_histogram, plot_kl_frontier, save_figure
+    from thinkaloud.train.rl_report import read_summaries
 
     by_factor = {f: records[f"F={f:g}"] for f in KL_FACTORS}
-    heldout = [json.loads(line) for line in (rl / HELDOUT_FILE).read_text().splitlines() if line.strip()]
-    heldout_base = json.loads((rl / HELDOUT_BASE_FILE).read_text())
+    held_n = demo_rl.heldout(rl_dirs[RL_EVAL_TARGET])[0][0]["n"]
     findings = [
         *df.finding_1(by_factor),
         df.finding_2(by_factor, records["base"], targets),
-        df.finding_3(heldout),
-        df.finding_4(heldout, heldout_base, records["RL"], records["base"]),
+        *demo_rl.rl_findings(rl_dirs, records),
     ]
+    frontier = demo_rl.frontier_rows(rl_dirs)
     figures = []
+    if len(frontier) > 1:
+        base = demo_rl.heldout(rl_dirs[RL_EVAL_TARGET])[1]
+        save_figure(plot_kl_frontier(frontier, base), folder / "figures" / "kl_frontier")
+        figures.append(
+            {
+                "file": "figures/kl_frontier",
+                "caption": "The KL budget's trade-off: per T, the change of mean depth on the held-out prompts "
+                "(step 0 = the SFT model → last RL step) against the change of the base model's NLL per token, "
+                "and the held-out accuracy at the last step (dashed: the base model)",
+            }
+        )
     fig = plot_fluency_distributions({k: [v for v in r.nll if v is not None] for k, r in records.items()})
     save_figure(fig, folder / "figures" / "fluency_distribution")
     figures.append(
@@ -127,17 +157,29 @@ def write_demo_findings(
         )
     notes = [
         f"Model {config.model}, task {config.task}, seed {config.seed}; {len(records['base'])} test items per eval, "
-        f"{heldout[0]['n']} fixed held-out test prompts in RL ({RL_SEEDS} seeds, λ={RL_LAMBDA:g}, β={RL_BETA:g}).",
+        f"{held_n} fixed held-out test prompts in RL (λ={RL_LAMBDA:g}; KL budgets T = "
+        f"{', '.join(f'{t:g}' for t in rl_dirs)} nats/token, {RL_SEEDS} seed(s) each: β adapted every step from "
+        f"{RL_BETA:g}, horizon {RL_KL_HORIZON:g} completions; the RL model evaluated on the test items is the "
+        f"first run at T={RL_EVAL_TARGET:g}).",
         "Uncertainty: 95% bootstrap intervals over items (paired across models on the same items; RL seeds "
         "pooled, prompts resampled). Verdict: held = the claimed direction with an interval excluding 0; not "
         "significant = the direction, interval includes 0; did not hold = the other direction. (4) is a claim "
         f"of no harm: did not hold = an interval entirely below 0; not significant = a drop of more than "
-        f"{100 * df.ACCURACY_MARGIN:.0f} points whose interval includes 0.",
+        f"{100 * df.ACCURACY_MARGIN:.0f} points whose interval includes 0. (5) is one too, per measure in its worse "
+        f"direction, with margins {df.COHERENCE_MARGINS['base_nll']:g} nats/token (NLL), "
+        f"{df.COHERENCE_MARGINS['distinct2']:g} (distinct-2) and {df.COHERENCE_MARGINS['coherence']:g} (judge).",
         "TV distances compare each model's exit histogram on the test responses with the calibration target "
         "at its KL factor (mean q* over the base model's train-split rollouts); the base model never exits.",
         "Fluency proxies are not coherence: the base-model NLL also rises for correct text in an unusual style.",
     ]
+    notes += [
+        f"RL at T={t:g}, run {e['run']}: {e['collapse']['message']}."
+        for t, d in rl_dirs.items()
+        for e in read_summaries(d)
+        if e["collapse"]
+    ]
+    tables = [demo_rl.frontier_table(frontier)]
     df.write_findings(
-        folder, f"Findings: the paper's claims on {config.model} ({config.task})", findings, notes, [], figures
+        folder, f"Findings: the paper's claims on {config.model} ({config.task})", findings, notes, tables, figures
     )
     return findings

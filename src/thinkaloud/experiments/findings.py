@@ -11,7 +11,12 @@ calibration targets and the RL folder's held-out log (``thinkaloud.train.rl_held
 3. RL lowers mean compute: the mean depth ℓ/L on the fixed held-out prompts is lower at the last RL
    step than at step 0 (the SFT model), over the three seeds;
 4. accuracy holds: the RL policies' held-out accuracy is not significantly below the base model's on
-   the same prompts, and neither is the final RL model's eval accuracy.
+   the same prompts, and neither is the final RL model's eval accuracy;
+5. coherence holds through RL: against the SFT model RL started from, on the same prompts — the held-out
+   prompts at the last step against step 0 (seeds pooled) and the RL model's eval against the F = 1 eval
+   — the judge's coherence does not fall when a judge is configured; otherwise neither fluency proxy
+   worsens: the base-model NLL per token does not rise and distinct-2 does not fall (a response too
+   short for a bigram counts as distinct-2 = 0). The paper's third claim for Stage 2 (Figure 2).
 
 Uncertainty: 95% percentile-bootstrap intervals (``BOOTSTRAP`` resamples, fixed seed) over items —
 paired where two models answered the same items (the evals share their items; the held-out prompts
@@ -21,7 +26,8 @@ direction and its interval excludes 0, "not significant" when it has the directi
 includes 0, "did not hold" otherwise; for (4), a claim of no harm: "did not hold" when an interval
 lies entirely below 0, "not significant" when an estimate falls by more than ``ACCURACY_MARGIN`` with an
 interval that includes 0 or when the base model answers nothing correctly (nothing to hold), "held"
-otherwise. Small samples (tens of items, three seeds) give wide
+otherwise; (5) is a claim of no harm too, with the same rule on each measure in its worse direction and
+``COHERENCE_MARGINS`` in place of the accuracy margin. Small samples (tens of items, three seeds) give wide
 intervals: "not significant" is common and says only that.
 """
 
@@ -39,6 +45,8 @@ from thinkaloud.measures.metrics import tv_distance
 
 BOOTSTRAP = 2000
 ACCURACY_MARGIN = 0.05
+COHERENCE_MARGINS = {"base_nll": 0.25, "distinct2": 0.05, "coherence": 0.5}
+"""Worsening tolerated by (5) before "not significant": nats/token, share of distinct bigrams, judge points."""
 HELD, NOT_SIGNIFICANT, DID_NOT_HOLD = "held", "not significant", "did not hold"
 
 
@@ -75,10 +83,15 @@ def direction_verdict(estimate: float, ci: tuple[float, float], sign: int) -> st
     return HELD if sign * ci[0] > 0 and sign * ci[1] > 0 else NOT_SIGNIFICANT
 
 
-def no_harm_verdict(estimates: Sequence[tuple[float, tuple[float, float]]]) -> str:
+def no_harm_verdict(estimates: Sequence[tuple[float, tuple[float, float]]], margin: float = ACCURACY_MARGIN) -> str:
+    """Estimates with intervals, oriented so that below 0 is harm."""
     if any(hi < 0 for _, (_, hi) in estimates):
         return DID_NOT_HOLD
-    return NOT_SIGNIFICANT if any(est < -ACCURACY_MARGIN for est, _ in estimates) else HELD
+    return NOT_SIGNIFICANT if any(est < -margin for est, _ in estimates) else HELD
+
+
+def worst(verdicts: Sequence[str]) -> str:
+    return DID_NOT_HOLD if DID_NOT_HOLD in verdicts else NOT_SIGNIFICANT if NOT_SIGNIFICANT in verdicts else HELD
 
 
 def _ci(ci: tuple[float, float], scale: float = 100, fmt: str = ".1f") -> str:
@@ -98,6 +111,7 @@ class EvalRecords:
     coherence: list[float | None]
     num_layers: int
     exit_support: list[int]
+    distinct2: list[float | None] | None = None  # distinct-2 of each response (None: too short, or not measured)
 
     @classmethod
     def read(cls, label: str, d: Path) -> EvalRecords:
@@ -111,6 +125,7 @@ class EvalRecords:
             [(r.get("judge") or {}).get("overall") for r in recs],
             int(summary["num_layers"]),
             list(summary["exit_layers"]) + [int(summary["num_layers"])],
+            [(r.get("fluency") or {}).get("distinct2") for r in recs],
         )
 
     def exit_rate(self, idx: Sequence[int]) -> float:
@@ -130,6 +145,14 @@ class EvalRecords:
     def hist(self, idx: Sequence[int]) -> dict[int, float]:
         tokens = [x for i in idx for x in self.exit_layers[i]]
         return {ly: sum(x == ly for x in tokens) / max(len(tokens), 1) for ly in self.exit_support}
+
+    def distinct2_mean(self, idx: Sequence[int]) -> float:
+        """Mean distinct-2 over the responses, a response too short for a bigram counting as 0."""
+        values = self.distinct2 or [None] * len(self)
+        return sum(values[i] or 0.0 for i in idx) / max(len(idx), 1)
+
+    def coherence_mean(self, idx: Sequence[int]) -> float:
+        return sum(c for i in idx if (c := self.coherence[i]) is not None) / max(len(idx), 1)
 
     def accuracy(self, idx: Sequence[int]) -> float:
         return sum(self.scores[i] for i in idx) / max(len(idx), 1)
@@ -211,13 +234,13 @@ def finding_2(
         tv_base = tv_distance(base.hist(range(len(base))), target)
         parts.append(f"F={f:g}: TV {tv:.3f} {_ci(ci, 1, '.3f')} vs base {tv_base:.3f}")
         verdicts.append(direction_verdict(tv_base - tv, (tv_base - ci[1], tv_base - ci[0]), +1))
-    verdict = DID_NOT_HOLD if DID_NOT_HOLD in verdicts else NOT_SIGNIFICANT if NOT_SIGNIFICANT in verdicts else HELD
+    verdict = worst(verdicts)
     return Finding(
         "(2) the learned exit histogram follows its target (TV trained < TV base)", "; ".join(parts), verdict
     )
 
 
-def _ends(heldout: Sequence[dict[str, Any]]) -> tuple[dict[int, dict], dict[int, dict]]:
+def ends(heldout: Sequence[dict[str, Any]]) -> tuple[dict[int, dict], dict[int, dict]]:
     """The held-out rows at each run's first and last evaluated step."""
     runs = sorted({int(r["run"]) for r in heldout})
     first = {run: min((r for r in heldout if r["run"] == run), key=lambda r: r["step"]) for run in runs}
@@ -235,7 +258,7 @@ def _pooled(a: dict[int, list[float]], b: dict[int, list[float]] | list[float]) 
 
 
 def finding_3(heldout: Sequence[dict[str, Any]]) -> Finding:
-    first, last = _ends(heldout)
+    first, last = ends(heldout)
     d, ci = _pooled(
         {k: v["prompt_depth_frac"] for k, v in last.items()}, {k: v["prompt_depth_frac"] for k, v in first.items()}
     )
@@ -245,7 +268,7 @@ def finding_3(heldout: Sequence[dict[str, Any]]) -> Finding:
     measured = (
         f"mean depth ℓ/L on {first[min(first)]['n']} held-out prompts, {steps}: "
         + ", ".join(f"{100 * first[k]['depth_frac']:.1f}% → {100 * last[k]['depth_frac']:.1f}%" for k in sorted(first))
-        + f" ({len(per_seed)} seeds); change {100 * m:+.1f} ± {100 * se:.1f} pts (mean ± SE over seeds), "
+        + f" ({_seeds(len(per_seed))}); change {100 * m:+.1f} ± {100 * se:.1f} pts (mean ± SE over seeds), "
         f"per prompt {100 * d:+.1f} pts {_ci(ci)}"
     )
     return Finding("(3) RL lowers mean compute", measured, direction_verdict(d, ci, -1))
@@ -254,7 +277,7 @@ def finding_3(heldout: Sequence[dict[str, Any]]) -> Finding:
 def finding_4(
     heldout: Sequence[dict[str, Any]], heldout_base: dict[str, Any], rl: EvalRecords, base: EvalRecords
 ) -> Finding:
-    _, last = _ends(heldout)
+    _, last = ends(heldout)
     d_held, ci_held = _pooled({k: v["prompt_accuracy"] for k, v in last.items()}, heldout_base["prompt_accuracy"])
     d_eval, ci_eval = _paired(rl, base, "accuracy")
     every = lambda r: list(range(len(r)))
@@ -269,6 +292,46 @@ def finding_4(
     if not any(heldout_base["prompt_accuracy"]) and not any(base.scores):
         verdict, measured = NOT_SIGNIFICANT, measured + "; no signal: the base model answered none correctly"
     return Finding("(4) accuracy holds (RL vs the base model)", measured, verdict)
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def finding_5(heldout: Sequence[dict[str, Any]], rl: EvalRecords | None, sft: EvalRecords) -> Finding:
+    """Coherence through RL: the RL policies against the SFT model they started from, on the same prompts
+    (``rl``: the RL model's eval, compared with ``sft``'s on the same items; None: the held-out prompts only)."""
+    first, last = ends(heldout)
+    prompts = lambda rows, key: {k: [v or 0.0 for v in r[key]] for k, r in rows.items()}  # distinct-2: None → 0
+    nll = [_pooled(prompts(last, "prompt_base_nll"), prompts(first, "prompt_base_nll"))]
+    distinct = [_pooled(prompts(last, "prompt_distinct2"), prompts(first, "prompt_distinct2"))]
+    step = f"step {first[min(first)]['step']} → {last[min(last)]['step']}"
+    path = lambda key: ", ".join(f"{first[k][key] or 0:.2f} → {last[k][key] or 0:.2f}" for k in sorted(first))
+    measured = (
+        f"held-out ({first[min(first)]['n']} prompts, {_seeds(len(first))}, {step}): base-model NLL "
+        f"{path('base_nll')} nats/token, per prompt {nll[0][0]:+.3f} {_ci(nll[0][1], 1, '.3f')}; distinct-2 "
+        f"{path('distinct2')}, per prompt {distinct[0][0]:+.3f} {_ci(distinct[0][1], 1, '.3f')}"
+    )
+    if rl is not None:
+        nll.append(_paired(rl, sft, "nll_mean"))
+        distinct.append(_paired(rl, sft, "distinct2_mean"))
+        measured += (
+            f"; eval ({len(rl)} items) {rl.label} − {sft.label}: NLL {nll[1][0]:+.3f} {_ci(nll[1][1], 1, '.3f')}, "
+            f"distinct-2 {distinct[1][0]:+.3f} {_ci(distinct[1][1], 1, '.3f')}"
+        )
+    flip = lambda est, ci: (-est, (-ci[1], -ci[0]))  # NLL: a rise is the harm
+    verdict = worst(
+        [
+            no_harm_verdict([flip(*e) for e in nll], COHERENCE_MARGINS["base_nll"]),
+            no_harm_verdict(distinct, COHERENCE_MARGINS["distinct2"]),
+        ]
+    )
+    what = "fluency proxies: base-model NLL per token and distinct-2"
+    if rl is not None and all(c is not None for c in rl.coherence + sft.coherence):
+        d_coh, ci_coh = _paired(rl, sft, "coherence_mean")
+        measured += f"; judge coherence {rl.label} − {sft.label}: {d_coh:+.2f} {_ci(ci_coh, 1, '.2f')}"
+        verdict, what = no_harm_verdict([(d_coh, ci_coh)], COHERENCE_MARGINS["coherence"]), "judge's coherence"
+    return Finding(f"(5) coherence holds through RL (RL vs the SFT model it started from; {what})", measured, verdict)
 
 
 def findings_block(findings: Sequence[Finding]) -> str:

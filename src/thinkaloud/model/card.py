@@ -54,6 +54,8 @@ RL_KEYS = (
     "task",
     "lam",
     "beta",
+    "kl_target",
+    "kl_horizon",
     "k",
     "prompts_per_step",
     "steps",

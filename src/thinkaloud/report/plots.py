@@ -172,23 +172,32 @@ def _mean_se(values: Sequence[float]) -> tuple[float, float]:
 def plot_rl_dynamics(
     log_rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None = None, title: str = "RL dynamics"
 ) -> Figure:
-    """Accuracy, average compute (mean depth fraction), the fluency proxy (base-model NLL per token, if
-    logged) and coherence (if logged) per RL step.
+    """Accuracy, average compute (mean depth fraction) and, where logged, the fluency proxies (base-model
+    NLL per token, distinct-2), coherence, KL̂ to the base with its target, β, and the share of
+    degenerate completions per RL step; four panels a row.
 
     Each run is a thin light line; the mean across runs at each step carries ±1 SE error bars (SE =
-    sample std / √runs); the base model's level (``base``) is a dashed horizontal line.
+    sample std / √runs); the base model's level (``base``) and the KL target are dashed horizontal lines.
     """
     panels = [("accuracy", "accuracy"), ("depth_frac", "average compute (mean depth ℓ/L)")]
-    if any(r.get("base_nll") is not None for r in log_rows):
-        panels.append(("base_nll", "fluency proxy (base-model NLL, nats/token)"))
-    if any(r.get("coherence") is not None for r in log_rows):
-        panels.append(("coherence", "coherence (mean overall score)"))
+    optional = [
+        ("base_nll", "fluency proxy (base-model NLL, nats/token)"),
+        ("distinct2", "fluency proxy (distinct-2)"),
+        ("coherence", "coherence (mean overall score)"),
+        ("kl", "KL̂ to the base (nats/token)"),
+        ("beta", "β (KL weight)"),
+        ("degenerate", "degenerate completions (share)"),
+    ]
+    panels += [(key, name) for key, name in optional if any(r.get(key) is not None for r in log_rows)]
+    targets = {float(r["kl_target"]) for r in log_rows if r.get("kl_target") is not None}
     runs: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     for row in log_rows:
         runs[int(row.get("run", 0))].append(row)
-    fig = Figure(figsize=(4.6 * len(panels), 3.8), layout="constrained")
+    cols = min(4, len(panels))
+    grid = (math.ceil(len(panels) / cols), cols)
+    fig = Figure(figsize=(4.6 * cols, 3.8 * grid[0]), layout="constrained")
     for i, (key, name) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax = fig.add_subplot(*grid, i + 1)
         by_step: dict[int, list[float]] = defaultdict(list)
         for j, (_, rows) in enumerate(sorted(runs.items())):
             points = sorted((int(r["step"]), float(r[key])) for r in rows if r.get(key) is not None)
@@ -217,10 +226,50 @@ def plot_rl_dynamics(
             )
         if base and base.get(key) is not None:
             ax.axhline(float(base[key]), **BASE_STYLE, label="base model")
+        if key == "kl":
+            for t in sorted(targets):
+                ax.axhline(t, color="#b2182b", linestyle=":", linewidth=1.2, label=f"target T = {t:g}")
+        if key == "beta" and steps and min(v for s in steps for v in by_step[s]) > 0:
+            ax.set_yscale("log")
         ax.set_xlabel("RL step")
         ax.set_ylabel(name)
         ax.set_title(name.split(" (")[0].capitalize())
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(title)
+    return fig
+
+
+def plot_kl_frontier(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None = None) -> Figure:
+    """The trade-off of RL under KL budgets: per budget T (one point each, named in the legend), the change of
+    mean depth ℓ/L from the starting model to the last step against the change of the base model's NLL per
+    token (left) and against the accuracy at the last step (right). ``rows`` carry ``kl_target`` and
+    ``<key>_start``/``<key>_end`` for depth_frac, base_nll and accuracy (``thinkaloud.experiments.demo_rl``);
+    ``base`` the base model's level (dashed)."""
+    fig = Figure(figsize=(10.4, 4.2), layout="constrained")
+    cmap = colormaps["viridis"]
+    rows = sorted(rows, key=lambda r: r["kl_target"])
+    for i, (key, name, scale) in enumerate(
+        (("base_nll", "change of base-model NLL (nats/token)", 1.0), ("accuracy", "accuracy at the last step (%)", 100))
+    ):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for j, r in enumerate(rows):
+            x = 100 * (r["depth_frac_end"] - r["depth_frac_start"])
+            y = r["base_nll_end"] - r["base_nll_start"] if key == "base_nll" else scale * r["accuracy_end"]
+            color = cmap(0.9 * j / max(len(rows) - 1, 1))
+            ax.plot(x, y, "o", color=color, markersize=9, label=f"T = {r['kl_target']:g}")
+        if key == "base_nll":
+            ax.axhline(0.0, color=TARGET_COLOR, linewidth=1.0)
+        else:
+            start = sum(r["accuracy_start"] for r in rows) / max(len(rows), 1)
+            ax.axhline(scale * start, color=TARGET_COLOR, linewidth=1.0, label="starting model (step 0)")
+            if base and base.get("accuracy") is not None:
+                ax.axhline(scale * float(base["accuracy"]), **BASE_STYLE, label="base model")
+        ax.axvline(0.0, color=TARGET_COLOR, linewidth=1.0)
+        ax.set_xlabel("change of mean depth ℓ/L (points; < 0: compute fell)")
+        ax.set_ylabel(name)
+        ax.margins(x=0.2, y=0.2)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    fig.suptitle("RL under a KL budget T: compute saved against fluency and accuracy (held-out prompts)")
     return fig

@@ -105,7 +105,8 @@ def _rl_section(b: _Builder, d: Path, index: int) -> None:
     log = _read_jsonl(d / "log.jsonl")
     base = json.loads((d / "base.json").read_text()) if (d / "base.json").is_file() else None
     sec = Section(f"RL: {d.name}")
-    keys = ["reward", "accuracy", "depth_frac", "als", "early_exit_rate", "kl", "length", "base_nll", "coherence"]
+    keys = ["reward", "accuracy", "depth_frac", "als", "early_exit_rate", "kl", "beta", "length", "base_nll"]
+    keys += ["degenerate", "coherence"]
     runs = sorted({int(r.get("run", 0)) for r in log})
     table = [[end] + [_rl_cell(log, k, first=end == "first") for k in keys] for end in ("first", "last")]
     if base:
@@ -121,13 +122,18 @@ def _rl_section(b: _Builder, d: Path, index: int) -> None:
         )
     )
     sec.blocks.append(("table", ([""] + keys, table)))
+    summary = d / "rl_summary.json"  # thinkaloud.train.rl_report: per run, whether its policy collapsed
+    for entry in json.loads(summary.read_text())["runs"] if summary.is_file() else []:
+        if entry.get("collapse"):
+            sec.blocks.append(("text", f"Warning: run {entry['run']}: {entry['collapse']['message']}."))
     if log:
         b.figure(
             sec,
             plots.plot_rl_dynamics(log, base),
             f"rl_dynamics_{index:02d}_{_slug(d.name)}",
             "Training batches: accuracy, average compute, fluency proxy (base-model NLL of the sampled "
-            "completions) and coherence if judged, per RL step (thin: runs; thick: mean ± 1 SE; dashed: base)",
+            "completions), coherence if judged, KL̂ to the base (dotted: its target, if any), β and the share of "
+            "degenerate completions, per RL step (thin: runs; thick: mean ± 1 SE; dashed: base)",
         )
     heldout = _read_jsonl(d / "heldout.jsonl") if (d / "heldout.jsonl").is_file() else []
     if heldout:
@@ -139,7 +145,8 @@ def _rl_section(b: _Builder, d: Path, index: int) -> None:
             ),
             f"rl_heldout_{index:02d}_{_slug(d.name)}",
             f"Held-out prompts ({heldout[0].get('n', '?')} fixed prompts, greedy tokens, exits sampled; step 0 "
-            "= the starting model): accuracy, average compute and fluency proxy per evaluated step",
+            "= the starting model): accuracy, average compute, fluency proxies and the share of degenerate "
+            "responses per evaluated step",
         )
     b.sections.append(sec)
 

@@ -21,7 +21,9 @@ round-off; every step logs the largest difference as ``logprob_err`` and warns w
 The reference model is the same weights with the adapter disabled and no exits (``offset = −inf``):
 no second copy of the model is held. The KL term is the token part of the divergence (see
 ``thinkaloud.train.rloo``: the reference never exits, so the KL of the joint (exit, token) policy would
-be infinite). It is part of the reward (no gradient through it), as in RLOO.
+be infinite). It is part of the reward (no gradient through it), as in RLOO. Its weight β is fixed (``beta``) or, with
+``kl_target``, adapted after every step so that the measured KL̂ tracks a budget (``thinkaloud.train.kl_control``,
+Ziegler et al. 2019); the log records each step's β.
 
 Departures and choices, all deliberate:
 - the task score is the task's scorer in [0, 1] (reasoning-gym gives partial credit), with strict
@@ -38,6 +40,9 @@ Each step also logs ``base_nll``, the fluency proxy (``thinkaloud.measures.fluen
 negative log-likelihood per token of the step's sampled completions, minus the mean of the reference
 log-probabilities the KL term already computed (no extra pass). With ``eval_every`` each run is also
 evaluated on a fixed set of held-out prompts at step 0 and every few steps (``thinkaloud.train.rl_heldout``).
+Degenerate completions (empty, one repeated token, no answer) are counted every step; a run whose policy
+collapses (mostly degenerate for several consecutive steps, ``thinkaloud.train.degenerate``) says so on the
+terminal and in ``rl_summary.json``; its model is still saved, for inspection.
 
 The environment (prompt stream and scorer) is ``thinkaloud.data.env``; the output folder, merged log,
 figure and step table are ``thinkaloud.train.rl_report``. With ``--resume`` a run continues from its
@@ -67,6 +72,8 @@ from thinkaloud.data.env import Env, Prompt, Scored, TaskEnv
 from thinkaloud.data.task import check_disjoint
 from thinkaloud.errors import DataError, as_user_errors
 from thinkaloud.io import atomic_write_json, atomic_write_text
+from thinkaloud.model.generate import _stop_ids as stop_ids
+from thinkaloud.train import degenerate
 from thinkaloud.train.common import (
     JsonlLog,
     latest_checkpoint,
@@ -76,6 +83,7 @@ from thinkaloud.train.common import (
     save_checkpoint,
     set_seed,
 )
+from thinkaloud.train.kl_control import KLController
 from thinkaloud.train.rl_config import RLConfig
 from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FILE, evaluate_heldout_base, log_heldout
 from thinkaloud.train.rl_report import (
@@ -84,10 +92,12 @@ from thinkaloud.train.rl_report import (
     LOG_FILE,
     format_row,
     print_table,
+    read_summaries,
     run_dir,
     step_row,
     step_table,
     write_outputs,
+    write_run_summary,
 )
 from thinkaloud.train.rloo import completion_rewards, depth_fraction, kl_estimate, policy_loss, rloo_advantages
 from thinkaloud.train.rollouts import policy_logprobs, reference_logprobs, sample_rollouts
@@ -124,18 +134,20 @@ def rl_run(ctx: _Context, run: int) -> None:
     model = ctx.make_model().eval()  # eval mode throughout: LoRA dropout off, so training is exactly on-policy
     optimizer = make_optimizer(model, head_lr=cfg.head_lr, lora_lr=cfg.lora_lr)
     start = 0
+    kl_control = KLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)  # a fixed β without a target
     if acc.is_main_process:
         remove_stale_temporaries(folder)  # of a run killed while writing a checkpoint
     checkpoint = latest_checkpoint(folder) if cfg.resume else None
     if checkpoint is not None:
-        start = load_checkpoint(checkpoint, model, optimizer)["step"]
+        state = load_checkpoint(checkpoint, model, optimizer)
+        start, kl_control.beta = state["step"], state["extra"].get("beta", cfg.beta)
         if acc.is_main_process:
             ctx.console.print(f"run {run}: resumed from {checkpoint} (step {start})")
     if start >= cfg.steps and (folder / MODEL_DIR).exists():
         return
     model, optimizer = acc.prepare(model, optimizer)
     policy = acc.unwrap_model(model)
-    L = policy.num_layers
+    L, stops = policy.num_layers, set(stop_ids(policy, ctx.env.stop_token_ids))
     log = JsonlLog(folder / LOG_FILE, resume_step=start if cfg.resume else None) if acc.is_main_process else None
     # held-out rows of step s are written before checkpoint s: keep those up to the checkpoint (none without)
     heldout_log = (
@@ -162,7 +174,8 @@ def rl_run(ctx: _Context, run: int) -> None:
         depth = depth_fraction(out.exit_layers, mask, L)  # (B,)
         ref_lp = reference_logprobs(policy, out)  # (B, N), also the fluency proxy: base NLL = −mean
         kl = kl_estimate(out.token_logprobs, ref_lp, mask)  # (B,)
-        rewards = completion_rewards(scored.reward.to(depth.device), depth, kl, cfg.lam, cfg.beta)  # (B,)
+        beta = kl_control.beta  # this step's β: the controller sees the step's KL̂ after the rewards
+        rewards = completion_rewards(scored.reward.to(depth.device), depth, kl, cfg.lam, beta)  # (B,)
         advantages = rloo_advantages(rewards.view(P, K), cfg.normalize_advantages).flatten()  # (B,)
         # update: recompute the log-probs teacher-forced (they equal the sampled ones), one AdamW step
         token_lp, exit_lp = policy_logprobs(model, out, cfg.offset)  # (B, N) each
@@ -183,7 +196,10 @@ def rl_run(ctx: _Context, run: int) -> None:
                 stacklevel=2,
             )
             warned = True
-        row = step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err, ref_lp)
+        bad = degenerate.counts(out, stops, scored.texts, scored.answered)
+        row = step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err, ref_lp, bad)
+        row.update(beta=beta, kl_target=cfg.kl_target)
+        kl_control.update(row["kl"], int(row["completions"]))  # the step's KL̂ and completions, over all processes
         row["coherence"] = _coherence(ctx, rows, scored) if step % cfg.judge_every == 0 else None
         row["seconds"] = round(time.perf_counter() - t0, 3)
         if log is not None:  # the main process
@@ -194,7 +210,7 @@ def rl_run(ctx: _Context, run: int) -> None:
         if step % cfg.save_every == 0 or step == cfg.steps:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                save_checkpoint(folder, step, policy, optimizer, extra={"run": run})
+                save_checkpoint(folder, step, policy, optimizer, extra={"run": run, "beta": kl_control.beta})
                 write_outputs(ctx.out, cfg.runs, figure=False)
         if ctx.on_step is not None:
             ctx.on_step(run, step, row)
@@ -202,6 +218,7 @@ def rl_run(ctx: _Context, run: int) -> None:
     acc.wait_for_everyone()
     if acc.is_main_process:
         policy.save_pretrained(folder / MODEL_DIR)
+        write_run_summary(folder, run, cfg.steps, kl_control.beta)  # says whether the policy collapsed
     trackers.end()
     acc.free_memory()
 
@@ -335,7 +352,9 @@ def train_rl(
 
     if accelerator.is_main_process:
         console.print(
-            f"RL: {config.model} on {config.task}, λ={config.lam:g}, β={config.beta:g}, K={config.k}, "
+            f"RL: {config.model} on {config.task}, λ={config.lam:g}, β={config.beta:g}"
+            + ("" if config.kl_target is None else f" (adapting to a KL̂ of {config.kl_target:g} nats/token)")
+            + f", K={config.k}, "
             f"{config.runs} run(s) × {config.steps} steps, {accelerator.num_processes} process(es) on "
             f"{accelerator.device}",
             highlight=False,
@@ -362,6 +381,9 @@ def train_rl(
             write_outputs(out, config.runs)
     if accelerator.is_main_process:
         print_table(console, out, config.runs)
+        for entry in read_summaries(out):
+            if entry["collapse"] is not None:
+                console.print(f"[bold red]Run {entry['run']}: {entry['collapse']['message']}.[/]", highlight=False)
         console.print(
             f"[bold]Done.[/bold] log {out / LOG_FILE}, figure {out / FIGURE}.png, model "
             f"{out / MODEL_DIR if config.runs == 1 else out / 'run-<r>' / MODEL_DIR}"

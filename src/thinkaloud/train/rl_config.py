@@ -32,7 +32,26 @@ class RLConfig:
         default=1.5,
         metadata={"help": "λ: weight of the compute penalty mean_t(ℓ_t/L), the eagerness dial (paper: 1.5)"},
     )
-    beta: float = field(default=0.25, metadata={"help": "β: weight of the KL penalty to the base model (paper: 0.25)"})
+    beta: float = field(
+        default=0.25,
+        metadata={
+            "help": "β: weight of the KL penalty to the base model (paper: 0.25); with --kl-target, the starting β"
+        },
+    )
+    kl_target: float | None = field(
+        default=None,
+        metadata={
+            "help": "KL budget T in nats per generated token: β adapts every step so that the measured KL̂ to the "
+            "base model tracks T (Ziegler et al. 2019; thinkaloud.train.kl_control); unset: a fixed --beta"
+        },
+    )
+    kl_horizon: float | None = field(
+        default=None,
+        metadata={
+            "help": "with --kl-target: horizon H in completions, β ← β·(1 + e·n/H) with e = clip(KL̂/T − 1, ±0.2) "
+            "(default: one step's n completions, so β changes by a factor in [0.8, 1.2] a step; TRL: 10000)"
+        },
+    )
     k: int = field(default=4, metadata={"help": "completions per prompt (the leave-one-out group size, >= 2)"})
     prompts_per_step: int = field(default=2, metadata={"help": "prompts per step (per process)"})
     steps: int = field(default=50, metadata={"help": "RL steps (one optimiser update each)"})
@@ -136,6 +155,13 @@ class RLConfig:
             raise ValueError("base_prompts must be >= 0 and pool >= 1")
         if self.lam < 0 or self.beta < 0:
             raise ValueError(f"lam and beta must be >= 0, got lam={self.lam}, beta={self.beta}")
+        if self.kl_target is not None and not (self.kl_target > 0 and self.beta > 0):
+            raise ValueError(
+                f"kl_target needs a target > 0 and a starting beta > 0 (β adapts by factors), got "
+                f"kl_target={self.kl_target}, beta={self.beta}"
+            )
+        if self.kl_horizon is not None and (self.kl_target is None or not self.kl_horizon > 0):
+            raise ValueError(f"kl_horizon needs kl_target and must be > 0, got {self.kl_horizon}")
         if self.head_lr <= 0 or self.lora_lr <= 0:
             raise ValueError("learning rates must be > 0")
         if math.isnan(self.offset) or math.isinf(self.offset):

@@ -8,13 +8,16 @@ and at the last step: greedy tokens, exits sampled at the run's offset with a ge
 (seeded with the run's seed), so the training's random stream is untouched and a resumed run stays
 bit-for-bit the same. Per evaluation one row:
 
-    {"run", "step", "n", "accuracy", "depth_frac", "als", "early_exit_rate", "length", "base_nll",
-     "prompt_accuracy": [per prompt], "prompt_depth_frac": [per prompt, its tokens' mean]}
+    {"run", "step", "n", "accuracy", "depth_frac", "als", "early_exit_rate", "length", "base_nll", "distinct2",
+     "degenerate", "prompt_accuracy": [per prompt], "prompt_depth_frac": [per prompt, its tokens' mean],
+     "prompt_base_nll": [per prompt], "prompt_distinct2": [per prompt, null when shorter than 2 tokens]}
 
 in ``OUT/heldout.jsonl`` (per run ``OUT/run-<r>/heldout.jsonl``, merged like ``log.jsonl``).
 ``base_nll`` is the fluency proxy of ``thinkaloud.measures.fluency``: the base model's negative
 log-likelihood per token of the completions (adapter off, no exits), token-weighted like the exit
-metrics. ``OUT/heldout_base.json`` holds the base model (adapter off, no exits, greedy) on the same
+metrics; ``distinct2`` the mean share of distinct token bigrams over the responses where it is defined
+(``thinkaloud.measures.fluency``), ``degenerate`` the share of degenerate responses (``thinkaloud.train.degenerate``).
+The per-prompt lists serve paired comparisons across steps (the demo's findings (3)–(5)). ``OUT/heldout_base.json`` holds the base model (adapter off, no exits, greedy) on the same
 prompts, the dashed level in the figure (``figures/rl_heldout``).
 """
 
@@ -28,8 +31,10 @@ import torch
 
 from thinkaloud.data.env import Env, Prompt
 from thinkaloud.data.prompts import left_pad
-from thinkaloud.measures.fluency import response_nll
+from thinkaloud.measures.fluency import distinct_ngrams, response_nll
 from thinkaloud.measures.responses import chunked, from_generation
+from thinkaloud.model.generate import _stop_ids as stop_ids
+from thinkaloud.train import degenerate
 
 HELDOUT_FILE = "heldout.jsonl"
 HELDOUT_BASE_FILE = "heldout_base.json"
@@ -55,11 +60,15 @@ def evaluate_policy(
     base: bool = False,
 ) -> dict[str, Any]:
     """Greedy completions of ``prompts`` by ``policy`` (exits sampled at ``offset``; ``base``: adapter off
-    and no exits) → {"n", "accuracy", "depth_frac", "als", "early_exit_rate", "length", "base_nll",
-    "prompt_accuracy", "prompt_depth_frac"} (the last two: one value per prompt, for paired comparisons)."""
+    and no exits) → {"n", "accuracy", "depth_frac", "als", "early_exit_rate", "length", "base_nll", "distinct2",
+    "degenerate", "prompt_accuracy", "prompt_depth_frac", "prompt_base_nll", "prompt_distinct2"} (the
+    ``prompt_*`` lists: one value per prompt, for paired comparisons)."""
     generator = torch.Generator(device=policy.device).manual_seed(seed)
-    L = policy.num_layers
+    L, stops = policy.num_layers, set(stop_ids(policy, env.stop_token_ids))
     accuracy, depth_per_prompt, lengths, nll, tokens, depth, exited = [], [], 0, 0.0, 0, 0.0, 0
+    nll_per_prompt: list[float] = []
+    distinct: list[float | None] = []
+    bad = [0.0] * (2 + len(degenerate.KINDS))
     for chunk in chunked(list(prompts), batch_size):
         ids, mask = left_pad([p.ids for p in chunk], env.pad_token_id, policy.device)  # (b, P)
         kw = dict(
@@ -74,16 +83,23 @@ def evaluate_policy(
                 out = policy.generate(ids, mask, offset=-math.inf, **kw)
         else:
             out = policy.generate(ids, mask, offset=offset, **kw)
-        accuracy += env.score(chunk, out).accuracy.tolist()
+        scored = env.score(chunk, out)
+        accuracy += scored.accuracy.tolist()
+        bad = [a + b for a, b in zip(bad, degenerate.counts(out, stops, scored.texts, scored.answered))]
         mask = out.completion_mask  # (b, N)
         depth_per_prompt += ((out.exit_layers.float() / L * mask).sum(-1) / mask.sum(-1)).tolist()
         layers = out.exit_layers[mask].float()  # (n_tokens,)
         depth += float((layers / L).sum())
         exited += int((layers < L).sum())
         lengths += int(out.lengths.sum())
-        nll += sum(total for total, _ in response_nll(policy, from_generation(out)))
+        responses = from_generation(out)
+        sums = response_nll(policy, responses)
+        nll += sum(total for total, _ in sums)
+        nll_per_prompt += [total / max(n, 1) for total, n in sums]
+        distinct += [distinct_ngrams(r.response_ids, 2) for r in responses]
         tokens += layers.numel()
     n = len(prompts)
+    defined = [d for d in distinct if d is not None]
     return {
         "n": n,
         "accuracy": sum(accuracy) / n,
@@ -92,8 +108,12 @@ def evaluate_policy(
         "early_exit_rate": exited / tokens,
         "length": lengths / n,
         "base_nll": nll / tokens,
+        "distinct2": sum(defined) / len(defined) if defined else None,
+        "degenerate": degenerate.shares(bad)["degenerate"],
         "prompt_accuracy": accuracy,
         "prompt_depth_frac": depth_per_prompt,
+        "prompt_base_nll": nll_per_prompt,
+        "prompt_distinct2": distinct,
     }
 
 
@@ -116,7 +136,7 @@ def log_heldout(ctx, policy, run: int, step: int, log) -> dict[str, Any] | None:
     ctx.console.print(
         f"  held-out ({row['n']} prompts) @ step {step}: acc {row['accuracy']:.3f}  depth "
         f"{row['depth_frac']:.3f}  exit {100 * row['early_exit_rate']:.1f}%  base NLL "
-        f"{row['base_nll']:.3f}",
+        f"{row['base_nll']:.3f}  distinct-2 {row['distinct2'] or 0:.2f}  degenerate {100 * row['degenerate']:.0f}%",
         highlight=False,
     )
     return row

@@ -4,11 +4,15 @@ Layout of an RL output folder (the RL directory of ``thinkaloud.report.build``):
 
 - ``OUT/log.jsonl``: one row per run and step (``run``, ``step``, ``reward``, ``accuracy``,
   ``depth_frac``, ``als``, ``early_exit_rate``, ``kl``, ``length``, ``base_nll``, ``loss``,
-  ``grad_norm``, ``logprob_err``, ``coherence``, ``seconds``); with several runs it is the merge of
-  ``OUT/run-<r>/log.jsonl``;
+  ``grad_norm``, ``logprob_err``, ``coherence``, ``seconds``, ``completions``, ``beta`` (the β of the step's
+  rewards; with ``kl_target`` it adapts, ``thinkaloud.train.kl_control``), the shares of degenerate completions
+  ``degenerate``, ``empty``, ``repeat``, ``no_answer`` (``thinkaloud.train.degenerate``)); with several runs it
+  is the merge of ``OUT/run-<r>/log.jsonl``;
+- ``OUT/rl_summary.json``: per run, its last step's metrics, its final β and whether its policy collapsed
+  (``{"runs": [{"run", "steps", "last", "beta_final", "collapse": null | {...}}]}``, merged like the log);
 - ``OUT/base.json``: the base model (adapter off, no exits) on the first prompts of the stream;
-- ``OUT/config.yaml``; ``OUT/figures/rl_dynamics.{png,svg}``: accuracy, compute, the fluency proxy and
-  coherence (when judged) per step, individual runs, their mean and ±1 SE, and the base model's level;
+- ``OUT/config.yaml``; ``OUT/figures/rl_dynamics.{png,svg}``: accuracy, compute, the fluency proxy,
+  coherence (when judged), KL̂ and β, and the share of degenerate completions per step, individual runs, their mean and ±1 SE, and the base model's level;
 - with ``eval_every``: ``OUT/heldout.jsonl`` (merged like the log), ``OUT/heldout_base.json`` and
   ``OUT/figures/rl_heldout.{png,svg}``, the same panels on fixed held-out prompts
   (``thinkaloud.train.rl_heldout``);
@@ -32,12 +36,14 @@ from typing import Any
 
 import torch
 
-from thinkaloud.io import atomic_write_text
+from thinkaloud.io import atomic_write_json, atomic_write_text
+from thinkaloud.train import degenerate
 
 LOG_FILE = "log.jsonl"
+SUMMARY_FILE = "rl_summary.json"
 BASE_FILE = "base.json"
 FIGURE = "figures/rl_dynamics"
-TABLE_KEYS = ("reward", "accuracy", "depth_frac", "als", "kl", "length", "base_nll")
+TABLE_KEYS = ("reward", "accuracy", "depth_frac", "als", "kl", "beta", "length", "base_nll", "degenerate")
 
 
 def run_dir(out: Path, runs: int, run: int) -> Path:
@@ -59,6 +65,10 @@ def write_outputs(out: Path, runs: int, figure: bool = True) -> None:
     from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FIGURE, HELDOUT_FILE
 
     out = Path(out)
+    if runs > 1:
+        summaries = [s for run in range(runs) for s in read_summaries(run_dir(out, runs, run))]
+        if summaries:
+            atomic_write_json(out / SUMMARY_FILE, {"runs": summaries})
     for log, base_file, figure_path, title in (
         (LOG_FILE, BASE_FILE, FIGURE, "RL dynamics"),
         (HELDOUT_FILE, HELDOUT_BASE_FILE, HELDOUT_FIGURE, "RL dynamics on held-out prompts"),
@@ -73,9 +83,10 @@ def write_outputs(out: Path, runs: int, figure: bool = True) -> None:
             save_figure(plot_rl_dynamics(rows, base, title=title), out / figure_path)
 
 
-def step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err, ref_lp) -> dict[str, Any]:
+def step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err, ref_lp, bad) -> dict[str, Any]:
     """The log row of a step: completion means and token-weighted exit metrics and base NLL (from the
-    reference log-probs ``ref_lp`` (B, N)), summed over processes."""
+    reference log-probs ``ref_lp`` (B, N)) and the shares of degenerate completions (``bad``: the counts of
+    ``thinkaloud.train.degenerate.counts``), summed over processes."""
     layers = out.exit_layers[mask].float()  # (n_tokens,)
     sums = torch.tensor(
         [
@@ -89,6 +100,7 @@ def step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm,
             (layers / L).sum().item(),
             (layers < L).sum().item(),
             -ref_lp[mask].sum().item(),
+            *bad,
         ],
         dtype=torch.float64,
         device=acc.device,
@@ -110,7 +122,32 @@ def step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm,
         "loss": s[5] / n,
         "grad_norm": None if grad_norm is None else float(grad_norm),
         "logprob_err": err,
+        "completions": int(n),
+        **degenerate.shares(s[10:]),
     }
+
+
+def read_summaries(folder: Path) -> list[dict[str, Any]]:
+    """The run entries of ``folder/rl_summary.json`` ([] when it does not exist)."""
+    path = Path(folder) / SUMMARY_FILE
+    return json.loads(path.read_text())["runs"] if path.exists() else []
+
+
+def write_run_summary(folder: Path, run: int, steps: int, beta_final: float) -> dict[str, Any]:
+    """``folder/rl_summary.json`` of a finished run (its last logged step, final β, collapse or None); returns
+    the run's entry."""
+    rows = [r for r in read_rows(Path(folder) / LOG_FILE) if int(r.get("run", run)) == run]
+    last = max(rows, key=lambda r: r["step"]) if rows else {}
+    keep = ("step", *TABLE_KEYS, "early_exit_rate", "empty", "repeat", "no_answer")
+    entry = {
+        "run": run,
+        "steps": steps,
+        "last": {k: last.get(k) for k in keep},
+        "beta_final": beta_final,
+        "collapse": degenerate.collapse(rows),
+    }
+    atomic_write_json(Path(folder) / SUMMARY_FILE, {"runs": [entry]})
+    return entry
 
 
 def step_table(rows: Sequence[dict[str, Any]], keys: Sequence[str] = TABLE_KEYS) -> list[dict[str, Any]]:
@@ -151,6 +188,7 @@ def format_row(row: dict[str, Any], runs: int, steps: int) -> str:
     return (
         f"{run}step {row['step']:>4}/{steps}  reward {row['reward']:+.3f}  acc {row['accuracy']:.2f}  "
         f"depth {row['depth_frac']:.3f}  ALS {100 * row['als']:5.1f}%  exit {100 * row['early_exit_rate']:5.1f}%  "
-        f"KL {row['kl']:+.4f}  len {row['length']:5.1f}  NLL {row['base_nll']:.2f}{coh}  "
+        f"KL {row['kl']:+.4f}  β {row['beta']:.4g}  len {row['length']:5.1f}  NLL {row['base_nll']:.2f}  "
+        f"degenerate {100 * row['degenerate']:3.0f}%{coh}  "
         f"[dim]{row['seconds']:.1f}s[/dim]"
     )
