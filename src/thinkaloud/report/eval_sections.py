@@ -222,7 +222,7 @@ def _records(d: Path) -> list[dict[str, Any]]:
 
 def _overall_scores(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[int]:
     """The judge's overall scores, from the records, else expanded from the summary's histogram."""
-    scores = [int(r["judge"]["overall"]) for r in records if r.get("judge")]
+    scores = [int(r["judge"]["overall"]) for r in records if "overall" in (r.get("judge") or {})]
     if scores:
         return scores
     hist = (summary.get("coherence") or {}).get("hist") or {}
