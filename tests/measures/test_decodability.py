@@ -20,6 +20,7 @@ from thinkaloud.measures.loadbearing.decodability import (
     answer_labels,
     positions,
     probe_tables,
+    two_folds,
 )
 from thinkaloud.measures.loadbearing.forced import split_reasoning
 from thinkaloud.measures.responses import Response
@@ -65,6 +66,18 @@ def test_probes_find_a_planted_answer_and_shuffled_labels_give_chance():
     # the tables keep the leading shape of the states
     grid = probe_tables(states.reshape(2, 1, 60, 16), labels, shuffles=1)
     assert len(grid["accuracy"]) == 2 and len(grid["accuracy"][0]) == 1
+
+
+def test_folds_put_every_repeated_label_on_both_sides():
+    assert two_folds(list("aabbbcacd")) == [0, 1, 1, 0, 1, 0, 0, 1, 1]
+    parity = [("box", "tin", "jar", "bag")[i % 4] for i in range(16)]  # alternating folds would split by label
+    fold = two_folds(parity)
+    for label in set(parity):
+        assert {f for f, x in zip(fold, parity) if x == label} == {0, 1}
+    assert sum(fold) == 8
+    states = 0.1 * torch.randn(1, 16, 8, generator=torch.Generator().manual_seed(0))
+    states[0, :, :4] += 3 * torch.nn.functional.one_hot(torch.arange(16) % 4, 4)
+    assert probe_tables(states, parity, shuffles=2)["accuracy"][0] >= 0.9  # split by parity, it would be 0
 
 
 def test_labels_are_answer_classes_or_first_tokens(tok):

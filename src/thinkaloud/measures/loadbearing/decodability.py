@@ -13,9 +13,9 @@ containers), else the answer's first token that is not blank (for digit-wise tok
 
 Probe: multinomial logistic regression per (layer, fraction) on the standardised state, L2-regularised
 (``L2``), fitted by L-BFGS in its dual form (the optimal weights lie in the span of the training states,
-so each probe has n × classes parameters instead of C × classes). Two folds: the
-responses alternate between halves; each half is scored by the probe fitted on the other, so every
-response is scored once. ``accuracy[ℓ][f]`` is that held-out accuracy; ``chance[ℓ][f]`` the same with the
+so each probe has n × classes parameters instead of C × classes). Two folds (:func:`two_folds`): the
+responses of each label alternate between the halves; each half is scored by the probe fitted on the
+other, so every response is scored once. ``accuracy[ℓ][f]`` is that held-out accuracy; ``chance[ℓ][f]`` the same with the
 training labels shuffled (``SHUFFLES`` permutations, mean), scored against the true labels, which is what
 a probe gets from the label frequencies and from fitting noise; ``majority`` is the share of the most
 frequent training label on the held-out half. ``best[f]`` is the highest accuracy over the layers at
@@ -126,22 +126,21 @@ def _exits(s: Reasoned) -> list[int] | None:
     return None if layers is None else layers[: s.n]
 
 
-def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per probe, centre and scale by the training states, then ÷ √C (kernel entries of order 1)."""
+def kernels(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per probe, the states standardised by the training states' mean and deviation and ÷ √C (entries of
+    order 1): train (G, n, C), test (G, m, C) → their inner products, (G, n, n) and (G, m, n), float64."""
     mu, sd = train.mean(1, keepdim=True), train.std(1, keepdim=True, unbiased=False).clamp_min(1e-6)
-    scale = train.shape[-1] ** 0.5
-    return (train - mu) / sd / scale, (test - mu) / sd / scale
+    a, b = ((x - mu) / sd / train.shape[-1] ** 0.5 for x in (train, test))
+    return (a @ a.transpose(1, 2)).double(), (b @ a.transpose(1, 2)).double()
 
 
 def fit_predict(
-    train: torch.Tensor, y: torch.Tensor, test: torch.Tensor, classes: int, *, l2: float = L2, iters: int = 100
+    gram: torch.Tensor, y: torch.Tensor, cross: torch.Tensor, classes: int, *, l2: float = L2, iters: int = 100
 ) -> torch.Tensor:
-    """Multinomial logistic probes, one per leading index: train (G, n, C), labels y (G, n) → predicted
-    classes of test (G, m, C) → (G, m). Loss: mean cross-entropy + (l2 / 2n) ‖W‖² (scikit-learn's C = 1
-    at l2 = 1) on standardised states; W = Xᵀα (dual), fitted by L-BFGS on all probes at once."""
-    train, test = _standardise(train.double(), test.double())
-    gram = train @ train.transpose(1, 2)  # (G, n, n)
-    cross = test @ train.transpose(1, 2)  # (G, m, n)
+    """Multinomial logistic probes, one per leading index, from their :func:`kernels`: gram (G, n, n) of the
+    training states, labels y (G, n), cross (G, m, n) of the test states → predicted classes (G, m). Loss:
+    mean cross-entropy + (l2 / 2n) ‖W‖² (scikit-learn's C = 1 at l2 = 1); W = Xᵀα (the dual form), fitted
+    by L-BFGS on all probes at once."""
     G, n = y.shape
     alpha = torch.zeros(G, n, classes, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(G, 1, classes, dtype=torch.float64, requires_grad=True)
@@ -161,6 +160,19 @@ def fit_predict(
     return (cross @ alpha.detach() + bias.detach()).argmax(-1)  # (G, m)
 
 
+def two_folds(labels: Sequence[str]) -> list[int]:
+    """Fold 0 or 1 per response: each label's responses alternate between the folds, in order (so a label
+    seen twice is on both sides), the first fold of each label alternating too (balanced sizes)."""
+    count: dict[str, int] = {}
+    out = []
+    for label in labels:
+        if label not in count:
+            count[label] = len(count) % 2  # a new label starts in the other fold from the previous new one
+        out.append(count[label] % 2)
+        count[label] += 1
+    return out
+
+
 def probe_tables(
     states: torch.Tensor, labels: Sequence[str], *, shuffles: int = SHUFFLES, seed: int = 0, l2: float = L2
 ) -> dict[str, Any]:
@@ -170,19 +182,21 @@ def probe_tables(
     lead, (N, C) = states.shape[:-2], states.shape[-2:]
     names = sorted(set(labels))
     y = torch.tensor([names.index(label) for label in labels])
-    x = states.reshape(-1, N, C)  # (G, N, C)
-    G = x.shape[0]
-    folds = [torch.arange(0, N, 2), torch.arange(1, N, 2)]
+    x = states.reshape(-1, N, C).float()  # (G, N, C)
+    G, R = x.shape[0], 1 + shuffles
+    fold = two_folds(labels)
+    folds = [torch.tensor([i for i in range(N) if fold[i] == k]) for k in (0, 1)]
     generator = torch.Generator().manual_seed(seed)
-    hits = torch.zeros(1 + shuffles, G, dtype=torch.float64)
+    hits = torch.zeros(R, G, dtype=torch.float64)
     majority = 0
     for test, train in (folds, folds[::-1]):
         y_train = y[train]
         ys = [y_train] + [y_train[torch.randperm(len(train), generator=generator)] for _ in range(shuffles)]
-        rep = lambda t: t[None].expand(1 + shuffles, *t.shape).reshape(-1, *t.shape[1:])  # (R·G, …)
-        Y = torch.stack(ys)[:, None].expand(1 + shuffles, G, len(train)).reshape(-1, len(train))  # (R·G, n)
-        pred = fit_predict(rep(x[:, train]), Y, rep(x[:, test]), len(names), l2=l2)  # (R·G, m)
-        hits += (pred == y[test]).view(1 + shuffles, G, -1).sum(-1)
+        gram, cross = kernels(x[:, train], x[:, test])  # (G, n, n), (G, m, n)
+        rep = lambda t: t[None].expand(R, *t.shape).reshape(-1, *t.shape[1:])  # (R·G, …): one per shuffle
+        Y = torch.stack(ys)[:, None].expand(R, G, len(train)).reshape(-1, len(train))  # (R·G, n)
+        pred = fit_predict(rep(gram), Y, rep(cross), len(names), l2=l2)  # (R·G, m)
+        hits += (pred == y[test]).view(R, G, -1).sum(-1)
         majority += int((y[test] == torch.bincount(y_train, minlength=len(names)).argmax()).sum())
     accuracy, chance = hits[0] / N, hits[1:].mean(0) / N
     return {
@@ -219,14 +233,14 @@ def answer_decodability(
     accuracy, chance = tables["accuracy"], tables["chance"]
     counts = {label: labels.count(label) for label in sorted(set(labels))}
     best = lambda table: [max(row[j] for row in table) for j in range(len(fractions))]
-    labelled = iter(zip(labels, range(len(reasoned))))
+    labelled = iter(zip(labels, two_folds(labels)))
     records: list[dict[str, Any]] = []
     for s in split:
         if s is None:
             records.append({"included": False, "label": None, "fold": None})
         else:
-            label, i = next(labelled)
-            records.append({"included": True, "label": label, "fold": i % 2})
+            label, fold = next(labelled)
+            records.append({"included": True, "label": label, "fold": fold})
     summary = {
         "measure": "answer_decodability",
         "layers": list(range(1, model.num_layers + 1)),

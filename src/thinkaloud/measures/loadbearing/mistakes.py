@@ -8,7 +8,7 @@ eval (greedy tokens, exits sampled at the eval's offset) until its stop token or
 - stories with containers (``tom``: ``item.meta["containers"]``): the last mention of the container the
   response answered is replaced by the next container of the story (in the story's order); the edit
   implies that answer. When the reasoning never names the answer's container, the last container it
-  names is replaced and no answer is implied ("changed" only);
+  names is replaced by the next one that is not the answer's, and no answer is implied ("changed" only);
 - otherwise numbers: the last number of the reasoning (not a list or step marker such as "2." at the
   start of a line or "Step 2") is increased by 1. Where the reasoning's arithmetic is a simple sum (only
   ``+``, ``-`` and ``=`` between numbers: no ``* × / ÷``, parentheses or words such as "times", "half",
@@ -25,8 +25,9 @@ states) and the visible reasoning is not load-bearing at that point.
 Choices. The edit sits at the *last* editable mention, so the follow rate asks whether the answer reads
 the reasoning's final state; an error early in a long chain would also test whether it propagates
 through the steps in between (Lanham et al. regenerate the rest from a mistaken step; we do the same
-from the edit, but at one place). The budget is the eval's ``max_new_tokens`` less the fewest
-reasoning tokens kept by any edit.
+from the edit, but at one place). The continuations' budget is the eval's ``max_new_tokens`` less the
+reasoning tokens of the shortest reasoning (so a response that used the whole budget can be continued
+about as far as it went).
 
 What it does not prove. n is small. A model may "follow" by copying the last thing it read without
 any reasoning at all, and may ignore the edit because it recomputes from the prompt, which is a
