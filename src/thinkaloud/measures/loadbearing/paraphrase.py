@@ -52,7 +52,6 @@ SYNONYMS = {
     "then": "next",
     "finally": "lastly",
     "thinks": "believes",
-    "think": "believe",
     "saw": "watched",
     "sees": "watches",
     "moved": "transferred",
