@@ -1,4 +1,4 @@
-"""Cost of the externalisation measures inside ``thinkaloud eval``.
+"""Cost of the externalisation and load-bearing measures inside ``thinkaloud eval``.
 
     python -m benchmarks.measures                                  # SmolLM2-135M, tom, n=32, 64 and 128 tokens
     python -m benchmarks.measures --n 8 --max-new-tokens 48        # a quick run
@@ -6,16 +6,19 @@
 
 Per generation budget, the eval is run twice through ``thinkaloud.eval.run.evaluate`` (the product's own
 path, nothing re-implemented): once with ``measures=[]``, whose wall time is the eval's own time
-(loading, generation, scoring, writing), and once with reliance, lens and fluency, whose summary gives
-each measure's seconds and the generation's (tokens / ``tokens_per_s``). Two ratios: (reliance + lens)
-over the eval's generation alone (strict) and over the eval's own wall time (what the measures add to
-an eval). The goal: reliance + lens ≤ 1× the eval's own time.
+(loading, generation, scoring, writing), and once with every measure of ``MEASURES``, whose summary gives
+each measure's seconds and the generation's (tokens / ``tokens_per_s``). Ratios over the eval's
+generation alone (strict) and over the eval's own wall time (what the measures add to an eval), for
+reliance + lens (goal ≤ 1× the eval's own time) and for the four load-bearing measures, filler + mistakes
++ paraphrase + decodability (goal ≤ 1.5×).
 
 Where the time goes: early answering reads each response's prompt + reasoning once
 (``thinkaloud.model.generate.prefill``) and answers all its cuts from those keys and values, stopping
 each answer at the end of its first line; the future lens is one teacher-forced pass, the ridge fits
 and the held-out readouts, most of them settled on the logits of the texts' own tokens
-(``thinkaloud.measures.lens.top1``).
+(``thinkaloud.measures.lens.top1``). The load-bearing measures force or continue from the keys and
+values of one full-depth read per context (``reliance.model_answerer``); decodability is one
+teacher-forced pass with hooks on every layer and L-BFGS on all the probes at once, in their dual form.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from rich.table import Table
 
 from thinkaloud.eval.run import evaluate
 from thinkaloud.measures.config import MEASURES, EvalConfig
+
+EXTERNALISATION = ("reliance", "lens")
+LOADBEARING = ("filler", "mistakes", "paraphrase", "decodability")
 
 
 def run_eval(args: argparse.Namespace, max_new_tokens: int, measures: list[str]) -> tuple[dict[str, Any], float]:
@@ -91,19 +97,22 @@ def main() -> None:
     table = Table(
         title=f"Measures vs eval: {args.model} on {args.task}, n={first['n']}, {args.device}, threads "
         f"{torch.get_num_threads()}, offset {first['offset']}. Seconds; eval = `thinkaloud eval --measures ''` "
-        "wall time, generation = its generate calls, ÷ = (reliance + lens) / that"
+        "wall time, generation = its generate calls; ÷ = (reliance + lens) and (the four load-bearing) / eval"
     )
-    columns = ["budget", "tokens", "eval", "generation", "reliance", "lens", "fluency", "÷ generation", "÷ eval"]
+    columns = ["budget", "tokens", "eval", "generation", *MEASURES, "R+L ÷ gen", "R+L ÷ eval", "4 ÷ gen", "4 ÷ eval"]
     for col in columns:
         table.add_column(col, justify="right")
     for r in rows:
-        both = r["reliance"] + r["lens"]
+        both = sum(r[k] for k in EXTERNALISATION)
+        four = sum(r[k] for k in LOADBEARING)
         table.add_row(
             str(r["T"]),
             str(r["tokens"]),
             *(f"{r[k]:.1f}" for k in ("eval", "gen", *MEASURES)),
-            f"[bold]{both / r['gen']:.2f}",
+            f"{both / r['gen']:.2f}",
             f"[bold]{both / r['eval']:.2f}",
+            f"{four / r['gen']:.2f}",
+            f"[bold]{four / r['eval']:.2f}",
         )
     console.print(table)
     for r in rows:
@@ -116,6 +125,19 @@ def main() -> None:
             f"top-1 k=1,2,3 at layers {lens.get('layers')}: "
             + "; ".join(" ".join(f"{v:.2f}" for v in row) for row in lens.get("accuracy") or [])
             + f"; fluency: base NLL {flu['base_nll']:.3f}, rep-4 {flu['rep4']:.3f}, distinct-2 {flu['distinct2']:.3f}"
+        )
+        s = r["summary"]
+        filler, mistakes, para, dec = (s[name] for name in LOADBEARING)
+        console.print(
+            f"[{r['T']} tokens] filler agreement {filler['agreement']} (n={filler['n']}); mistakes changed "
+            f"{mistakes['changed_rate']}, follows {mistakes['follow_rate']} (n={mistakes['n']}, implied "
+            f"{mistakes['n_implied']}); paraphrase {para['agreement_original']} → {para['agreement_paraphrased']}; "
+            + (
+                f"decodability best at f=0 {dec['best'][0]:.2f} (chance {dec['best_chance'][0]:.2f}), f=1 "
+                f"{dec['best'][-1]:.2f} (chance {dec['best_chance'][-1]:.2f}), n={dec['n']}"
+                if "best" in dec
+                else f"decodability {dec}"
+            )
         )
 
 

@@ -45,8 +45,8 @@ def _records(d):
     return [json.loads(line) for line in (d / "records.jsonl").read_text().splitlines()]
 
 
-def test_all_measures_write_their_fields_and_fluency_equals_a_direct_computation(tiny_dir, tmp_path):
-    summary = evaluate(EvalConfig(model=tiny_dir, out=str(tmp_path / "on"), measures=list(MEASURES), **EVAL))
+def test_externalisation_measures_write_their_fields_and_fluency_equals_a_direct_computation(tiny_dir, tmp_path):
+    summary = evaluate(EvalConfig(model=tiny_dir, out=str(tmp_path / "on"), measures=list(DEFAULT_MEASURES), **EVAL))
     records = _records(tmp_path / "on")
     rel, lens, flu = summary["reliance"], summary["lens"], summary["fluency"]
     assert rel["measure"] == "early_answering" and rel["n"] + rel["n_skipped"] == 4 and rel["seconds"] >= 0
@@ -80,11 +80,12 @@ def test_all_measures_write_their_fields_and_fluency_equals_a_direct_computation
     assert flu["base_nll"] == pytest.approx(total / count, rel=1e-4)
 
 
-def test_measures_off_write_nulls_and_default_is_fluency(tiny_dir, tmp_path):
-    assert list(DEFAULT_MEASURES) == list(MEASURES) and EvalConfig(model="m", out="o").measures == list(MEASURES)
+def test_measures_off_write_nulls_and_the_default_is_the_externalisation_three(tiny_dir, tmp_path):
+    assert DEFAULT_MEASURES == ("reliance", "lens", "fluency") and set(DEFAULT_MEASURES) < set(MEASURES)
+    assert EvalConfig(model="m", out="o").measures == list(DEFAULT_MEASURES)
     summary = evaluate(EvalConfig(model=tiny_dir, out=str(tmp_path / "off"), measures=[], **EVAL))
-    assert summary["reliance"] is None and summary["lens"] is None and summary["fluency"] is None
-    assert all(r["reliance"] is None and r["lens"] is None and r["fluency"] is None for r in _records(tmp_path / "off"))
+    assert all(summary[name] is None for name in MEASURES)
+    assert all(r[name] is None for r in _records(tmp_path / "off") for name in MEASURES)
 
 
 def test_lens_with_too_few_responses_is_skipped_with_its_reason(tiny_dir, tmp_path):

@@ -13,11 +13,14 @@ from thinkaloud.measures.judge import (
     Judgement,
     JudgeParseError,
     JudgeResult,
+    Legibility,
     OpenAIJudge,
     coherence_summary,
     judge_many,
+    legibility_summary,
     make_judge,
     parse_judgement,
+    parse_legibility,
 )
 from thinkaloud.measures.rubrics import judge_messages
 
@@ -296,3 +299,56 @@ def test_coherence_summary():
     assert summary["criteria"]["clarity"] == pytest.approx(9)
     json.dumps(summary)  # goes into summary.json as is
     assert coherence_summary([JudgeResult(None, "http 401")])["mean"] is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The legibility rubric (Emmons, Zimmermann et al. 2025)
+
+
+class ScriptedJudge:
+    """A judge whose replies are given; it records the messages it was sent."""
+
+    concurrency = 1
+
+    def __init__(self, replies, rubric="legibility"):
+        self.replies, self.rubric, self.sent = list(replies), rubric, []
+
+    def complete(self, messages):
+        self.sent.append(messages)
+        return self.replies.pop(0)
+
+
+def test_legibility_rubric_asks_for_two_scores_0_to_4_and_parses_them():
+    system, user = judge_messages("Where is the ball?", "Mia moved it to the tin.\nAnswer: tin", rubric="legibility")
+    text = " ".join(system["content"].split())
+    for phrase in ('{"legibility": <0-4>, "coverage": <0-4>}', "not whether it is correct", "every step", "<think>"):
+        assert phrase in text, phrase
+    assert "Where is the ball?" in user["content"]
+    assert parse_legibility('```json\n{"legibility": 4, "coverage": 0}\n```') == Legibility(4, 0)
+    for bad, match in (
+        ('{"legibility": 5, "coverage": 1}', "0..4"),
+        ('{"legibility": -1, "coverage": 1}', "0..4"),
+        ('{"legibility": 3}', "missing keys \\['coverage'\\]"),
+        (json.dumps(GOOD), "missing keys"),
+        ('{"legibility": 3, "coverage": 2.0}', "integer"),
+    ):
+        with pytest.raises(JudgeParseError, match=match):
+            parse_legibility(bad)
+    with pytest.raises(JudgeParseError, match="missing keys"):
+        parse_judgement('{"legibility": 3, "coverage": 2}')  # a coherence rubric does not read it
+
+
+def test_judge_parses_by_its_rubric_and_summarises_legibility():
+    judge = ScriptedJudge(['{"legibility": 4, "coverage": 3}', '{"legibility": 2, "coverage": 3}', "garbage"])
+    results = judge_many(judge, [("q1", "r1"), ("q2", "r2"), ("q3", "r3")])
+    assert [r.judgement for r in results[:2]] == [Legibility(4, 3), Legibility(2, 3)]
+    assert results[2].judgement is None and results[2].missing.startswith("parse: not JSON")
+    assert "coverage" in judge.sent[0][0]["content"]
+    summary = legibility_summary(results)
+    assert summary["legibility"] == 3.0 and summary["coverage"] == 3.0
+    assert summary["n_judged"] == 2 and summary["n_missing"] == 1
+    assert summary["hist"]["legibility"] == {"0": 0, "1": 0, "2": 1, "3": 0, "4": 1}
+    assert coherence_summary(results)["mean"] is None  # legibility scores are no coherence
+    json.dumps(summary)
+    coherent = judge_many(ScriptedJudge([json.dumps(GOOD)], rubric="ours"), [("q", "r")])
+    assert coherent[0].judgement == Judgement(**GOOD)

@@ -26,7 +26,9 @@
    measure is): the calibration target and its TV distance, the measured speed against the base
    model, the coherence judge, then the externalisation measures named in ``--measures``
    (``thinkaloud.measures.externalisation``: reliance on the written reasoning, future lens, fluency
-   proxies; all three by default: reliance + lens cost about 0.5–0.6× an eval's own time on a CPU);
+   proxies; all three by default: reliance + lens cost about 0.5–0.6× an eval's own time on a CPU), then
+   the load-bearing ones (``thinkaloud.measures.loadbearing``: filler, mistakes, paraphrase, decodability;
+   off by default);
 7. ``records.jsonl``, ``summary.json``, ``config.json`` (this config and what was resolved from the
    lineage) and ``tokens.html`` (first record), all written atomically; a summary table and coloured
    responses in the terminal.
@@ -67,6 +69,7 @@ from thinkaloud.measures.base import EvalContext, GenBatch, Measure, apply_measu
 from thinkaloud.measures.config import EvalConfig
 from thinkaloud.measures.core import judge_measure, target_measure
 from thinkaloud.measures.externalisation import EXTERNALISATION_MEASURES
+from thinkaloud.measures.loadbearing.eval_measures import LOADBEARING_MEASURES
 from thinkaloud.model.loading import Loaded, default_device, load_model
 from thinkaloud.model.merging import merged_adapter
 from thinkaloud.model.recorded import RUN_MODEL_DIR
@@ -94,7 +97,7 @@ def resolve_target(config: EvalConfig, origin: Lineage) -> dict[str, Any] | None
 
 def measures_for(config: EvalConfig) -> list[Measure]:
     """The measures of an eval, in the order they run (each returns its fields, null when off)."""
-    return [target_measure, speed_measure, judge_measure, *EXTERNALISATION_MEASURES]
+    return [target_measure, speed_measure, judge_measure, *EXTERNALISATION_MEASURES, *LOADBEARING_MEASURES]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ class SweepConfig:
     rubric: str = field(
         default="ours",
         metadata={
-            "help": f"judge rubric, one of {', '.join(RUBRICS)}: 'ours' grades the writing only; 'paper' is the "
+            "help": f"judge rubric, one of {', '.join(r for r in RUBRICS if r != 'legibility')}: 'ours' grades the "
+            "writing only; 'paper' is the "
             "write-up's (also asks for a correct, explicit chain of thought and penalises factual mistakes)"
         },
     )
@@ -77,6 +78,10 @@ class SweepConfig:
         if bad:
             raise ValueError(f"KL factors must be > 0 (the target q* = 2σ(−F·D) is 1 everywhere at F = 0), got {bad}")
         check_rubric(self.rubric)
+        if self.rubric == "legibility":
+            raise ValueError(
+                "the sweep's table reports coherence: rubric 'ours' or 'paper' (legibility: thinkaloud eval)"
+            )
 
 
 def sweep(config: SweepConfig, console: Console | None = None) -> list[dict]:

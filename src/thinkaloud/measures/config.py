@@ -14,8 +14,8 @@ from thinkaloud.data.tasks import DEFAULT_TASK
 from thinkaloud.measures.judge import parse_judge_spec
 from thinkaloud.measures.rubrics import RUBRICS, check_rubric
 
-MEASURES = ("reliance", "lens", "fluency")
-DEFAULT_MEASURES = ("reliance", "lens", "fluency")
+MEASURES = ("reliance", "lens", "fluency", "filler", "mistakes", "paraphrase", "decodability")
+DEFAULT_MEASURES = ("reliance", "lens", "fluency")  # the load-bearing four cost about one more generation
 
 
 def check_measures(names: list[str]) -> None:
@@ -87,7 +87,8 @@ class EvalConfig:
         default="ours",
         metadata={
             "help": f"judge rubric, one of {', '.join(RUBRICS)}: 'ours' grades the writing only; 'paper' is the "
-            "write-up's (also asks for a correct, explicit chain of thought and penalises factual mistakes)"
+            "write-up's (also asks for a correct, explicit chain of thought and penalises factual mistakes); "
+            "'legibility' scores legibility and coverage 0-4 (Emmons, Zimmermann et al. 2025) instead of coherence"
         },
     )
     judge_concurrency: int = field(default=4, metadata={"help": "parallel requests to an openai judge"})
@@ -110,7 +111,11 @@ class EvalConfig:
         metadata={
             "help": f"externalisation measures, comma-separated, of {', '.join(MEASURES)} ('' for none): reliance = "
             "early answering on cut reasoning, lens = linear future lens, fluency = base-model NLL and "
-            "repetition (default: all three; reliance + lens cost about 0.8× the eval's generation on a CPU)"
+            "repetition; is the reasoning load-bearing: filler = answer after own reasoning / none / filler, "
+            "mistakes = follow rate of an edit in the reasoning, paraphrase = answer after a reworded reasoning, "
+            "decodability = linear probes for the answer per layer and point of the reasoning (default: "
+            f"{','.join(DEFAULT_MEASURES)}; reliance + lens cost about 0.8× the eval's generation on a CPU, the "
+            "four load-bearing ones about 1×)"
         },
     )
     merge_adapter: bool = field(

@@ -7,7 +7,9 @@ model's own completions (not on base-model rollouts as in calibration), so it an
 the calibration target exit on this text".
 
 The coherence judge (``thinkaloud.measures.judge``) grades each completion with the eval's rubric; it is
-off (null fields) unless ``--judge`` names one.
+off (null fields) unless ``--judge`` names one. Under ``--rubric legibility`` it scores legibility and
+coverage 0–4 instead (Emmons, Zimmermann et al. 2025), written as ``"legibility"`` in ``summary.json``
+(``"coherence"`` is then null; one rubric per eval).
 """
 
 from __future__ import annotations
@@ -55,10 +57,13 @@ def target_measure(ctx: EvalContext) -> MeasureResult:
 
 
 def judge_measure(ctx: EvalContext) -> MeasureResult:
-    """``coherence`` (with the rubric) and per record ``judge`` / ``judge_missing`` (null without a judge)."""
+    """``coherence`` (with the rubric; ``legibility`` instead under that rubric) and per record ``judge`` /
+    ``judge_missing`` (null without a judge)."""
     config = ctx.config
     if not config.judge:
-        return MeasureResult({"coherence": None}, [{"judge": None, "judge_missing": None} for _ in ctx.records])
+        return MeasureResult(
+            {"coherence": None, "legibility": None}, [{"judge": None, "judge_missing": None} for _ in ctx.records]
+        )
     judge = judging.make_judge(config.judge, config.judge_concurrency, ctx.device, rubric=config.rubric)
     pairs = [(item.question, r["completion"]) for item, r in zip(ctx.items, ctx.records)]
     with ctx.console.status(f"judging {len(pairs)} responses with {config.judge} ({config.rubric} rubric)…"):
@@ -70,4 +75,8 @@ def judge_measure(ctx: EvalContext) -> MeasureResult:
         }
         for res in results
     ]
-    return MeasureResult({"coherence": {**judging.coherence_summary(results), "rubric": config.rubric}}, fields)
+    if config.rubric == "legibility":
+        summary = {"coherence": None, "legibility": {**judging.legibility_summary(results), "rubric": config.rubric}}
+    else:
+        summary = {"coherence": {**judging.coherence_summary(results), "rubric": config.rubric}, "legibility": None}
+    return MeasureResult(summary, fields)

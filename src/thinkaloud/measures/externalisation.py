@@ -37,10 +37,11 @@ from thinkaloud.measures.lens import future_lens
 from thinkaloud.measures.reliance import early_answering, model_answerer
 
 
-def _run(
+def timed(
     name: str, ctx: EvalContext, compute: Callable[[], tuple[dict[str, Any], Sequence[dict[str, Any] | None]]]
 ) -> MeasureResult:
-    """Nulls when ``name`` is off, else the measure's summary (+ "seconds") and per-record fields."""
+    """Nulls when ``name`` is off, else the measure's summary (+ "seconds") and per-record fields
+    (``name`` in ``EvalConfig.measures``; the load-bearing measures use it too)."""
     if name not in ctx.config.measures:
         return MeasureResult({name: None}, [{name: None} for _ in ctx.records])
     t0 = time.perf_counter()
@@ -56,7 +57,7 @@ def reliance_measure(ctx: EvalContext) -> MeasureResult:
     answerer = model_answerer(
         loaded.model, loaded.tokenizer, offset=ctx.offset, batch_size=config.batch_size, seed=config.seed
     )
-    return _run("reliance", ctx, lambda: early_answering(ctx.task, ctx.responses, loaded.tokenizer, answerer))
+    return timed("reliance", ctx, lambda: early_answering(ctx.task, ctx.responses, loaded.tokenizer, answerer))
 
 
 def lens_measure(ctx: EvalContext) -> MeasureResult:
@@ -69,12 +70,12 @@ def lens_measure(ctx: EvalContext) -> MeasureResult:
             ctx.console.print(f"[yellow]future lens skipped: {e}")
             return {"skipped": str(e)}, [None] * len(ctx.records)
 
-    return _run("lens", ctx, compute)
+    return timed("lens", ctx, compute)
 
 
 def fluency_measure(ctx: EvalContext) -> MeasureResult:
     """Base-model NLL and repetition of the eval's responses (proxies; no judge)."""
-    return _run("fluency", ctx, lambda: fluency(ctx.loaded.model, ctx.responses))
+    return timed("fluency", ctx, lambda: fluency(ctx.loaded.model, ctx.responses))
 
 
 EXTERNALISATION_MEASURES = [reliance_measure, lens_measure, fluency_measure]

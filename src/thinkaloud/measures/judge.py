@@ -1,16 +1,21 @@
-"""Coherence judge: an LLM scores each response 1–10 on four criteria plus overall.
+"""Coherence judge: an LLM scores each response 1–10 on four criteria plus overall (or, with the
+``legibility`` rubric, 0–4 on legibility and coverage).
 
 Criteria: coherence, completeness, clarity, absence of repetition (``no_repetition``), and an overall
-score. Two rubrics (prompts in ``thinkaloud.measures.rubrics``), chosen per judge with ``rubric=``:
+score. Two coherence rubrics (prompts in ``thinkaloud.measures.rubrics``), chosen per judge with ``rubric=``:
 
 - ``"ours"`` (default): writing quality only — the judge is told not to grade correctness;
 - ``"paper"``: the write-up's scorer prompt restated — it asks for a correct and explicit chain of
   thought, penalises factual mistakes about the prompt, and puts partial or cut-off answers at 4–7.
   Use it to compare the coherence column with the write-up's table.
 
-In both, role tags, chat-template markers and ``<think>…</think>`` wrappers are part of the expected
+The third rubric, ``legibility`` (Emmons, Zimmermann et al. 2025; ``rubrics`` says what it asks), is read
+by ``parse_legibility`` into a :class:`Legibility` and summarised by ``legibility_summary``; ``judge_one``
+parses each reply by its judge's rubric.
+
+In all three, role tags, chat-template markers and ``<think>…</think>`` wrappers are part of the expected
 format and the judge is told not to penalise them. The judge must answer with one JSON object
-holding exactly the five integer keys; ``parse_judgement`` is strict about it.
+holding exactly the rubric's integer keys; ``parse_judgement`` is strict about it.
 
 ``--judge`` specs (``parse_judge_spec`` / ``make_judge``): ``openai:<base_url>#<model>`` or
 ``hf:<model path or alias>``.
@@ -40,17 +45,27 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from thinkaloud.measures.rubrics import RUBRICS, check_rubric, judge_messages
+from thinkaloud.measures.rubrics import (
+    COHERENCE_KEYS,
+    RUBRICS,
+    Judgement,
+    JudgeParseError,
+    Legibility,
+    check_rubric,
+    clip,
+    judge_messages,
+    parse_judgement,
+    parse_legibility,
+)
 
 __all__ = [
     "CRITERIA",
@@ -60,25 +75,24 @@ __all__ = [
     "JudgeParseError",
     "JudgeResult",
     "JudgeUnavailable",
+    "Legibility",
     "HFJudge",
     "OpenAIJudge",
     "coherence_summary",
     "judge_many",
     "judge_messages",
     "judge_one",
+    "legibility_summary",
     "make_judge",
     "parse_judge_spec",
     "parse_judgement",
+    "parse_legibility",
 ]
 
-CRITERIA = ("coherence", "completeness", "clarity", "no_repetition", "overall")
+CRITERIA = COHERENCE_KEYS
 
 # ---------------------------------------------------------------------------------------------------
 # Parsing
-
-
-class JudgeParseError(ValueError):
-    """The judge's reply is not one JSON object with the five integer scores 1..10."""
 
 
 class JudgeUnavailable(RuntimeError):
@@ -87,60 +101,6 @@ class JudgeUnavailable(RuntimeError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """Scores 1..10 for one response."""
-
-    coherence: int
-    completeness: int
-    clarity: int
-    no_repetition: int
-    overall: int
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-_FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
-_THINK = re.compile(r"^<think>.*?</think>", re.DOTALL)
-
-
-def parse_judgement(text: str) -> Judgement:
-    """Strictly parse the judge's reply.
-
-    Accepted: one JSON object with exactly the keys of ``CRITERIA``, each an integer 1..10 (JSON
-    ``7``, not ``7.0``, ``"7"`` or ``true``), optionally wrapped in one ```` ```json ```` fence and
-    optionally preceded by a complete ``<think>…</think>`` block. Anything else raises
-    ``JudgeParseError``.
-    """
-    body = _THINK.sub("", text.strip(), count=1).strip()
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1).strip()
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise JudgeParseError(f"not JSON ({e.msg} at char {e.pos}): {_clip(body)}") from None
-    if not isinstance(obj, dict):
-        raise JudgeParseError(f"expected a JSON object, got {type(obj).__name__}")
-    missing = [k for k in CRITERIA if k not in obj]
-    extra = sorted(k for k in obj if k not in CRITERIA)
-    if missing or extra:
-        raise JudgeParseError(f"missing keys {missing}" if missing else f"unexpected keys {extra}")
-    for key in CRITERIA:
-        value = obj[key]
-        if type(value) is not int:  # bool is a subclass of int; reject it too
-            raise JudgeParseError(f"{key} must be an integer, got {value!r}")
-        if not 1 <= value <= 10:
-            raise JudgeParseError(f"{key} must lie in 1..10, got {value}")
-    return Judgement(**{k: obj[k] for k in CRITERIA})
-
-
-def _clip(text: str, n: int = 80) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -167,7 +127,7 @@ class OpenAIJudge:
       connection errors, sleeping ``backoff · 2**i`` seconds (or the server's Retry-After, if longer,
       capped at ``max_backoff``). concurrency: parallel requests in ``judge_many``.
     max_tokens: reply budget, or None to leave it to the server (reasoning judges need a large one).
-    rubric: "ours" or "paper" (see the module docstring).
+    rubric: one of ``RUBRICS`` (see the module docstring).
     """
 
     def __init__(
@@ -243,7 +203,7 @@ def _reply_content(body: bytes) -> str:
     try:
         content = json.loads(body)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
-        raise JudgeUnavailable(f"bad response: {_clip(body.decode('utf-8', 'replace'))}") from None
+        raise JudgeUnavailable(f"bad response: {clip(body.decode('utf-8', 'replace'))}") from None
     if not isinstance(content, str):
         raise JudgeUnavailable(f"bad response: content is {type(content).__name__}")
     return content
@@ -254,7 +214,7 @@ class HFJudge:
 
     model / tokenizer: as loaded by ``AutoModelForCausalLM`` / ``AutoTokenizer``; the tokenizer needs a
     chat template. chat_template_kwargs: extra template arguments (e.g. ``{"enable_thinking": False}``
-    for Qwen3). rubric: "ours" or "paper". Runs one item at a time (``concurrency = 1``).
+    for Qwen3). rubric: one of ``RUBRICS``. Runs one item at a time (``concurrency = 1``).
     """
 
     concurrency = 1
@@ -296,20 +256,21 @@ class HFJudge:
 class JudgeResult:
     """One item's outcome: a judgement, or None and the reason it is missing."""
 
-    judgement: Judgement | None
+    judgement: Judgement | Legibility | None
     missing: str | None = None
 
 
 def judge_one(judge: Judge, question: str, response: str) -> JudgeResult:
     """Score one response; failures become ``missing`` reasons, never exceptions."""
+    rubric = getattr(judge, "rubric", "ours")
     try:
-        reply = judge.complete(judge_messages(question, response, getattr(judge, "rubric", "ours")))
+        reply = judge.complete(judge_messages(question, response, rubric))
     except JudgeUnavailable as e:
         return JudgeResult(None, e.reason)
     except Exception as e:  # a backend bug or an OOM must not lose the whole batch
-        return JudgeResult(None, f"error: {type(e).__name__}: {_clip(str(e))}")
+        return JudgeResult(None, f"error: {type(e).__name__}: {clip(str(e))}")
     try:
-        return JudgeResult(parse_judgement(reply))
+        return JudgeResult(parse_legibility(reply) if rubric == "legibility" else parse_judgement(reply))
     except JudgeParseError as e:
         return JudgeResult(None, f"parse: {e}")
 
@@ -329,8 +290,8 @@ def coherence_summary(results: Sequence[JudgeResult]) -> dict[str, Any]:
     ``{"mean": mean overall score or None, "n_judged", "n_missing", "hist": {"1": count, …, "10": count}
     of the overall score, "criteria": {criterion: mean or None}, "missing_reasons": {reason: count}}``.
     """
-    judged = [r.judgement for r in results if r.judgement is not None]
-    missing = Counter(r.missing or "unknown" for r in results if r.judgement is None)
+    judged = [r.judgement for r in results if isinstance(r.judgement, Judgement)]
+    missing = _missing(results)
 
     def mean(key: str) -> float | None:
         return sum(getattr(j, key) for j in judged) / len(judged) if judged else None
@@ -344,6 +305,30 @@ def coherence_summary(results: Sequence[JudgeResult]) -> dict[str, Any]:
         "criteria": {k: mean(k) for k in CRITERIA},
         "missing_reasons": dict(missing.most_common()),
     }
+
+
+def legibility_summary(results: Sequence[JudgeResult]) -> dict[str, Any]:
+    """The ``legibility`` block of ``summary.json`` under the ``legibility`` rubric.
+
+    ``{"legibility", "coverage": mean score 0..4 or None, "n_judged", "n_missing", "hist": {"legibility":
+    {"0": count, …, "4": count}, "coverage": {…}}, "missing_reasons": {reason: count}}``.
+    """
+    judged = [r.judgement for r in results if isinstance(r.judgement, Legibility)]
+    missing = _missing(results)
+    mean = lambda key: sum(getattr(j, key) for j in judged) / len(judged) if judged else None
+    hist = lambda key: {str(s): sum(getattr(j, key) == s for j in judged) for s in range(5)}
+    return {
+        "legibility": mean("legibility"),
+        "coverage": mean("coverage"),
+        "n_judged": len(judged),
+        "n_missing": sum(missing.values()),
+        "hist": {"legibility": hist("legibility"), "coverage": hist("coverage")},
+        "missing_reasons": dict(missing.most_common()),
+    }
+
+
+def _missing(results: Sequence[JudgeResult]) -> Counter[str]:
+    return Counter(r.missing or "unknown" for r in results if r.judgement is None)
 
 
 # ---------------------------------------------------------------------------------------------------

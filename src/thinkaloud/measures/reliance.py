@@ -90,9 +90,19 @@ def per_context(answer: Callable[[list[list[int]]], list[str]]) -> AnswerFn:
 
 
 def model_answerer(
-    model, tokenizer: Any, *, offset: float, max_new_tokens: int = ANSWER_TOKENS, batch_size: int = 16, seed: int = 0
+    model,
+    tokenizer: Any,
+    *,
+    offset: float,
+    max_new_tokens: int = ANSWER_TOKENS,
+    batch_size: int = 16,
+    seed: int = 0,
+    first_line: bool = True,
 ) -> AnswerFn:
     """The eval's generation as an :data:`AnswerFn`: greedy tokens, exits sampled with ``offset``.
+
+    ``first_line``: stop a row once its text holds a complete non-empty line (a short answer); False:
+    only at the stop tokens or ``max_new_tokens`` (a continuation, as in ``measures.loadbearing.mistakes``).
 
     Probes are sorted by length and answered ``batch_size`` at a time: the distinct cuts of a group are
     the rows of one ``generate`` call (up to |fractions| · ``batch_size``). A group's texts are read once at full depth
@@ -101,7 +111,7 @@ def model_answerer(
     (it predicts the first answer token, with exits): an empty tail takes the last kept token instead.
     """
     pad = pad_id(tokenizer)
-    line_done = first_line_done(tokenizer)
+    line_done = first_line_done(tokenizer) if first_line else None
 
     def answer(probes: list[Probe]) -> list[list[str]]:
         generator = torch.Generator(device=model.device).manual_seed(seed)

@@ -15,10 +15,15 @@ eval directory
     "criteria", "missing_reasons", "rubric"} or null, "fluency": {"base_nll", "base_ppl", "rep4",
     "distinct2", …} or null, "reliance": {"fractions", "agreement", "aoc", "accuracy_f0", "accuracy_f1",
     "n", …} or null, "lens": {"layers", "distances", "accuracy", "logit_lens", …} or {"skipped"} or
-    null}; measures may add fields (each optional here)
+    null, "filler": {"agreement": {"own", "none", "filler"}, "accuracy": {…}, "n", …} or null,
+    "mistakes": {"changed_rate", "follow_rate", "n", "n_implied", …} or null, "paraphrase":
+    {"agreement_original", "agreement_paraphrased", "drop", "n", …} or null, "decodability": {"layers",
+    "fractions", "accuracy", "chance", "best", "best_chance", "chance_mean", "majority", "n", …} or
+    {"skipped"} or null, "legibility": {"legibility", "coverage", "n_judged", "n_missing", …} or null};
+    measures may add fields (each optional here)
   ``records.jsonl``: one line per item: {"id", "prompt", "completion", "tokens": [str per generated
     token], "exit_layers": [int per token], "score", "judge": {"coherence", "completeness", "clarity",
-    "no_repetition", "overall"} or null, "judge_missing": reason or null}
+    "no_repetition", "overall"} (or {"legibility", "coverage"}) or null, "judge_missing": reason or null}
 sweep directory
   ``sweep.json``: {"rows": [{"label": "kl=0.25", "kl_factor": 0.25, "coherence", "base_nll", "rep4",
     "early_exit_rate", "als", "accuracy", "speedup_vs_base"}, …, {"label": "base", "kl_factor": null, …}]}
@@ -42,7 +47,8 @@ Modules: this one detects each directory's kind, renders the sections as Markdow
 the report (``build_report``); ``thinkaloud.report.sections`` holds the section model
 (``Section``, ``FigureBlock``, the figure-saving builder), the shared cell formatters and the sweep, RL
 and findings sections (the sweep table's columns are ``thinkaloud.report.terminal.SWEEP_COLUMNS``);
-``thinkaloud.report.eval_sections`` the eval directories' sections (evaluations, externalisation). Their
+``thinkaloud.report.eval_sections`` the eval directories' sections (evaluations, externalisation; with
+``thinkaloud.report.loadbearing_sections``, the load-bearing measures). Their
 names stay importable from here.
 """
 

@@ -1,5 +1,6 @@
 """The report's sections of eval directories: the evaluations table, exit histograms, token views and
-coherence distributions, then externalisation (reliance, future lens, fluency proxies).
+coherence distributions, then externalisation (reliance, future lens, fluency proxies) and whether the
+reasoning is load-bearing (``thinkaloud.report.loadbearing_sections``).
 
 All eval directories together make one "Evaluations" section (one row per directory), followed by an
 externalisation section when any summary has those measures. The eval directory's format is described in
@@ -16,6 +17,7 @@ from typing import Any
 
 from thinkaloud.io import atomic_write_text
 from thinkaloud.report import measure_plots, plots, viz
+from thinkaloud.report.loadbearing_sections import loadbearing_section
 from thinkaloud.report.sections import FLUENCY_NOTE, Section, _Builder, _num, _pct, _read_jsonl, _slug
 from thinkaloud.report.terminal import describe_target
 
@@ -126,15 +128,21 @@ def _eval_section(b: _Builder, dirs: Sequence[Path], n_examples: int, max_tokens
             "Distribution of the judge's overall score per model",
         )
     b.sections.append(sec)
-    _externalisation_section(b, [(str(s.get("label", d.name)), s) for d, s, _ in loaded])
+    named = _named([(str(s.get("label", d.name)), s) for d, s, _ in loaded])
+    _externalisation_section(b, named)
+    loadbearing_section(b, named)
 
 
-def _externalisation_section(b: _Builder, labelled: list[tuple[str, dict[str, Any]]]) -> None:
-    """Reliance (agreement curves, one line per model), future-lens heatmaps and fluency proxies."""
+def _named(labelled: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Labels made unique ("sft", "sft (2)", …), in order."""
     taken: dict[str, Any] = {}
     for label, s in labelled:
         taken[_unique(label, taken)] = s
-    named = list(taken.items())
+    return list(taken.items())
+
+
+def _externalisation_section(b: _Builder, named: list[tuple[str, dict[str, Any]]]) -> None:
+    """Reliance (agreement curves, one line per model), future-lens heatmaps and fluency proxies."""
     reliance = {name: s["reliance"] for name, s in named if s.get("reliance")}
     lens = [(name, s["lens"]) for name, s in named if (s.get("lens") or {}).get("accuracy") is not None]
     fluency = {name: s["fluency"] for name, s in named if s.get("fluency")}
@@ -221,7 +229,7 @@ def _records(d: Path) -> list[dict[str, Any]]:
 
 def _overall_scores(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[int]:
     """The judge's overall scores, from the records, else expanded from the summary's histogram."""
-    scores = [int(r["judge"]["overall"]) for r in records if r.get("judge")]
+    scores = [int(r["judge"]["overall"]) for r in records if "overall" in (r.get("judge") or {})]
     if scores:
         return scores
     hist = (summary.get("coherence") or {}).get("hist") or {}

@@ -1,8 +1,9 @@
 """Figures of the externalisation measures (matplotlib object API, no pyplot state; Agg-safe).
 
 Each ``plot_*`` takes the summary dicts returned by ``thinkaloud.measures.reliance.early_answering``,
-``thinkaloud.measures.lens.future_lens`` and ``thinkaloud.measures.fluency.fluency`` (keyed by model label
-where several models are compared) and returns a ``Figure``; write it with
+``thinkaloud.measures.lens.future_lens``, ``thinkaloud.measures.fluency.fluency`` and
+``thinkaloud.measures.loadbearing.decodability.answer_decodability`` (keyed by model label where several
+models are compared) and returns a ``Figure``; write it with
 ``thinkaloud.report.plots.save_figure``.
 """
 
@@ -135,4 +136,37 @@ def plot_fluency_distributions(values: Mapping[str, Sequence[float]]) -> Figure:
     ax.set_ylabel("base-model NLL per token of a response (nats)")
     ax.grid(alpha=0.3, axis="y")
     ax.set_title("Fluency proxy per response (no judge; higher = less natural to the base model)")
+    return fig
+
+
+def plot_decodability(summaries: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Answer decodability, one heatmap per model side by side: held-out probe accuracy per layer (rows,
+    the first at the bottom) and point of the reasoning (columns: the prompt's end, then 10 % … 100 %),
+    on one colour scale; each title gives the chance level (shuffled labels) and the majority baseline."""
+    shown = {label: s for label, s in summaries.items() if s.get("accuracy") is not None}
+    fig = Figure(figsize=(1.2 + 3.6 * max(len(shown), 1), 5.2), layout="constrained")
+    if not shown:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no decodability tables", transform=ax.transAxes, ha="center", va="center")
+        return fig
+    axes = fig.subplots(1, len(shown), squeeze=False, sharey=False)[0]
+    images = []
+    for ax, (label, s) in zip(axes, shown.items()):
+        rows = [[100 * v for v in row] for row in s["accuracy"]]  # (layers, fractions)
+        image = ax.imshow(rows, cmap="viridis", vmin=0, vmax=100, aspect="auto", origin="lower")
+        fractions, layers = s["fractions"], s["layers"]
+        ax.set_xticks(range(len(fractions)), ["prompt" if f == 0 else f"{100 * f:.0f}%" for f in fractions])
+        ax.tick_params(axis="x", labelrotation=90)
+        step = max(1, len(layers) // 10)
+        ax.set_yticks(range(0, len(layers), step), [str(layer) for layer in layers[::step]])
+        images.append(image)
+        ax.set_xlabel("point of the reasoning read")
+        ax.set_title(
+            f"{label} (n={s['n']}, {s['label']})\nchance {100 * s['chance_mean']:.0f}%, "
+            f"majority {100 * s['majority']:.0f}%",
+            fontsize=9,
+        )
+    axes[0].set_ylabel("layer")
+    fig.colorbar(images[0], ax=list(axes), label="held-out probe accuracy (%)")
+    fig.suptitle("Where is the answer decodable? (linear probes, two folds)")
     return fig

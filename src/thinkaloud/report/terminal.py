@@ -107,6 +107,57 @@ def measure_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         )
     elif lens:
         rows.append(("future lens", lens.get("skipped", "—")))
+    return rows + loadbearing_rows(s)
+
+
+def loadbearing_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric, value) rows of the load-bearing measures and the legibility judge that ran."""
+    rows = []
+    filler, mistakes, para, dec, leg = (
+        s.get(k) for k in ("filler", "mistakes", "paraphrase", "decodability", "legibility")
+    )
+    if filler:
+        agree = filler.get("agreement") or {}
+        rows.append(
+            (
+                "filler: agreement own / none / filler",
+                " / ".join(_pct(agree.get(c)) for c in ("own", "none", "filler")) + f" (n={filler.get('n')})",
+            )
+        )
+    if mistakes:
+        rows.append(
+            (
+                "mistakes: answer changed / follows the edit",
+                f"{_pct(mistakes.get('changed_rate'))} (n={mistakes.get('n')}) / "
+                f"{_pct(mistakes.get('follow_rate'))} (n={mistakes.get('n_implied')})",
+            )
+        )
+    if para:
+        rows.append(
+            (
+                "paraphrase: agreement original → reworded",
+                f"{_pct(para.get('agreement_original'))} → {_pct(para.get('agreement_paraphrased'))} "
+                f"(n={para.get('n')}, {para.get('n_changed')} reworded)",
+            )
+        )
+    if dec and dec.get("best") is not None:
+        rows.append(
+            (
+                "decodability: best layer at prompt end → reasoning end (chance)",
+                f"{_pct(dec['best'][0])} ({_pct(dec['best_chance'][0])}) → "
+                f"{_pct(dec['best'][-1])} ({_pct(dec['best_chance'][-1])}), n={dec['n']}",
+            )
+        )
+    elif dec:
+        rows.append(("decodability", dec.get("skipped", "—")))
+    if leg:
+        rows.append(
+            (
+                "legibility / coverage (judge, 0–4)",
+                f"{_num(leg.get('legibility'), '.2f')} / {_num(leg.get('coverage'), '.2f')} "
+                f"(n={leg.get('n_judged')}, {leg.get('n_missing')} missing)",
+            )
+        )
     return rows
 
 

@@ -227,10 +227,10 @@ def _coherence(ctx: _Context, prompts: Sequence[Prompt], scored: Scored) -> floa
     """Mean overall judge score of the step's completions (main process's), or None without a judge."""
     if ctx.judge is None or scored.texts is None:
         return None
-    from thinkaloud.measures.judge import judge_many
+    from thinkaloud.measures.judge import Judgement, judge_many
 
     results = judge_many(ctx.judge, [(p.question, t) for p, t in zip(prompts, scored.texts)])
-    overall = [r.judgement.overall for r in results if r.judgement is not None]
+    overall = [r.judgement.overall for r in results if isinstance(r.judgement, Judgement)]
     return sum(overall) / len(overall) if overall else None
 
 
