@@ -55,6 +55,11 @@ SUMMARY_KEYS = {
     "reliance",
     "lens",
     "fluency",
+    "filler",
+    "mistakes",
+    "paraphrase",
+    "decodability",
+    "legibility",
 }
 RECORD_KEYS = {
     "id",
@@ -68,6 +73,10 @@ RECORD_KEYS = {
     "reliance",
     "lens",
     "fluency",
+    "filler",
+    "mistakes",
+    "paraphrase",
+    "decodability",
 }
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

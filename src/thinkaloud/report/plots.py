@@ -233,7 +233,8 @@ def plot_rl_dynamics(
             ax.set_yscale("log")
         ax.set_xlabel("RL step")
         ax.set_ylabel(name)
-        ax.set_title(name.split(" (")[0].capitalize())
+        head = name.split(" (")[0]
+        ax.set_title(head[:1].upper() + head[1:])  # "KL̂ to the base" keeps its capitals
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(title)
