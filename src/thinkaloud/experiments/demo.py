@@ -28,31 +28,35 @@ own calibration) and KL(p_ℓ‖p_L) = 9.0/9.2/8.6/6.6/4.0 nats. The second is w
 depth term and costs about β·KL(p_ℓ‖p_L). With the paper's λ = 1.5 and β = 0.25 that is 0.25 vs 0.99 nats at
 layer 25 and 1.25 vs 2.26 at layer 5, so the KL term holds exits back. The old demo therefore used a fixed
 β = 0.02. Under it RL reached an 86% exit rate, and the text fell apart: base-model NLL 1.9 → 3.2,
-distinct-2 0.73 → 0.39, 0% accuracy in every seed. Now β starts at the paper's 0.25 and adapts every step
-so that the measured KL̂ tracks a budget T (``thinkaloud.train.kl_control``; horizon 2 completions, so β
-moves by a factor between 0.6 and 1.4 a step).
+distinct-2 0.73 → 0.39, 0% accuracy in every seed. Now β starts at 0.1 and adapts every step so that
+the measured KL̂ tracks a budget T (``thinkaloud.train.kl_control``; horizon 2 completions, so β moves by a
+factor between 0.6 and 1.4 a step).
 
 T was chosen from pilots on seeds 1 and 2 (the report's seed is 0), each run through calibrate → SFT at
 F = 1 → 6 RL steps at the FULL sizes. The numbers below are means over the two seeds, on 8 held-out
 prompts, from step 0 to step 6. The base model's NLL is 0.56. The SFT model's own KL̂ is 1.2 nats/token,
-and it already answers none of these prompts within 40 tokens.
+and it already answers none of these prompts within 40 tokens, so accuracy is 0% throughout.
 
-=================  ============  ===========  ===========  ==========
-budget             exit rate     base NLL     distinct-2   accuracy
-=================  ============  ===========  ===========  ==========
-β = 0.02 fixed     25% → 57%     1.93 → 3.09  0.87 → 0.66  0% → 0%
-T = 0.75, β₀ 0.1   25% → 38%     1.93 → 2.26  0.87 → 0.82  0% → 0%
-T = 1, β₀ 0.25     25% → 20%     1.93 → 1.58  0.87 → 0.91  0% → 0%
-T = 1.5, β₀ 0.1    25% → 73%     1.93 → 3.55  0.87 → 0.60  0% → 0%
-T = 3, β₀ 0.1      25% → 75%     1.93 → 3.43  0.87 → 0.58  0% → 0%
-=================  ============  ===========  ===========  ==========
+===================  ==============  ===========  ===========  ===========
+budget               depth ℓ/L       exit rate    base NLL     distinct-2
+===================  ==============  ===========  ===========  ===========
+β = 0.02 fixed       0.906 → 0.751   25% → 57%    1.93 → 3.09  0.87 → 0.66
+T = 0.75, β₀ = 0.1   0.906 → 0.874   25% → 38%    1.93 → 2.26  0.87 → 0.82
+T = 1.5, β₀ = 0.1    0.906 → 0.739   25% → 73%    1.93 → 3.55  0.87 → 0.60
+T = 3, β₀ = 0.1      0.906 → 0.740   25% → 75%    1.93 → 3.43  0.87 → 0.58
+T = 1, β₀ = 0.25     0.906 → 0.929   25% → 20%    1.93 → 1.58  0.87 → 0.91
+T = 1.5, β₀ = 0.25   0.906 → 0.908   25% → 24%    1.93 → 1.86  0.87 → 0.85
+T = 3, β₀ = 0.25     0.906 → 0.912   25% → 23%    1.93 → 1.79  0.87 → 0.84
+===================  ==============  ===========  ===========  ===========
 
-No T gave both (3), compute falls, and (5), coherence holds. Below the SFT model's KL̂, β rises and the
-text holds, but compute does not fall. Above it, compute falls only as fast as the text degrades. So the
-demo runs three budgets, one run each, in place of three seeds (``RL_KL_TARGETS``, ``RL_SEEDS = 1``). It
-states (3) and (5) per budget and draws their frontier, and it says which finding fails at each T. One T
-with ``RL_SEEDS = 3`` would state them over three seeds instead. docs/method.md §3.1 has the table with
-the β paths.
+No T gave both (3), compute falls, and (5), coherence holds. Where compute fell, the NLL rose by 0.3–1.6
+nats/token. Where the text held, depth stayed level or rose. From β₀ = 0.25, β has not yet fallen far
+enough for exits to pay when a 6-step run ends. So the demo starts from β₀ = 0.1 and runs three budgets,
+one run each, in place of three seeds (``RL_KL_TARGETS``, ``RL_SEEDS = 1``): T = 0.75, below the SFT
+model's KL̂ (β rises); T = 1.2, at it; and T = 3, well above it (β falls by a factor of 0.6 a step). It
+states (3) and (5) per budget, so each line says which finding fails at that T, and it draws their
+frontier. One T with ``RL_SEEDS = 3`` would state them over three seeds instead. docs/method.md §3.1 has
+the table with the β paths.
 
 Budget: ``make demo`` ≤ 15 minutes on 2 cores; the sizes below (``FULL``) were chosen for that
 (``--quick``: ``QUICK``, ≤ 3 minutes, for CI). The eval's speed baseline (a second generation per

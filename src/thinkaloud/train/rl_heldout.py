@@ -15,10 +15,11 @@ bit-for-bit the same. Per evaluation one row:
 in ``OUT/heldout.jsonl`` (per run ``OUT/run-<r>/heldout.jsonl``, merged like ``log.jsonl``).
 ``base_nll`` is the fluency proxy of ``thinkaloud.measures.fluency``: the base model's negative
 log-likelihood per token of the completions (adapter off, no exits), token-weighted like the exit
-metrics; ``distinct2`` the mean share of distinct token bigrams over the responses where it is defined
-(``thinkaloud.measures.fluency``), ``degenerate`` the share of degenerate responses (``thinkaloud.train.degenerate``).
-The per-prompt lists serve paired comparisons across steps (the demo's findings (3)–(5)). ``OUT/heldout_base.json`` holds the base model (adapter off, no exits, greedy) on the same
-prompts, the dashed level in the figure (``figures/rl_heldout``).
+metrics; ``distinct2`` the mean share of distinct token bigrams over the responses where it is
+defined (``thinkaloud.measures.fluency``); ``degenerate`` the share of degenerate responses
+(``thinkaloud.train.degenerate``). The per-prompt lists serve paired comparisons across steps (the
+demo's findings (3)–(5)). ``OUT/heldout_base.json`` holds the base model (adapter off, no exits,
+greedy) on the same prompts, the dashed level in the figure (``figures/rl_heldout``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ Layout of an RL output folder (the RL directory of ``thinkaloud.report.build``):
   (``{"runs": [{"run", "steps", "last", "beta_final", "collapse": null | {...}}]}``, merged like the log);
 - ``OUT/base.json``: the base model (adapter off, no exits) on the first prompts of the stream;
 - ``OUT/config.yaml``; ``OUT/figures/rl_dynamics.{png,svg}``: accuracy, compute, the fluency proxy,
-  coherence (when judged), KL̂ and β, and the share of degenerate completions per step, individual runs, their mean and ±1 SE, and the base model's level;
+  coherence (when judged), KL̂ and β, and the share of degenerate completions per step: individual runs,
+  their mean and ±1 SE, and the base model's level;
 - with ``eval_every``: ``OUT/heldout.jsonl`` (merged like the log), ``OUT/heldout_base.json`` and
   ``OUT/figures/rl_heldout.{png,svg}``, the same panels on fixed held-out prompts
   (``thinkaloud.train.rl_heldout``);
