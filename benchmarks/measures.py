@@ -90,7 +90,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=max(Console().width, 200))
     rows = [measure(args, int(t)) for t in str(args.max_new_tokens).split(",")]
 
     first = rows[0]["summary"]
@@ -116,7 +116,7 @@ def main() -> None:
         )
     console.print(table)
     for r in rows:
-        rel, lens, flu = (r["summary"][name] for name in MEASURES)
+        rel, lens, flu = (r["summary"][name] for name in ("reliance", "lens", "fluency"))
         curve = ", ".join(f"{f:g}: {a:.2f}" for f, a in zip(rel["fractions"], rel["agreement"] or []))
         aoc = rel["aoc"] if rel["aoc"] is None else round(rel["aoc"], 3)
         console.print(
