@@ -185,7 +185,7 @@ def plot_rl_dynamics(
         ("distinct2", "fluency proxy (distinct-2)"),
         ("coherence", "coherence (mean overall score)"),
         ("kl", "KL̂ to the base (nats/token)"),
-        ("beta", "β (KL weight)"),
+        ("beta", "KL weight β"),
         ("degenerate", "degenerate completions (share)"),
     ]
     panels += [(key, name) for key, name in optional if any(r.get(key) is not None for r in log_rows)]
@@ -233,7 +233,8 @@ def plot_rl_dynamics(
             ax.set_yscale("log")
         ax.set_xlabel("RL step")
         ax.set_ylabel(name)
-        ax.set_title(name.split(" (")[0].capitalize())
+        title_text = name.split(" (")[0]
+        ax.set_title(title_text[0].upper() + title_text[1:])  # capitalize() would lower "KL̂"
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(title)
