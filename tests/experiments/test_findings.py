@@ -119,7 +119,12 @@ def test_finding_3_and_4_on_heldout_rows():
     assert df.finding_3(heldout_rows(0.1)).verdict == df.HELD
     assert df.finding_3(heldout_rows(0.0)).verdict in (df.NOT_SIGNIFICANT, df.DID_NOT_HOLD)
     assert df.finding_3(heldout_rows(-0.1)).verdict == df.DID_NOT_HOLD
-    assert "3 seeds" in df.finding_3(heldout_rows(0.1)).measured
+    assert (
+        "3 seeds" in df.finding_3(heldout_rows(0.1)).measured
+        and "SE over seeds" in df.finding_3(heldout_rows(0.1)).measured
+    )
+    one = df.finding_3(heldout_rows(0.1, runs=1)).measured
+    assert "(1 seed)" in one and "SE" not in one  # no standard error from a single seed
     base = {"accuracy": 0.25, "prompt_accuracy": [1.0, 1.0] + [0.0] * 6}
     rl, b = records("RL", 0.5, 1.0, score=0.5), records("base", 0.0, 1.0, score=0.5)
     assert df.finding_4(heldout_rows(0.1), base, rl, b).verdict == df.HELD

@@ -263,9 +263,10 @@ def test_rl_dynamics_figure_shows_beta_the_kl_target_and_degenerate_completions(
         r.update(beta=0.1 * 1.2 ** r["step"], kl_target=0.5, degenerate=0.1 * r["step"])
     fig = plot_rl_dynamics(rows)
     labels = [ax.get_ylabel() for ax in fig.axes]
-    assert labels[2:] == ["KL̂ to the base (nats/token)", "β (KL weight)", "degenerate completions (share)"]
+    assert labels[2:] == ["KL̂ to the base (nats/token)", "KL weight β", "degenerate completions (share)"]
     kl_ax, beta_ax = fig.axes[2], fig.axes[3]
     assert "target T = 0.5" in legend_texts(kl_ax) and beta_ax.get_yscale() == "log"
+    assert beta_ax.get_title() == "KL weight β" and kl_ax.get_title() == "KL̂ to the base"  # no lower-cased "Kl"
     assert fig.axes[0].get_subplotspec().get_geometry()[:2] == (2, 4)  # five panels: two rows of four
 
 

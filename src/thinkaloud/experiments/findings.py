@@ -268,8 +268,9 @@ def finding_3(heldout: Sequence[dict[str, Any]]) -> Finding:
     measured = (
         f"mean depth ℓ/L on {first[min(first)]['n']} held-out prompts, {steps}: "
         + ", ".join(f"{100 * first[k]['depth_frac']:.1f}% → {100 * last[k]['depth_frac']:.1f}%" for k in sorted(first))
-        + f" ({_seeds(len(per_seed))}); change {100 * m:+.1f} ± {100 * se:.1f} pts (mean ± SE over seeds), "
-        f"per prompt {100 * d:+.1f} pts {_ci(ci)}"
+        + f" ({_seeds(len(per_seed))}); change {100 * m:+.1f}"
+        + (f" ± {100 * se:.1f} pts (mean ± SE over seeds)" if len(per_seed) > 1 else " pts")
+        + f", per prompt {100 * d:+.1f} pts {_ci(ci)}"
     )
     return Finding("(3) RL lowers mean compute", measured, direction_verdict(d, ci, -1))
 

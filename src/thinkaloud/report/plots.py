@@ -185,7 +185,7 @@ def plot_rl_dynamics(
         ("distinct2", "fluency proxy (distinct-2)"),
         ("coherence", "coherence (mean overall score)"),
         ("kl", "KL̂ to the base (nats/token)"),
-        ("beta", "β (KL weight)"),
+        ("beta", "KL weight β"),
         ("degenerate", "degenerate completions (share)"),
     ]
     panels += [(key, name) for key, name in optional if any(r.get(key) is not None for r in log_rows)]
