@@ -49,9 +49,14 @@ SUMMARY_KEYS = {
     "target_hist",
     "tv_distance",
     "coherence",
+    "legibility",
     "reliance",
     "lens",
     "fluency",
+    "filler",
+    "mistakes",
+    "paraphrase",
+    "decodability",
 }
 RECORD_KEYS = {
     "id",
@@ -65,6 +70,10 @@ RECORD_KEYS = {
     "reliance",
     "lens",
     "fluency",
+    "filler",
+    "mistakes",
+    "paraphrase",
+    "decodability",
 }
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
