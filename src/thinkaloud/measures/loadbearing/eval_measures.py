@@ -11,7 +11,7 @@ wall time in ``"seconds"``) and its per-response fields under its name in every 
 - ``"mistakes"``: ``thinkaloud.measures.loadbearing.mistakes.mistakes_follow``;
 - ``"paraphrase"``: ``thinkaloud.measures.loadbearing.paraphrase.paraphrase_agreement``;
 - ``"decodability"``: ``thinkaloud.measures.loadbearing.decodability.answer_decodability``, or
-  ``{"skipped": reason}`` with fewer than four answered responses or a single label.
+  ``{"skipped": reason}`` with fewer than four answered responses, a single label, or no label given twice.
 
 Forced answers and continuations are written as the eval wrote its tokens: greedy, exits sampled at
 the eval's offset (none for a base model), seeded with the eval's seed, from the keys and values of one
