@@ -115,7 +115,7 @@ class EvalConfig:
             "mistakes = follow rate of an edit in the reasoning, paraphrase = answer after a reworded reasoning, "
             "decodability = linear probes for the answer per layer and point of the reasoning (default: "
             f"{','.join(DEFAULT_MEASURES)}; reliance + lens cost about 0.8× the eval's generation on a CPU, the "
-            "four load-bearing ones about 1×)"
+            "four load-bearing ones about 0.7× the eval's own time)"
         },
     )
     label: str | None = field(
