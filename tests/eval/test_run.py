@@ -52,6 +52,7 @@ SUMMARY_KEYS = {
     "target_hist",
     "tv_distance",
     "coherence",
+    "legibility",
     "reliance",
     "lens",
     "fluency",
@@ -59,7 +60,6 @@ SUMMARY_KEYS = {
     "mistakes",
     "paraphrase",
     "decodability",
-    "legibility",
 }
 RECORD_KEYS = {
     "id",

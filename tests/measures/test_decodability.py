@@ -145,3 +145,9 @@ def test_too_few_answers_or_one_label_raise(tiny_model, tok):
     same = [r for i, r in enumerate(colour_responses(tok, "prompt", n=12)) if i % 3 == 0]
     with pytest.raises(ValueError, match="same label"):
         answer_decodability(tiny_model, ColourTask(), same, tok)
+    singletons = [
+        Response(prompt_ids(tok, "Colour?\n"), tok(f"x\nAnswer: {c}", add_special_tokens=False)["input_ids"])
+        for c in (*COLOURS, "grey")
+    ]
+    with pytest.raises(ValueError, match="no label is given twice"):
+        answer_decodability(tiny_model, ColourTask(), singletons, tok)

@@ -219,7 +219,8 @@ def answer_decodability(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The layer × fraction table of held-out probe accuracies → (summary, one dict per response).
 
-    Raises ValueError when fewer than ``MIN_RESPONSES`` responses have an answer or they share one label."""
+    Raises ValueError when fewer than ``MIN_RESPONSES`` responses have an answer, when they share one label,
+    or when no label is given twice (every held-out label would be missing from the training half)."""
     check_task(task)
     split = split_reasoning(task, responses, tokenizer)
     reasoned = [s for s in split if s is not None]
@@ -228,6 +229,8 @@ def answer_decodability(
     labels, kind = answer_labels(task, reasoned, tokenizer)
     if len(set(labels)) < 2:
         raise ValueError(f"every response has the same label ({labels[0]!r}): nothing to decode")
+    if len(set(labels)) == len(labels):
+        raise ValueError(f"no label is given twice ({len(labels)} different): a held-out label is never fitted")
     states = reasoning_states(model, reasoned, fractions, batch_size)  # (L, F, N, C)
     tables = probe_tables(states, labels, shuffles=shuffles, seed=seed)
     accuracy, chance = tables["accuracy"], tables["chance"]
