@@ -8,18 +8,12 @@ import json
 import pytest
 import torch
 
-from tests.tiny import tiny_model_dir
 from thinkaloud.data import calibrate as cal
 from thinkaloud.data.calibrate import CalibrateConfig, calibrate, calibration_items, load_calibration, overlapping_items
 from thinkaloud.data.splits import split_of
 from thinkaloud.data.task import Item
 from thinkaloud.data.tasks import get_task
 from thinkaloud.model.loading import load_model
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def config(tiny_dir, out, **kw):

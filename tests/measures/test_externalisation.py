@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from tests.report.test_plots_report import write_eval_dir, write_rl_dir
-from tests.tiny import tiny_model_dir
 from thinkaloud.cli import main
 from thinkaloud.data.prompts import encode_prompts
 from thinkaloud.data.tasks import get_task
@@ -34,11 +33,6 @@ EVAL = dict(
     show=0,
     device="cpu",
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def _records(d):

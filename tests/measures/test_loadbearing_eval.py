@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.report.test_plots_report import write_eval_dir
-from tests.tiny import tiny_model_dir
 from thinkaloud.eval.run import evaluate
 from thinkaloud.measures.config import EvalConfig
 from thinkaloud.report.build import build_report
@@ -30,11 +29,6 @@ EVAL = dict(
     show=0,
     device="cpu",
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def _records(d):
