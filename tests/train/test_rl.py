@@ -454,3 +454,28 @@ def test_resume_keeps_heldout_rows_up_to_the_checkpoint(tmp_path):
         heldout_env=HeldoutEnv(),
     )
     assert rows(tmp_path / "killed" / "heldout.jsonl") == rows(tmp_path / "full" / "heldout.jsonl")
+
+
+def test_a_run_charges_the_chosen_depth_penalty_and_logs_it(tmp_path, monkeypatch):
+    """``depth_penalty="max"``: each completion's reward charges λ · its deepest ℓ_t/L, and the log's
+    ``depth_penalty`` is the step's mean of those, next to the unchanged token-weighted ``depth_frac``."""
+    rollouts, charged = [], []
+    sample, rewards = rl.sample_rollouts, rl.completion_rewards
+    monkeypatch.setattr(rl, "sample_rollouts", lambda *a, **kw: rollouts.append(sample(*a, **kw)) or rollouts[-1])
+    monkeypatch.setattr(rl, "completion_rewards", lambda *a: charged.append(a[1]) or rewards(*a))
+    train_rl(config(tmp_path, steps=2, depth_penalty="max"), env=DepthOnlyEnv(), make_model=make_tiny())
+    log = rows(tmp_path / "log.jsonl")
+    for out, depth, r in zip(rollouts, charged, log, strict=True):
+        mask = out.completion_mask
+        frac = out.exit_layers.float() / 6  # (B, N)
+        deepest = torch.stack([frac[b][mask[b]].max() for b in range(len(frac))])  # (B,)
+        torch.testing.assert_close(depth, deepest)
+        assert r["depth_penalty"] == pytest.approx(deepest.mean().item())
+        assert r["depth_frac"] == pytest.approx(frac[mask].mean().item())
+    assert any(r["depth_penalty"] > r["depth_frac"] for r in log)  # some token runs deeper than the mean
+
+
+def test_depth_penalty_must_be_a_known_shape():
+    assert RLConfig(model="m", out="o").depth_penalty == "mean"
+    with pytest.raises(ValueError, match="depth_penalty must be one of mean, sum, max"):
+        RLConfig(model="m", out="o", depth_penalty="median")

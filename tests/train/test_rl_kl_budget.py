@@ -43,9 +43,9 @@ def test_without_a_target_beta_stays_fixed_and_degenerate_shares_are_logged(tmp_
     log = rows(tmp_path / "log.jsonl")
     assert [r["beta"] for r in log] == [0.05, 0.05] and all(r["kl_target"] is None for r in log)
     for r in log:
-        assert all(0 <= r[k] <= 1 for k in ("degenerate", "empty", "repeat", "no_answer"))
+        assert all(0 <= r[k] <= 1 for k in ("degenerate", *degenerate.KINDS))
         assert r["no_answer"] == 0  # the environment extracts no answers
-        assert r["degenerate"] >= max(r["empty"], r["repeat"])
+        assert r["degenerate"] >= max(r["empty"], r["repeat"], r["loop"])
 
 
 def test_resume_restores_the_adapted_beta(tmp_path):
@@ -95,7 +95,8 @@ def test_a_collapsed_run_says_so_in_its_summary_and_on_the_terminal(tmp_path, mo
     def counts(out, *args):
         calls.append(1)
         n = real(out, *args)[0]
-        return [n, n, 0.0, 0.0, n] if len(calls) > 1 else [n, 0.0, 0.0, 0.0, 0.0]
+        none = [0.0] * len(degenerate.KINDS)
+        return [n, n, *none[1:], n] if len(calls) > 1 else [n, *none, 0.0]
 
     monkeypatch.setattr(rl.degenerate, "counts", counts)
     train_rl(config(tmp_path, steps=4, runs=2), env=DepthOnlyEnv(), make_model=make_tiny())

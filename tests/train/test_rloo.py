@@ -8,6 +8,7 @@ import torch
 from thinkaloud.train.rloo import (
     completion_rewards,
     depth_fraction,
+    depth_penalty,
     kl_estimate,
     masked_mean,
     policy_loss,
@@ -53,6 +54,36 @@ def test_rewards_depth_and_kl_by_hand():
         torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.9]), torch.tensor([0.2, -0.1]), lam=1.5, beta=0.25
     )
     torch.testing.assert_close(r, torch.tensor([1 - 0.75 - 0.05, 0 - 1.35 + 0.025]))
+
+
+def test_depth_penalty_shapes_by_hand():
+    L = 30
+    exit_layers = torch.tensor([[6, 30, 15, 30], [12, 3, 30, 30], [30, 30, 30, 30]])  # (B=3, N=4)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False], [False] * 4])  # row 2: empty
+    # row 0: 0.2, 1.0, 0.5 (the masked 30 ignored); row 1: 0.4, 0.1 (two masked 30s ignored); row 2: nothing
+    expected = {"mean": [1.7 / 3, 0.25, 0.0], "sum": [1.7, 0.5, 0.0], "max": [1.0, 0.4, 0.0]}
+    for shape, values in expected.items():
+        torch.testing.assert_close(depth_penalty(exit_layers, mask, L, shape), torch.tensor(values), msg=shape)
+    torch.testing.assert_close(depth_penalty(exit_layers, mask, L, "mean"), depth_fraction(exit_layers, mask, L))
+
+
+def test_shallow_padding_lowers_only_the_mean_penalty():
+    L = 30
+    answer = torch.tensor([[20, 30, 25]])  # (1, 3)
+    padded = torch.cat([answer, torch.full((1, 5), 5)], 1)  # (1, 8): five shallow filler tokens after it
+    short, long = torch.ones(1, 3, dtype=torch.bool), torch.ones(1, 8, dtype=torch.bool)
+    charge = lambda shape: (depth_penalty(answer, short, L, shape), depth_penalty(padded, long, L, shape))
+    before, after = charge("mean")
+    assert after < before  # the paper's penalty pays for filler
+    before, after = charge("sum")
+    assert after > before  # every token costs
+    before, after = charge("max")
+    assert after == before == 1.0  # the deepest token is still there
+
+
+def test_depth_penalty_rejects_an_unknown_shape():
+    with pytest.raises(ValueError, match="mean, sum, max|'mean', 'sum', 'max'"):
+        depth_penalty(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), 30, "median")
 
 
 def test_masked_mean_of_an_empty_row_is_zero():

@@ -5,7 +5,9 @@ sampled layer by layer at the configured ``offset``, tokens at temperature 1). A
 
     R = task_score − λ · mean_t(ℓ_t / L) − β · KL̂(policy ‖ reference)
 
-and its advantage is ``A_i = R_i − mean_{j≠i} R_j`` within its prompt's group. The loss is
+(``depth_penalty`` replaces the paper's mean depth by the sum or the maximum of ℓ_t / L over the
+completion, which padding with shallow tokens cannot lower; ``thinkaloud.train.rloo``) and its
+advantage is ``A_i = R_i − mean_{j≠i} R_j`` within its prompt's group. The loss is
 ``−A_i · Σ_t [log p(y_t|ℓ_t) + log P(ℓ_t)] / T_i`` averaged over completions, with the log-probabilities
 recomputed teacher-forced (one forward with the sampled exits prescribed); the LoRA adapter and the
 exit heads take one AdamW step. The maths lives in ``thinkaloud.train.rloo``, the rollouts and their
@@ -31,7 +33,8 @@ Departures and choices, all deliberate:
   answer is available as ``format_penalty`` (default 0);
 - every run sees the same prompts in the same order; runs differ in the seed of sampling (tokens and
   exits) and of the LoRA initialisation when heads are fresh;
-- the reward uses each completion's own mean depth; the logged exit metrics are token-weighted;
+- the reward uses each completion's own mean depth (or its ``depth_penalty``); the logged exit metrics are
+  token-weighted, and ``depth_penalty`` in the log is the completions' mean charged depth;
 - the heads' learning rate defaults to 1e-3 (paper: 1e-5; LoRA 1e-4 as the paper; constant, no warmup)
   so that a short CPU run moves visibly: with hidden states of large norm, Adam steps of 1e-3 move an
   exit logit by O(1) in a few steps; completions are capped at 64 new tokens (paper: up to 400).
@@ -40,9 +43,10 @@ Each step also logs ``base_nll``, the fluency proxy (``thinkaloud.measures.fluen
 negative log-likelihood per token of the step's sampled completions, minus the mean of the reference
 log-probabilities the KL term already computed (no extra pass). With ``eval_every`` each run is also
 evaluated on a fixed set of held-out prompts at step 0 and every few steps (``thinkaloud.train.rl_heldout``).
-Degenerate completions (empty, one repeated token, no answer) are counted every step; a run whose policy
-collapses (mostly degenerate for several consecutive steps, ``thinkaloud.train.degenerate``) says so on the
-terminal and in ``rl_summary.json``; its model is still saved, for inspection.
+Degenerate completions (empty, one repeated token, a loop of a few tokens, no answer) are counted every
+step; a run whose policy collapses (mostly degenerate for several consecutive steps,
+``thinkaloud.train.degenerate``) says so on the terminal and in ``rl_summary.json``; its model is still
+saved, for inspection.
 
 The environment (prompt stream and scorer) is ``thinkaloud.data.env``; the output folder, merged log,
 figure and step table are ``thinkaloud.train.rl_report``. With ``--resume`` a run continues from its
@@ -99,7 +103,7 @@ from thinkaloud.train.rl_report import (
     write_outputs,
     write_run_summary,
 )
-from thinkaloud.train.rloo import completion_rewards, depth_fraction, kl_estimate, policy_loss, rloo_advantages
+from thinkaloud.train.rloo import completion_rewards, depth_penalty, kl_estimate, policy_loss, rloo_advantages
 from thinkaloud.train.rollouts import policy_logprobs, reference_logprobs, sample_rollouts
 from thinkaloud.train.trackers import Trackers, accelerator_kwargs
 
@@ -171,7 +175,7 @@ def rl_run(ctx: _Context, run: int) -> None:
         mask = out.completion_mask  # (B, N)
         # reward: task − λ·depth − β·KL̂, then leave-one-out advantages within each prompt's group
         scored = ctx.env.score(rows, out)
-        depth = depth_fraction(out.exit_layers, mask, L)  # (B,)
+        depth = depth_penalty(out.exit_layers, mask, L, cfg.depth_penalty)  # (B,) the charged depth
         ref_lp = reference_logprobs(policy, out)  # (B, N), also the fluency proxy: base NLL = −mean
         kl = kl_estimate(out.token_logprobs, ref_lp, mask)  # (B,)
         beta = kl_control.beta  # this step's β: the controller sees the step's KL̂ after the rewards
@@ -197,7 +201,7 @@ def rl_run(ctx: _Context, run: int) -> None:
             )
             warned = True
         bad = degenerate.counts(out, stops, scored.texts, scored.answered)
-        row = step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err, ref_lp, bad)
+        row = step_row(acc, run, step, out, mask, scored, rewards, depth, kl, L, loss, grad_norm, err, ref_lp, bad)
         row.update(beta=beta, kl_target=cfg.kl_target)
         kl_control.update(row["kl"], int(row["completions"]))  # the step's KL̂ and completions, over all processes
         row["coherence"] = _coherence(ctx, rows, scored) if step % cfg.judge_every == 0 else None

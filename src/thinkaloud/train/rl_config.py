@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from thinkaloud.data.splits import SPLITS
 from thinkaloud.data.tasks import DEFAULT_TASK
+from thinkaloud.train.rloo import DEPTH_PENALTIES
 from thinkaloud.train.trackers import check_report_to
 
 
@@ -30,7 +31,17 @@ class RLConfig:
     )
     lam: float = field(
         default=1.5,
-        metadata={"help": "λ: weight of the compute penalty mean_t(ℓ_t/L), the eagerness dial (paper: 1.5)"},
+        metadata={"help": "λ: weight of the compute penalty (--depth-penalty), the eagerness dial (paper: 1.5)"},
+    )
+    depth_penalty: str = field(
+        default="mean",
+        metadata={
+            "help": "the depth λ charges each completion: mean = mean_t ℓ_t/L (the paper; padding with shallow "
+            "filler tokens lowers it), sum = Σ_t ℓ_t/L (total compute in full forward passes: every token "
+            "costs, so padding never lowers it, and shorter completions pay less; scale λ down by a typical "
+            "length), max = max_t ℓ_t/L (the deepest token, the serial depth the answer needed: filler cannot "
+            "lower it, writing steps out can)"
+        },
     )
     beta: float = field(
         default=0.25,
@@ -155,6 +166,11 @@ class RLConfig:
             raise ValueError("base_prompts must be >= 0 and pool >= 1")
         if self.lam < 0 or self.beta < 0:
             raise ValueError(f"lam and beta must be >= 0, got lam={self.lam}, beta={self.beta}")
+        if self.depth_penalty not in DEPTH_PENALTIES:
+            raise ValueError(
+                f"depth_penalty must be one of {', '.join(DEPTH_PENALTIES)} (mean: the paper's mean_t ℓ_t/L; sum: "
+                f"Σ_t ℓ_t/L; max: max_t ℓ_t/L), got {self.depth_penalty!r}"
+            )
         if self.kl_target is not None and not (self.kl_target > 0 and self.beta > 0):
             raise ValueError(
                 f"kl_target needs a target > 0 and a starting beta > 0 (β adapts by factors), got "

@@ -5,9 +5,11 @@ Layout of an RL output folder (the RL directory of ``thinkaloud.report.build``):
 - ``OUT/log.jsonl``: one row per run and step (``run``, ``step``, ``reward``, ``accuracy``,
   ``depth_frac``, ``als``, ``early_exit_rate``, ``kl``, ``length``, ``base_nll``, ``loss``,
   ``grad_norm``, ``logprob_err``, ``coherence``, ``seconds``, ``completions``, ``beta`` (the β of the step's
-  rewards; with ``kl_target`` it adapts, ``thinkaloud.train.kl_control``), the shares of degenerate completions
-  ``degenerate``, ``empty``, ``repeat``, ``no_answer`` (``thinkaloud.train.degenerate``)); with several runs it
-  is the merge of ``OUT/run-<r>/log.jsonl``;
+  rewards; with ``kl_target`` it adapts, ``thinkaloud.train.kl_control``), ``depth_penalty`` (the mean over the
+  step's completions of the depth λ charged them, ``RLConfig.depth_penalty``: with ``mean`` their mean depth
+  fraction, unweighted by length), the shares of degenerate completions ``degenerate``, ``empty``, ``repeat``,
+  ``loop``, ``no_answer`` (``thinkaloud.train.degenerate``)); with several runs it is the merge of
+  ``OUT/run-<r>/log.jsonl``;
 - ``OUT/rl_summary.json``: per run, its last step's metrics, its final β and whether its policy collapsed
   (``{"runs": [{"run", "steps", "last", "beta_final", "collapse": null | {...}}]}``, merged like the log);
 - ``OUT/base.json``: the base model (adapter off, no exits) on the first prompts of the stream;
@@ -84,10 +86,13 @@ def write_outputs(out: Path, runs: int, figure: bool = True) -> None:
             save_figure(plot_rl_dynamics(rows, base, title=title), out / figure_path)
 
 
-def step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm, err, ref_lp, bad) -> dict[str, Any]:
-    """The log row of a step: completion means and token-weighted exit metrics and base NLL (from the
-    reference log-probs ``ref_lp`` (B, N)) and the shares of degenerate completions (``bad``: the counts of
-    ``thinkaloud.train.degenerate.counts``), summed over processes."""
+def step_row(
+    acc, run, step, out, mask, scored, rewards, depth, kl, L, loss, grad_norm, err, ref_lp, bad
+) -> dict[str, Any]:
+    """The log row of a step: completion means (of the rewards, the charged ``depth`` (B,), KL̂ …) and
+    token-weighted exit metrics and base NLL (from the reference log-probs ``ref_lp`` (B, N)) and the shares of
+    degenerate completions (``bad``: the counts of ``thinkaloud.train.degenerate.counts``), summed over
+    processes."""
     layers = out.exit_layers[mask].float()  # (n_tokens,)
     sums = torch.tensor(
         [
@@ -101,6 +106,7 @@ def step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm,
             (layers / L).sum().item(),
             (layers < L).sum().item(),
             -ref_lp[mask].sum().item(),
+            depth.sum().item(),
             *bad,
         ],
         dtype=torch.float64,
@@ -117,6 +123,7 @@ def step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm,
         "depth_frac": depth_frac,
         "als": 1.0 - depth_frac,
         "early_exit_rate": s[8] / tokens,
+        "depth_penalty": s[10] / n,
         "kl": s[3] / n,
         "length": s[4] / n,
         "base_nll": s[9] / tokens,
@@ -124,7 +131,7 @@ def step_row(acc, run, step, out, mask, scored, rewards, kl, L, loss, grad_norm,
         "grad_norm": None if grad_norm is None else float(grad_norm),
         "logprob_err": err,
         "completions": int(n),
-        **degenerate.shares(s[10:]),
+        **degenerate.shares(s[11:]),
     }
 
 
@@ -139,7 +146,7 @@ def write_run_summary(folder: Path, run: int, steps: int, beta_final: float) -> 
     the run's entry."""
     rows = [r for r in read_rows(Path(folder) / LOG_FILE) if int(r.get("run", run)) == run]
     last = max(rows, key=lambda r: r["step"]) if rows else {}
-    keep = ("step", *TABLE_KEYS, "early_exit_rate", "empty", "repeat", "no_answer")
+    keep = ("step", *TABLE_KEYS, "early_exit_rate", "depth_penalty", *degenerate.KINDS)
     entry = {
         "run": run,
         "steps": steps,

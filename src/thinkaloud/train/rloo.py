@@ -14,11 +14,18 @@ token part instead: ``log p(y_t | ℓ_t) − log p_ref(y_t)``, averaged over the
 unbiased estimate (per sampled exit) of how far the text distribution has drifted from the base
 model's, which is what the KL penalty is there to hold back. The compute the exits save is charged
 separately, by λ.
+
+Depth penalty. The paper charges each completion its *mean* depth ``mean_t ℓ_t / L``; a mean can be
+lowered by padding the completion with shallow tokens (filler such as "…." exits early and dilutes
+it). ``depth_penalty`` also offers two shapes that padding cannot lower: ``sum`` (the completion's
+total compute, in full forward passes) and ``max`` (its deepest token).
 """
 
 from __future__ import annotations
 
 import torch
+
+DEPTH_PENALTIES = ("mean", "sum", "max")
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -32,16 +39,32 @@ def depth_fraction(exit_layers: torch.Tensor, mask: torch.Tensor, num_layers: in
     return masked_mean(exit_layers.float() / num_layers, mask)
 
 
+def depth_penalty(exit_layers: torch.Tensor, mask: torch.Tensor, num_layers: int, shape: str) -> torch.Tensor:
+    """(B, N) exit layers (L for no exit) → (B,) the depth each completion is charged (0 for an empty row).
+
+    ``mean``: mean_t ℓ_t / L (the paper); ``sum``: Σ_t ℓ_t / L, its compute in full forward passes;
+    ``max``: max_t ℓ_t / L, its deepest token. Positions outside ``mask`` count for nothing.
+    """
+    frac = exit_layers.float() / num_layers  # (B, N)
+    if shape == "mean":
+        return masked_mean(frac, mask)
+    if shape == "sum":
+        return (frac * mask.to(frac.dtype)).sum(-1)
+    if shape == "max":
+        return frac.masked_fill(~mask, 0.0).amax(-1)  # fractions are >= 0: a masked 0 never wins
+    raise ValueError(f"depth penalty shape must be one of {DEPTH_PENALTIES}, got {shape!r}")
+
+
 def kl_estimate(token_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, N) log p(y_t | ℓ_t) and log p_ref(y_t) of the sampled tokens → (B,) mean of their difference."""
     return masked_mean(token_logprobs - ref_logprobs, mask)
 
 
 def completion_rewards(
-    task_reward: torch.Tensor, depth_frac: torch.Tensor, kl: torch.Tensor, lam: float, beta: float
+    task_reward: torch.Tensor, depth: torch.Tensor, kl: torch.Tensor, lam: float, beta: float
 ) -> torch.Tensor:
-    """R = task_reward − λ · depth_frac − β · KL̂; every argument (B,) → (B,)."""
-    return task_reward - lam * depth_frac - beta * kl
+    """R = task_reward − λ · depth − β · KL̂ (depth: the charged ``depth_penalty``); every argument (B,) → (B,)."""
+    return task_reward - lam * depth - beta * kl
 
 
 def rloo_advantages(rewards: torch.Tensor, normalize: bool = False, eps: float = 1e-8) -> torch.Tensor:
