@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+def default_exit_every(num_layers: int) -> int:
+    """The paper's spacing of 5 on models of 25 layers or more (its 28–36-layer models), else L // 6 so that a
+    shallow model still has about five exits (every layer on a 6-layer model)."""
+    return 5 if num_layers >= 25 else max(1, num_layers // 6)
+
+
 @dataclass
 class ExitConfig:
     """Where the exit heads sit and how the LoRA adapter is shaped.
@@ -15,8 +21,8 @@ class ExitConfig:
 
     exit_layers: list[int] | None = None
     """Explicit exit layers (1..L-1). None: every `exit_every` layers below the last."""
-    exit_every: int = 5
-    """Spacing of the default exit layers: 5 → 5, 10, 15, … < L."""
+    exit_every: int | None = None
+    """Spacing of the default exit layers: 5 → 5, 10, 15, … < L. None: :func:`default_exit_every`."""
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -25,7 +31,7 @@ class ExitConfig:
     """Initial bias of every exit head (weights start at zero): σ(−6) ≈ 0.25% exit chance per layer."""
 
     def __post_init__(self) -> None:
-        if self.exit_every < 1:
+        if self.exit_every is not None and self.exit_every < 1:
             raise ValueError(f"exit_every must be >= 1, got {self.exit_every}")
         if self.lora_r < 1:
             raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
@@ -35,7 +41,8 @@ class ExitConfig:
     def resolve_layers(self, num_layers: int) -> list[int]:
         """The exit layers for a model with `num_layers` decoder layers, validated."""
         if self.exit_layers is None:
-            layers = list(range(self.exit_every, num_layers, self.exit_every))
+            every = self.exit_every or default_exit_every(num_layers)
+            layers = list(range(every, num_layers, every))
         else:
             layers = sorted(set(int(x) for x in self.exit_layers))
         if not layers:

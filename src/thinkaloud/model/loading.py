@@ -24,7 +24,7 @@ import torch
 
 from thinkaloud.config import ExitConfig
 from thinkaloud.errors import ModelNotFoundError, UserError
-from thinkaloud.hub import ALIASES, load_tokenizer, looks_like_path
+from thinkaloud.hub import ALIASES, BUILDERS, is_alias, load_tokenizer, looks_like_path
 from thinkaloud.model import arch
 from thinkaloud.model.early_exit import EarlyExitModel
 from thinkaloud.model.recorded import META_FILE, saved_model_dir
@@ -47,7 +47,7 @@ def check_model_spec(spec: str) -> None:
     if saved is not None:
         check_model_spec(json.loads((saved / META_FILE).read_text())["base_model"])
         return
-    if spec in ALIASES or not looks_like_path(spec):
+    if is_alias(spec) or not looks_like_path(spec):
         return  # an alias, or a hub id: checked when loaded
     path = Path(spec).expanduser()
     if not path.exists():
@@ -80,11 +80,11 @@ def load_model(
         model = EarlyExitModel.from_base(spec, exit_config, dtype=dtype, device=device)
         tokenizer = load_tokenizer(spec)
     except OSError as e:
-        if isinstance(e, UserError) or spec in ALIASES or looks_like_path(spec):
+        if isinstance(e, UserError) or is_alias(spec) or looks_like_path(spec):
             raise
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelNotFoundError(
-            f"cannot load model {spec!r}: not an alias ({', '.join(ALIASES)}), "
+            f"cannot load model {spec!r}: not an alias ({', '.join([*ALIASES, *BUILDERS])}), "
             f"not a local folder, and from the hub: {first_line}"
         ) from e
     return Loaded(model.eval(), tokenizer, True, spec)

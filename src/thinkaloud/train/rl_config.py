@@ -113,7 +113,13 @@ class RLConfig:
     )
     save_every: int = field(default=5, metadata={"help": "checkpoint every N steps (and at the last step)"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoints in --out"})
-    exit_every: int = field(default=5, metadata={"help": "fresh heads only: exit layers every N layers (paper: 5)"})
+    exit_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "fresh heads only: exit layers every N layers (default: the paper's 5 on models of 25 layers or "
+            "more, else L // 6: every layer on a 6-layer model)"
+        },
+    )
     head_init_bias: float = field(default=-6.0, metadata={"help": "fresh heads only: initial exit-logit bias"})
     device: str | None = field(
         default=None,

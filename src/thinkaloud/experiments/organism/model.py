@@ -1,0 +1,117 @@
+"""The organism's architecture, tokenizer and cache: a tiny Llama trained from scratch on the ``organism`` task.
+
+One character is one token (letters, digits and ``=;?>.``), so every written hop ``>c`` is two tokens
+and every lookup one forward pass. The chat template is the bare question after ``<s>``: the prompt
+``<s>c=b;a=3;…;?d`` is followed directly by the route (``=3.``, ``>d>c…=3.`` or ``....=3.``) and
+``</s>``.
+
+A built organism is a plain Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer,
+``organism.json`` with its recipe and ``README.md``, its card) under
+``<cache>/models/organism-<hash>``, the hash being that of :class:`OrganismModelConfig`: the same
+recipe is built once and then loaded, and a changed recipe is a new folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from thinkaloud.data.organism import DIGITS, LETTERS, OrganismConfig
+from thinkaloud.hub import cache_dir
+
+ALIAS = "organism"
+SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
+SYMBOLS = "=;?>."
+CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+@dataclass(frozen=True)
+class OrganismModelConfig:
+    """The organism's recipe: its architecture, its pretraining and the chains it is trained on.
+
+    The early-exit loss (LayerSkip, Elhoushi et al. 2024) trains every layer's residual stream to be
+    read by the final norm and unembedding, weight ``l / L`` for layer l (the last layer weight 1), so
+    that calibration has intermediate predictions to aim at.
+    """
+
+    layers: int = 6
+    hidden: int = 128
+    heads: int = 4
+    intermediate: int = 384
+    steps: int = 1500
+    batch: int = 64
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    exit_loss: bool = True
+    curriculum: float = 0.3  # first share of the steps on written hops only (lookups first)
+    seed: int = 0
+    task: OrganismConfig = field(default_factory=lambda: OrganismConfig(distractors=2))
+    eval_n: int = 96  # test prompts per (route, k) for the card
+
+    def __post_init__(self) -> None:
+        if self.layers < 1 or self.hidden % self.heads or self.steps < 1 or self.batch < 1:
+            raise ValueError(f"bad organism recipe: {self}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OrganismModelConfig:
+        task = d.get("task", {})
+        task = OrganismConfig(**{**task, "ks": tuple(task.get("ks", OrganismConfig().ks))})
+        return cls(**{**d, "task": task})
+
+    def digest(self) -> str:
+        """12 hex digits of the recipe (what the cache folder is named after)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def organism_folder(config: OrganismModelConfig | None = None) -> Path:
+    config = config or OrganismModelConfig()
+    return cache_dir() / "models" / f"organism-{config.digest()}"
+
+
+def is_built(folder: Path) -> bool:
+    return all((folder / name).exists() for name in ("config.json", "model.safetensors", "organism.json"))
+
+
+def build_tokenizer():
+    """The character tokenizer as a ``PreTrainedTokenizerFast`` (saved with the model)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *LETTERS, *DIGITS, *SYMBOLS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_model(config: OrganismModelConfig, vocab_size: int, special_ids: dict[str, int]):
+    """A freshly initialised Llama of the recipe's size (seeded by the caller)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=config.hidden,
+        intermediate_size=config.intermediate,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        num_key_value_heads=config.heads,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        pad_token_id=special_ids["pad"],
+        bos_token_id=special_ids["bos"],
+        eos_token_id=special_ids["eos"],
+    )
+    return LlamaForCausalLM(hf)
