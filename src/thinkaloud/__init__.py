@@ -15,7 +15,6 @@ from thinkaloud.model.exits import exit_log_distribution, exit_targets
 from thinkaloud.version import __version__
 
 
-
 def _organism() -> Path:
     """The model organism of the default recipe (``thinkaloud.experiments.organism``), built when missing."""
     from thinkaloud.experiments.organism.pretrain import ensure_organism

@@ -23,8 +23,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
