@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from thinkaloud.data.organism import ROUTES, route_of
 from thinkaloud.experiments.findings import mean_se
@@ -54,6 +55,7 @@ def plot_route_steps(arms: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
                 steps, [m - s for m, s in zip(means, ses)], [m + s for m, s in zip(means, ses)], color=color, alpha=0.2
             )
         ax.set_ylim(-0.02, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("RL step")
         ax.set_ylabel(f"share of {route} completions")
         ax.set_title(f"Route: {route}")
@@ -74,6 +76,7 @@ def plot_accuracy_by_k(summaries: Mapping[str, Mapping[str, Any]]) -> Figure:
                 ks = sorted(by_k)
                 ax.plot(ks, [by_k[k] for k in ks], marker="o", color=ROUTE_COLORS[route], label=route)
         ax.set_ylim(-0.02, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("hop count k")
         ax.set_ylabel("accuracy (route forced)")
         ax.set_title(label)
