@@ -98,6 +98,12 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
         "demo",
         "The paper's four findings tested on the embedded model, on a CPU",
     ),
+    "organism": (
+        "thinkaloud.experiments.organism.run",
+        "OrganismExperimentConfig",
+        "run_organism",
+        "The model organism: does the exit penalty move computation into the text?",
+    ),
 }
 
 POSITIONAL = "positional"  # metadata key: the list field is also filled by positional arguments

@@ -43,6 +43,8 @@ Each step also logs ``base_nll``, the fluency proxy (``thinkaloud.measures.fluen
 negative log-likelihood per token of the step's sampled completions, minus the mean of the reference
 log-probabilities the KL term already computed (no extra pass). With ``eval_every`` each run is also
 evaluated on a fixed set of held-out prompts at step 0 and every few steps (``thinkaloud.train.rl_heldout``).
+With ``log_completions`` every step's sampled completions, their task rewards, depths and exit layers are
+written to ``completions.jsonl`` (``thinkaloud.train.rl_report``; the main process's, resumed like the log).
 Degenerate completions (empty, one repeated token, a loop of a few tokens, no answer) are counted every
 step; a run whose policy collapses (mostly degenerate for several consecutive steps,
 ``thinkaloud.train.degenerate``) says so on the terminal and in ``rl_summary.json``; its model is still
@@ -92,8 +94,10 @@ from thinkaloud.train.rl_config import RLConfig
 from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FILE, evaluate_heldout_base, log_heldout
 from thinkaloud.train.rl_report import (
     BASE_FILE,
+    COMPLETIONS_FILE,
     FIGURE,
     LOG_FILE,
+    completions_row,
     format_row,
     print_table,
     read_summaries,
@@ -159,6 +163,11 @@ def rl_run(ctx: _Context, run: int) -> None:
         if acc.is_main_process and ctx.heldout is not None
         else None
     )
+    completions = (
+        JsonlLog(folder / COMPLETIONS_FILE, resume_step=start if cfg.resume else None)
+        if acc.is_main_process and cfg.log_completions
+        else None
+    )
     trackers = Trackers(
         acc, cfg.report_to, "thinkaloud-rl", dataclasses.asdict(cfg), ctx.out, run=run if cfg.runs > 1 else None
     )
@@ -206,6 +215,8 @@ def rl_run(ctx: _Context, run: int) -> None:
         kl_control.update(row["kl"], int(row["completions"]))  # the step's KL̂ and completions, over all processes
         row["coherence"] = _coherence(ctx, rows, scored) if step % cfg.judge_every == 0 else None
         row["seconds"] = round(time.perf_counter() - t0, 3)
+        if completions is not None:  # the main process's own completions
+            completions.write(completions_row(run, step, out, scored, L))
         if log is not None:  # the main process
             log.write(row)
             ctx.console.print(format_row(row, cfg.runs, cfg.steps), highlight=False, soft_wrap=True)

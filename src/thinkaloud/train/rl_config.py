@@ -149,6 +149,13 @@ class RLConfig:
     )
     eval_n: int = field(default=16, metadata={"help": "held-out prompts of --eval-split (greedy tokens)"})
     eval_split: str = field(default="test", metadata={"help": "split of the held-out prompts (not --split)"})
+    log_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "also write every step's sampled completions to completions.jsonl (per run, like log.jsonl): "
+            "their texts, task rewards, mean depth ℓ/L and exit layers"
+        },
+    )
     report_to: str = field(
         default="none",
         metadata={"help": "also log the metrics to tensorboard | wandb | none (log.jsonl stays the record)"},

@@ -16,6 +16,10 @@ Layout of an RL output folder (the RL directory of ``thinkaloud.report.build``):
 - ``OUT/config.yaml``; ``OUT/figures/rl_dynamics.{png,svg}``: accuracy, compute, the fluency proxy,
   coherence (when judged), KL̂ and β, and the share of degenerate completions per step: individual runs,
   their mean and ±1 SE, and the base model's level;
+- with ``log_completions``: ``OUT/completions.jsonl`` (merged like the log), one row per run and step with
+  the step's sampled completions, prompt-major: ``{"run", "step", "texts": [str] (null when the environment
+  does not decode), "task_reward": [float], "depth": [mean ℓ_t/L of each completion], "exit_layers": [[int
+  per token]]}`` (:func:`completions_row`);
 - with ``eval_every``: ``OUT/heldout.jsonl`` (merged like the log), ``OUT/heldout_base.json`` and
   ``OUT/figures/rl_heldout.{png,svg}``, the same panels on fixed held-out prompts
   (``thinkaloud.train.rl_heldout``);
@@ -43,6 +47,7 @@ from thinkaloud.io import atomic_write_json, atomic_write_text
 from thinkaloud.train import degenerate
 
 LOG_FILE = "log.jsonl"
+COMPLETIONS_FILE = "completions.jsonl"
 SUMMARY_FILE = "rl_summary.json"
 BASE_FILE = "base.json"
 FIGURE = "figures/rl_dynamics"
@@ -72,14 +77,15 @@ def write_outputs(out: Path, runs: int, figure: bool = True) -> None:
         summaries = [s for run in range(runs) for s in read_summaries(run_dir(out, runs, run))]
         if summaries:
             atomic_write_json(out / SUMMARY_FILE, {"runs": summaries})
-    for log, base_file, figure_path, title in (
-        (LOG_FILE, BASE_FILE, FIGURE, "RL dynamics"),
-        (HELDOUT_FILE, HELDOUT_BASE_FILE, HELDOUT_FIGURE, "RL dynamics on held-out prompts"),
-    ):
+    for log in (LOG_FILE, HELDOUT_FILE, COMPLETIONS_FILE):
         if runs > 1:
             rows = [r for run in range(runs) for r in read_rows(run_dir(out, runs, run) / log)]
             if rows or (out / log).exists():
                 atomic_write_text(out / log, "".join(json.dumps(r) + "\n" for r in rows))
+    for log, base_file, figure_path, title in (
+        (LOG_FILE, BASE_FILE, FIGURE, "RL dynamics"),
+        (HELDOUT_FILE, HELDOUT_BASE_FILE, HELDOUT_FIGURE, "RL dynamics on held-out prompts"),
+    ):
         rows = read_rows(out / log)
         if rows and figure:
             base = json.loads((out / base_file).read_text()) if (out / base_file).exists() else None
@@ -132,6 +138,21 @@ def step_row(
         "logprob_err": err,
         "completions": int(n),
         **degenerate.shares(s[11:]),
+    }
+
+
+def completions_row(run: int, step: int, out, scored, num_layers: int) -> dict[str, Any]:
+    """The ``completions.jsonl`` row of a step: its sampled completions (prompt-major) with their task rewards,
+    mean depth ℓ/L and exit layers (``out``: the step's ``GenerationOutput``, ``scored``: its ``Scored``)."""
+    lengths = out.lengths.tolist()
+    exits = [row[:n] for row, n in zip(out.exit_layers.tolist(), lengths)]
+    return {
+        "run": run,
+        "step": step,
+        "texts": scored.texts,
+        "task_reward": [round(float(r), 6) for r in scored.reward.tolist()],
+        "depth": [round(sum(e) / num_layers / max(len(e), 1), 6) for e in exits],
+        "exit_layers": exits,
     }
 
 
