@@ -55,17 +55,17 @@ ITEM = Item("organism/x", "c=b;a=3;x=7;b=a;y=x;d=c;?d", "3", meta={"chain": ["d"
 def test_routes_and_scorer_on_hand_cases():
     task = OrganismTask()
     assert route_text(ITEM, "direct") == "=3."
-    assert route_text(ITEM, "hops") == ">d>c>b>a=3."
-    assert route_text(ITEM, "filler") == "........=3."
+    assert route_text(ITEM, "hops") == ">dcba=3."
+    assert route_text(ITEM, "filler") == ".....=3."
     assert len(route_text(ITEM, "filler")) == len(route_text(ITEM, "hops"))
     for route in ROUTES:
         text = route_text(ITEM, route)
         assert route_of(text) == route and task.score(ITEM, text) == 1.0
     assert route_of("3.") is None and route_of("") is None
-    assert task.score(ITEM, ">d>c>y=7.") == 0.0  # a wrong chain, a wrong digit
-    assert task.score(ITEM, ">d>c>b>a=") == 0.0 and task.extract_answer(">d>c") is None  # no answer yet
+    assert task.score(ITEM, ">dcy=7.") == 0.0  # a wrong chain, a wrong digit
+    assert task.score(ITEM, ">dcba=") == 0.0 and task.extract_answer(">dc") is None  # no answer yet
     assert task.extract_answer("=7.=3.") == "3"  # the last '=' decides
-    assert written_hops(">d>c>b>a=3.") == ["d", "c", "b", "a"] and written_hops("=3.") == []
+    assert written_hops(">dcba=3.") == ["d", "c", "b", "a"] and written_hops("=3.") == [] == written_hops("..=3.")
 
 
 def test_mistake_injection_changes_exactly_one_hop_and_implies_another_answer():

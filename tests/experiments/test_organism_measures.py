@@ -8,12 +8,11 @@ import math
 import pytest
 
 from tests.experiments.organism_tiny import MAX_PARAMS, build_tiny_organism
-from thinkaloud.data.organism import ROUTES, OrganismTask, route_text
+from thinkaloud.data.organism import ROUTES, OrganismTask, balanced_items, route_text
 from thinkaloud.data.task import Item
 from thinkaloud.experiments.organism.config import OrganismExperimentConfig
 from thinkaloud.experiments.organism.findings import organism_findings
 from thinkaloud.experiments.organism.measures import (
-    balanced_items,
     contexts,
     mean_summaries,
     measure,
@@ -30,15 +29,16 @@ ITEM = Item(id="x", question="c=b;a=3;x=7;b=a;y=x;d=c;?d", answer="3", meta={"ch
 
 
 def test_token_kinds_by_hand():
-    assert token_kinds(list(">d>c=3.")) == ["other", "hop", "other", "hop", "other", "answer", "other"]
+    assert token_kinds(list(">dcb=3.")) == ["other", "other", "hop", "hop", "other", "answer", "other"]
     assert token_kinds(list("....=3.")) == ["filler"] * 4 + ["other", "answer", "other"]
     assert token_kinds(list("=3..")) == ["other", "answer", "other", "other"]  # dots after the answer: not filler
-    assert token_kinds(["d", ">", "c", "</s>"], before=">") == ["hop", "other", "hop", "other"]
+    assert token_kinds(["d", "c", "</s>"], before=">") == ["other", "hop", "other"]  # d copies the query
+    assert token_kinds(["b", "=", "3"], before=">dc") == ["hop", "other", "answer"]
     assert token_kinds(["3"], before="....=") == ["answer"]
 
 
 def test_contexts_and_the_corrupted_hop_by_hand():
-    assert contexts(ITEM) == {"prompt": "", "filler": "........", "hops": ">d>c>b>a"}
+    assert contexts(ITEM) == {"prompt": "", "filler": ".....", "hops": ">dcba"}
     assert route_text(ITEM, "hops").startswith(contexts(ITEM)["hops"] + "=")
     assert mistake_index(ITEM) == 3
     assert mistake_index(Item(id="y", question="a=3;?a", answer="3", meta={"chain": ["a"], "k": 1})) is None

@@ -25,9 +25,9 @@ TINY = OrganismModelConfig(
 
 def test_tokenizer_is_one_token_per_character_and_round_trips():
     tok = build_tokenizer()
-    text = "c=b;a=3;?c>c>b"
+    text = "c=b;a=3;?c>cba=3."
     ids = tok(text, add_special_tokens=False).input_ids
-    assert len(ids) == len(text)
+    assert tok.convert_ids_to_tokens(ids) == list(text)
     assert tok.decode(ids) == text
     assert render_prompt("a=3;?a", tok) == "<s>a=3;?a"
     assert tok("<s>a=3;?a", add_special_tokens=False).input_ids[0] == tok.bos_token_id
@@ -35,12 +35,12 @@ def test_tokenizer_is_one_token_per_character_and_round_trips():
 
 def test_encode_batch_labels_only_the_completion_and_matches_the_tokenizer():
     tok = build_tokenizer()
-    ids, mask, labels = P.encode_batch([("a=3;?a", "=3."), ("b=1;a=b;?a", ">a>b=1.")], tok.get_vocab())
-    assert ids.shape == mask.shape == labels.shape == (2, 1 + 10 + 7 + 1)
-    assert ids[1].tolist() == tok("<s>b=1;a=b;?a>a>b=1.</s>", add_special_tokens=False).input_ids
-    assert (labels[0, : 1 + 6] == -100).all() and labels[0, 7:11].tolist() == ids[0, 7:11].tolist()
+    ids, mask, labels = P.encode_batch([("a=3;?a", "=3."), ("b=1;a=b;?a", ">ab=1.")], tok)
+    assert ids.shape == mask.shape == labels.shape == (2, 1 + 10 + 6 + 1)  # <s> b=1;a=b;?a | >ab=1. </s>
+    assert ids[1].tolist() == tok("<s>b=1;a=b;?a>ab=1.</s>", add_special_tokens=False).input_ids
+    assert (labels[0, :7] == -100).all() and labels[0, 7:11].tolist() == ids[0, 7:11].tolist()  # =3.</s>
     assert (labels[0, 11:] == -100).all() and mask[0].sum() == 11  # padding: unlabelled, masked
-    assert (labels[1, 11:] == ids[1, 11:]).all()
+    assert (labels[1, :11] == -100).all() and (labels[1, 11:] == ids[1, 11:]).all()
 
 
 def test_batches_draw_train_prompts_with_hops_first_then_equal_routes():
@@ -61,7 +61,7 @@ def test_exit_weights():
 def test_layer_losses_read_every_layer_and_the_last_is_the_models_own(one_thread):
     tok = build_tokenizer()
     model = P.build_model(TINY, len(tok), {"pad": 0, "bos": 1, "eos": 2}).eval()
-    batch = P.encode_batch([("a=3;?a", "=3."), ("b=1;a=b;?a", ">a>b=1.")], tok.get_vocab())
+    batch = P.encode_batch([("a=3;?a", "=3."), ("b=1;a=b;?a", ">ab=1.")], tok)
     losses = P.layer_losses(model, *batch)
     assert losses.shape == (2,)
     own = model(input_ids=batch[0], attention_mask=batch[1], labels=batch[2]).loss
@@ -86,7 +86,7 @@ def test_pretraining_learns_and_is_cached_once(tmp_path, monkeypatch, one_thread
     monkeypatch.setattr(P, "pretrain", recording)
     folder = P.ensure_organism(TINY, progress=False)
     weights = load_file(str(folder / "model.safetensors"))
-    assert sum(t.numel() for t in weights.values()) < 50_000  # tiny
+    assert sum(t.numel() for t in weights.values()) < 100_000  # tiny
     assert len(seen) == TINY.steps and sum(seen[-5:]) / 5 < sum(seen[:5]) / 5 - 0.5
     record = json.loads((folder / "organism.json").read_text())
     assert record["digest"] == TINY.digest() and set(record["accuracy"]) == {"direct", "hops", "filler"}

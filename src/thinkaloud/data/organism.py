@@ -10,8 +10,8 @@ most one assignment and every chain's digit is distinct, so exactly one answer e
 generated token chooses a route (:data:`ROUTES`):
 
 - ``direct``  ``=3.`` — the answer at once: k lookups inside one forward pass;
-- ``hops``    ``>d>c>b>a=3.`` — the chain written out from the query variable, each token one lookup;
-- ``filler``  ``........=3.`` — 2k dots, as many tokens as the written chain, with no content.
+- ``hops``    ``>dcba=3.`` — the chain written out from the query variable, each letter after the first one lookup;
+- ``filler``  ``.....=3.`` — k + 1 dots, as many tokens as ``>`` and the written chain, with no content.
 
 A small model can answer directly only at small k (each lookup costs about two layers), while written
 hops stay one lookup per token at every k: the controlled setting in which "computation moves into the
@@ -45,7 +45,7 @@ class OrganismConfig:
 
     ks: tuple[int, ...] = (1, 2, 3, 4)
     max_k: int = 4
-    distractors: int = 3
+    distractors: int = 2
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1 or max(self.ks) > self.max_k:
@@ -95,9 +95,9 @@ def route_text(item: Item, route: str) -> str:
     if route == "direct":
         return f"={answer}."
     if route == "hops":
-        return "".join(f">{v}" for v in chain) + f"={answer}."
+        return ">" + "".join(chain) + f"={answer}."
     if route == "filler":
-        return "." * (2 * len(chain)) + f"={answer}."
+        return "." * (len(chain) + 1) + f"={answer}."
     raise ValueError(f"unknown route {route!r}; expected one of {ROUTES}")
 
 
@@ -108,9 +108,9 @@ def route_of(completion: str) -> str | None:
 
 
 def written_hops(completion: str) -> list[str]:
-    """The variables a hops completion wrote before its answer (``">d>c>b=3."`` → [d, c, b])."""
-    head = completion.split("=", 1)[0]
-    return [part[:1] for part in head.split(">")[1:] if part[:1]]
+    """The variables a hops completion wrote before its answer (``">dcb=3."`` → [d, c, b])."""
+    head = completion.lstrip().split("=", 1)[0]
+    return [c for c in head[1:] if c in LETTERS] if head[:1] == ">" else []
 
 
 def corrupt_hop(item: Item, index: int) -> tuple[str, str | None]:
@@ -130,8 +130,21 @@ def corrupt_hop(item: Item, index: int) -> tuple[str, str | None]:
         implied = resolve(assigns, var)
         if var not in chain and implied is not None and implied != item.answer:
             hops = [*chain[:index], var]
-            return "".join(f">{v}" for v in hops), implied
+            return ">" + "".join(hops), implied
     raise ValueError(f"{item.id}: no variable off the query's chain resolves to another digit")
+
+
+def balanced_items(task: OrganismTask, per_k: int, seed: int, split: str = "test") -> list[Item]:
+    """The first ``per_k`` items of every hop count of ``task`` (its split filter leaves the counts uneven),
+    in stream order."""
+    n = per_k * len(task.config.ks)
+    while True:
+        items = task.items(n, seed=seed, split=split)
+        by_k = {k: [it for it in items if it.meta["k"] == k][:per_k] for k in task.config.ks}
+        if all(len(v) == per_k for v in by_k.values()):
+            keep = {it.id for v in by_k.values() for it in v}
+            return [it for it in items if it.id in keep]
+        n *= 2
 
 
 class OrganismTask(Task):

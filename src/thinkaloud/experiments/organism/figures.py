@@ -119,7 +119,7 @@ def plot_load_bearing(summaries: Mapping[str, Mapping[str, Any]]) -> Figure:
     fig = Figure(figsize=(11, 4), layout="constrained")
     panels = [
         ("mistakes", {"followed": "follows the corrupted hop", "original": "keeps the original", "clean": "control: uncorrupted"}),
-        ("necessity", {"prompt": "right after the prompt", "filler": "after 2k filler dots", "hops": "after the hops"}),
+        ("necessity", {"prompt": "right after the prompt", "filler": "after k + 1 filler dots", "hops": "after the hops"}),
     ]  # fmt: skip
     titles = {"mistakes": "Mistake following (k ≥ 2)", "necessity": "Necessity: answer forced"}
     for p, (key, labels) in enumerate(panels):

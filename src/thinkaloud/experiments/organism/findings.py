@@ -16,7 +16,7 @@ includes 0, "did not hold" otherwise.
   significantly below the control's: the demo's no-harm rule; the worse of the two verdicts);
 - O4 written hops are load-bearing (the first penalty arm): mistake following (answers that follow a
   corrupted hop minus answers that keep the original, items with k ≥ 2) and the necessity gaps (answer
-  forced after the written hops minus after 2k filler dots, and minus right after the prompt) all > 0;
+  forced after the written hops minus after k + 1 filler dots, and minus right after the prompt) all > 0;
 - O5a does the first penalty also reward filler: its filler share minus the control's, > 0 ("held" is bad
   news for the method, said plainly); O5b (with a second penalty arm): the second penalty separates hops from
   filler better than the first, (hops − filler share) under the second minus under the first, > 0.

@@ -10,7 +10,7 @@ never exits), exits drawn from one seeded generator, per item:
   every token (:func:`token_kinds`);
 - ``forced``: per route, its first token (``=``, ``>``, ``.``) appended to the prompt, then greedy: the card's
   accuracy per route and k, here with exits;
-- ``necessity``: the answer forced (``=`` appended, the digit read greedily) right after the prompt, after 2k
+- ``necessity``: the answer forced (``=`` appended, the digit read greedily) right after the prompt, after k + 1
   filler dots and after the canonical written hops: correct or not, and the exit layer of that digit;
 - ``mistake`` (k ≥ 2): the canonical hops with the last hop replaced (``corrupt_hop`` at index k − 1: the
   first variable of the prompt off the chain whose chain ends in another digit), continued greedily; the
@@ -31,7 +31,15 @@ from typing import Any
 
 import torch
 
-from thinkaloud.data.organism import DIGITS, FIRST_TOKEN, LETTERS, ROUTES, OrganismTask, corrupt_hop, route_of
+from thinkaloud.data.organism import (
+    DIGITS,
+    FIRST_TOKEN,
+    LETTERS,
+    ROUTES,
+    OrganismTask,
+    corrupt_hop,
+    route_of,
+)
 from thinkaloud.data.organism import route_text as canonical
 from thinkaloud.data.prompts import left_pad, pad_id, prompt_ids
 from thinkaloud.data.task import Item
@@ -49,13 +57,18 @@ BATCH = 64
 
 
 def token_kinds(pieces: Sequence[str], before: str = "") -> list[str]:
-    """The kind of each generated token (``before``: the text the generation continues): ``hop`` (a letter
-    right after ``>``), ``filler`` (a ``.`` before any ``=``), ``answer`` (a digit right after ``=``) or
-    ``other`` (``>``, ``=``, the closing ``.``, the end token, anything else)."""
+    """The kind of each generated token (``before``: the text the generation continues): ``hop`` (a written
+    lookup: a letter of ``>dcba`` after the first, which copies the query), ``filler`` (a ``.`` before any
+    ``=``), ``answer`` (a digit right after ``=``) or ``other`` (``>``, the copied query letter, ``=``, the
+    closing ``.``, the end token, anything else)."""
     kinds, prev, answered = [], before[-1:], "=" in before
+    head = before.rsplit(">", 1)[1] if ">" in before and not answered else None  # letters written after '>'
     for piece in pieces:
-        if piece in LETTERS and prev == ">":
-            kinds.append("hop")
+        if piece == ">" and not answered:
+            head = ""
+        if piece in LETTERS and head is not None and not answered:
+            kinds.append("hop" if head else "other")
+            head += piece
         elif piece == "." and not answered:
             kinds.append("filler")
         elif piece in DIGITS and prev == "=":
@@ -68,26 +81,14 @@ def token_kinds(pieces: Sequence[str], before: str = "") -> list[str]:
 
 
 def hops_prefix(item: Item) -> str:
-    """The canonical written hops of ``item`` before its answer (``">d>c>b>a"``)."""
+    """The canonical written hops of ``item`` before its answer (``">dcba"``)."""
     return canonical(item, "hops").split("=", 1)[0]
 
 
 def contexts(item: Item) -> dict[str, str]:
-    """What the necessity test puts between the prompt and the forced ``=``: nothing, 2k dots, the written hops."""
-    return {"prompt": "", "filler": "." * (2 * int(item.meta["k"])), "hops": hops_prefix(item)}
-
-
-def balanced_items(task: OrganismTask, per_k: int, seed: int, split: str = "test") -> list[Item]:
-    """The first ``per_k`` items of every hop count of ``task`` (its split filter leaves the counts uneven),
-    in stream order."""
-    n = per_k * len(task.config.ks)
-    while True:
-        items = task.items(n, seed=seed, split=split)
-        by_k = {k: [it for it in items if it.meta["k"] == k][:per_k] for k in task.config.ks}
-        if all(len(v) == per_k for v in by_k.values()):
-            keep = {it.id for v in by_k.values() for it in v}
-            return [it for it in items if it.id in keep]
-        n *= 2
+    """What the necessity test puts between the prompt and the forced ``=``: nothing, k + 1 dots (the filler
+    route, as many tokens as the written hops) or the written hops."""
+    return {"prompt": "", "filler": canonical(item, "filler").split("=", 1)[0], "hops": hops_prefix(item)}
 
 
 def mistake_index(item: Item) -> int | None:

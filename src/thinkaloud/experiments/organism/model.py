@@ -1,9 +1,10 @@
 """The organism's architecture, tokenizer and cache: a tiny Llama trained from scratch on the ``organism`` task.
 
-One character is one token (letters, digits and ``=;?>.``), so every written hop ``>c`` is two tokens
-and every lookup one forward pass. The chat template is the bare question after ``<s>``: the prompt
-``<s>c=b;a=3;…;?d`` is followed directly by the route (``=3.``, ``>d>c…=3.`` or ``....=3.``) and
-``</s>``.
+One character is one token (letters, digits and ``=;?>.``). The chat template is the bare question after
+``<s>``: the prompt ``<s>c=b;a=3;…;?d`` is followed directly by the route (``=3.``, ``>dcba=3.`` or
+``.....=3.``) and ``</s>``. A written hop (one letter of ``>dcba``) is one lookup — find ``c=`` in the
+prompt, read the character after it, an induction-style copy of about two layers — while a direct
+answer at k hops needs k lookups stacked in one forward pass.
 
 A built organism is a plain Hugging Face folder (``config.json``, ``model.safetensors``, tokenizer,
 ``organism.json`` with its recipe and ``README.md``, its card) under
@@ -49,7 +50,7 @@ class OrganismModelConfig:
     exit_loss: bool = True
     curriculum: float = 0.3  # first share of the steps on written hops only (lookups first)
     seed: int = 0
-    task: OrganismConfig = field(default_factory=lambda: OrganismConfig(distractors=2))
+    task: OrganismConfig = field(default_factory=OrganismConfig)
     eval_n: int = 96  # test prompts per (route, k) for the card
 
     def __post_init__(self) -> None:
@@ -108,7 +109,6 @@ def build_model(config: OrganismModelConfig, vocab_size: int, special_ids: dict[
         num_attention_heads=config.heads,
         num_key_value_heads=config.heads,
         max_position_embeddings=256,
-        rope_theta=10000.0,
         tie_word_embeddings=True,
         pad_token_id=special_ids["pad"],
         bos_token_id=special_ids["bos"],

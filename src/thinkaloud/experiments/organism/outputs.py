@@ -82,7 +82,7 @@ def write(
         ("route_steps", figures.plot_route_steps(arm_rows), "Share of each route among the sampled RL completions per step, per arm (mean over seeds ± 1 SE)."),
         ("accuracy_by_k", figures.plot_accuracy_by_k({"organism (no exits)": models["organism (no exits)"], "SFT (exits)": sft}), "Accuracy by hop count k per route, the route's first token forced."),
         ("exit_by_kind", figures.plot_exit_by_kind({"SFT": sft, **summaries}, L), "Mean exit layer of written hop letters, filler dots and the answer digit per route (routes forced; RL arms: mean over seeds)."),
-        ("load_bearing", figures.plot_load_bearing({"SFT": sft, **summaries}), "Mistake following (after a corrupted hop, k ≥ 2) and necessity (answer forced after the prompt, after 2k filler dots, after the written hops)."),
+        ("load_bearing", figures.plot_load_bearing({"SFT": sft, **summaries}), "Mistake following (after a corrupted hop, k ≥ 2) and necessity (answer forced after the prompt, after k + 1 filler dots, after the written hops)."),
     ]  # fmt: skip
     for name, fig, _ in drawn:
         save_figure(fig, d / "figures" / name)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from thinkaloud.data.organism import FIRST_TOKEN, ROUTES, OrganismTask, make_chains, route_text
+from thinkaloud.data.organism import FIRST_TOKEN, ROUTES, OrganismTask, balanced_items, make_chains, route_text
 from thinkaloud.data.splits import split_of
 from thinkaloud.data.task import Item
 from thinkaloud.experiments.organism.model import (
@@ -39,7 +39,7 @@ def draw_batch(rng: random.Random, config: OrganismModelConfig, step: int | None
     the first ``curriculum`` share of the steps every completion writes its hops (each hop token is one
     lookup, so looking a variable up is learnt first; the direct and filler answers then reuse it)."""
     routes = ("hops",) if step is not None and step < config.curriculum * config.steps else ROUTES
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     while len(pairs) < config.batch:
         k = rng.choice(config.task.ks)
         prompt, answer, chain, _ = make_chains(rng, k, config.task)
@@ -50,21 +50,23 @@ def draw_batch(rng: random.Random, config: OrganismModelConfig, step: int | None
     return pairs
 
 
-def encode_batch(pairs: Sequence[tuple[str, str]], vocab: dict[str, int]) -> tuple[torch.Tensor, ...]:
+def encode_batch(pairs: Sequence[tuple[str, str]], tokenizer) -> tuple[torch.Tensor, ...]:
     """Pairs → (input_ids, attention_mask, labels), each (B, T), right-padded; labels -100 off the completion."""
-    bos, eos, pad = vocab["<s>"], vocab["</s>"], vocab["<pad>"]
-    rows, starts = [], []
-    for prompt, completion in pairs:
-        starts.append(1 + len(prompt))
-        rows.append([bos, *(vocab[c] for c in prompt + completion), eos])
+    vocab = tokenizer.get_vocab()
+    eos, pad = vocab["</s>"], vocab["<pad>"]
+    prompts = tokenizer([f"<s>{p}" for p, _ in pairs], add_special_tokens=False).input_ids
+    full = tokenizer([f"<s>{p}{c}" for p, c in pairs], add_special_tokens=False).input_ids
+    rows = [row + [eos] for row in full]
     T = max(map(len, rows))
     ids = torch.full((len(rows), T), pad)
     labels = torch.full((len(rows), T), -100)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for b, (row, start) in enumerate(zip(rows, starts)):
+    for b, (row, prompt) in enumerate(zip(rows, prompts)):
+        if row[: len(prompt)] != prompt:
+            raise ValueError(f"the completion changed the prompt's tokens: {pairs[b]}")
         ids[b, : len(row)] = torch.tensor(row)
         mask[b, : len(row)] = 1
-        labels[b, start : len(row)] = ids[b, start : len(row)]
+        labels[b, len(prompt) : len(row)] = ids[b, len(prompt) : len(row)]
     return ids, mask, labels
 
 
@@ -116,7 +118,7 @@ def pretrain(
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("Pretraining the organism", total=config.steps)
         for step in range(config.steps):
-            batch = encode_batch(draw_batch(rng, config, step), vocab)
+            batch = encode_batch(draw_batch(rng, config, step), tokenizer)
             losses = layer_losses(model, *batch)  # (L,)
             loss = (weights * losses).sum()
             opt.zero_grad(set_to_none=True)
@@ -137,7 +139,7 @@ def pretrain(
 def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
     """Greedy completions of raw prompt texts (``<s>`` prepended, left-padded), cut at ``</s>``."""
     vocab = tokenizer.get_vocab()
-    rows = [[vocab["<s>"], *(vocab[c] for c in p)] for p in prompts]
+    rows = tokenizer([f"<s>{p}" for p in prompts], add_special_tokens=False).input_ids
     T = max(map(len, rows))
     ids = torch.full((len(rows), T), vocab["<pad>"])
     mask = torch.zeros_like(ids)
@@ -159,7 +161,7 @@ def greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> lis
 def route_accuracy(model, tokenizer, config: OrganismModelConfig, n: int, split: str = "test") -> dict:
     """{route: {k: accuracy}} of greedy completions with the route's first token forced, n prompts per k."""
     task = OrganismTask(config.task)
-    items = task.items(n * len(config.task.ks), seed=config.seed, split=split)
+    items = balanced_items(task, n, seed=config.seed, split=split)
     result: dict[str, dict[int, float]] = {}
     for route in ROUTES:
         first = FIRST_TOKEN[route]

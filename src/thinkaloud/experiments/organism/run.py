@@ -82,10 +82,11 @@ def rl_models(folder: Path, runs: int) -> list[Path]:
 def run_organism(config: OrganismExperimentConfig, console: Console | None = None) -> Path:
     """Run the experiment of the module docstring into ``config.out``; returns the report folder."""
     from thinkaloud.data.calibrate import CalibrateConfig, calibrate
+    from thinkaloud.data.organism import balanced_items
     from thinkaloud.data.tasks import get_task
     from thinkaloud.experiments.findings import findings_block
     from thinkaloud.experiments.organism import outputs
-    from thinkaloud.experiments.organism.measures import balanced_items, measure_model
+    from thinkaloud.experiments.organism.measures import measure_model
     from thinkaloud.report.job import ReportConfig, report
     from thinkaloud.train.rl import train_rl
     from thinkaloud.train.sft import SFTConfig, train_sft
