@@ -48,6 +48,7 @@ class OrganismModelConfig:
     warmup: int = 100
     weight_decay: float = 0.01
     exit_loss: bool = True
+    queries: int = 3  # queries per training sequence: the prompt's own, then other variables of it
     curriculum: float = 0.3  # first share of the steps on written hops only (lookups first)
     seed: int = 0
     task: OrganismConfig = field(default_factory=OrganismConfig)

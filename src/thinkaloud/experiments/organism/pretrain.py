@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from thinkaloud.data.organism import FIRST_TOKEN, ROUTES, OrganismTask, balanced_items, make_chains, route_text
+from thinkaloud.data.organism import DIGITS, FIRST_TOKEN, ROUTES, OrganismTask, balanced_items, make_chains, route_text
 from thinkaloud.data.splits import split_of
 from thinkaloud.data.task import Item
 from thinkaloud.experiments.organism.model import (
@@ -33,41 +33,73 @@ from thinkaloud.experiments.organism.model import (
 )
 from thinkaloud.io import atomic_folder, atomic_write_json, atomic_write_text
 
+Row = list[tuple[str, bool]]  # a training sequence as (text, whether its tokens are labelled) segments
 
-def draw_batch(rng: random.Random, config: OrganismModelConfig, step: int | None = None) -> list[tuple[str, str]]:
-    """``batch`` (prompt, completion) pairs of train-split chains, routes cycling direct/hops/filler; during
+
+def chain_of(assigns: dict[str, str], var: str) -> list[str]:
+    """The variables from ``var`` to the last one before its digit (``var`` first): k = its length."""
+    chain = [var]
+    while assigns[chain[-1]] not in DIGITS:
+        chain.append(assigns[chain[-1]])
+    return chain
+
+
+def draw_row(rng: random.Random, config: OrganismModelConfig, routes: Sequence[str], first: int) -> Row | None:
+    """One training sequence: a train-split prompt, its query answered by ``routes[first]``, then
+    ``queries − 1`` more queries of other variables of the same prompt (``?x`` unlabelled, each answered by
+    the next route), then ``</s>``; None when the prompt falls in another split."""
+    k = rng.choice(config.task.ks)
+    prompt, _, chain, assigns = make_chains(rng, k, config.task)
+    if split_of(prompt) != "train":
+        return None
+    others = [v for v in assigns if v != chain[0]]
+    queries = [chain[0], *rng.sample(others, min(config.queries - 1, len(others)))]
+    row: Row = [(f"<s>{prompt}", False)]
+    for i, var in enumerate(queries):
+        hops = chain_of(assigns, var)
+        item = Item(id="", question="", answer=assigns[hops[-1]], meta={"chain": hops, "k": len(hops)}, key="-")
+        if i:
+            row.append((f"?{var}", False))
+        row.append((route_text(item, routes[(first + i) % len(routes)]), True))
+    row.append(("</s>", True))
+    return row
+
+
+def draw_batch(rng: random.Random, config: OrganismModelConfig, step: int | None = None) -> list[Row]:
+    """``batch`` training sequences (:func:`draw_row`), their first routes cycling direct/hops/filler; during
     the first ``curriculum`` share of the steps every completion writes its hops (each hop token is one
     lookup, so looking a variable up is learnt first; the direct and filler answers then reuse it)."""
     routes = ("hops",) if step is not None and step < config.curriculum * config.steps else ROUTES
-    pairs: list[tuple[str, str]] = []
-    while len(pairs) < config.batch:
-        k = rng.choice(config.task.ks)
-        prompt, answer, chain, _ = make_chains(rng, k, config.task)
-        if split_of(prompt) != "train":
-            continue
-        item = Item(id="", question=prompt, answer=answer, meta={"chain": chain, "k": k}, key=prompt)
-        pairs.append((prompt, route_text(item, routes[len(pairs) % len(routes)])))
-    return pairs
+    rows: list[Row] = []
+    while len(rows) < config.batch:
+        row = draw_row(rng, config, routes, len(rows))
+        if row is not None:
+            rows.append(row)
+    return rows
 
 
-def encode_batch(pairs: Sequence[tuple[str, str]], tokenizer) -> tuple[torch.Tensor, ...]:
-    """Pairs → (input_ids, attention_mask, labels), each (B, T), right-padded; labels -100 off the completion."""
-    vocab = tokenizer.get_vocab()
-    eos, pad = vocab["</s>"], vocab["<pad>"]
-    prompts = tokenizer([f"<s>{p}" for p, _ in pairs], add_special_tokens=False).input_ids
-    full = tokenizer([f"<s>{p}{c}" for p, c in pairs], add_special_tokens=False).input_ids
-    rows = [row + [eos] for row in full]
-    T = max(map(len, rows))
-    ids = torch.full((len(rows), T), pad)
+def encode_batch(rows: Sequence[Row], tokenizer) -> tuple[torch.Tensor, ...]:
+    """Rows → (input_ids, attention_mask, labels), each (B, T), right-padded; labels -100 on the unlabelled
+    segments (the prompt, the later queries) and the padding. One token per character, so the segments
+    tokenise on their own exactly as in the whole text."""
+    pad = tokenizer.pad_token_id
+    encoded = []
+    for row in rows:
+        ids, labelled = [], []
+        for text, on in row:
+            piece = tokenizer(text, add_special_tokens=False).input_ids
+            ids += piece
+            labelled += [on] * len(piece)
+        encoded.append((ids, labelled))
+    T = max(len(ids) for ids, _ in encoded)
+    ids_t = torch.full((len(rows), T), pad)
     labels = torch.full((len(rows), T), -100)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for b, (row, prompt) in enumerate(zip(rows, prompts)):
-        if row[: len(prompt)] != prompt:
-            raise ValueError(f"the completion changed the prompt's tokens: {pairs[b]}")
-        ids[b, : len(row)] = torch.tensor(row)
-        mask[b, : len(row)] = 1
-        labels[b, len(prompt) : len(row)] = ids[b, len(prompt) : len(row)]
-    return ids, mask, labels
+    for b, (ids, labelled) in enumerate(encoded):
+        ids_t[b, : len(ids)] = torch.tensor(ids)
+        mask[b, : len(ids)] = 1
+        labels[b, : len(ids)] = torch.where(torch.tensor(labelled), ids_t[b, : len(ids)], -100)
+    return ids_t, mask, labels
 
 
 def layer_losses(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
