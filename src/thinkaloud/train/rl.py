@@ -50,13 +50,10 @@ latest checkpoint bit-for-bit (every process of a multi-process run too: the che
 process's RNG state), and finished runs are skipped.
 Under ``accelerate launch --multi_gpu`` (or ``torchrun``) each process samples its own prompts, gradients
 are averaged by DDP and the logged metrics are summed over processes (``logprob_err`` and ``coherence``
-are the main process's). With an FSDP launch config (``examples/fsdp.yaml``) the base is sharded with
-FSDP2 instead (``thinkaloud.train.dist.fsdp``): sampling and held-out evaluations run with the weights
-gathered (:func:`~thinkaloud.train.dist.fsdp.gathered`), the teacher-forced passes sharded; a step gives
-the same log-probabilities and, up to float round-off, the same update as under DDP. ``accelerate launch
---cpu`` starts a single process (accelerate's multi-CPU mode needs MPI); ``torchrun --nproc_per_node N``,
-or ``accelerate launch`` with a multi-process config on a machine without GPUs, gives N CPU processes
-with gloo.
+are the main process's). With an FSDP launch config (``examples/fsdp.yaml``) the base is sharded by FSDP2
+(``thinkaloud.train.dist.fsdp``): sampling and held-out evaluations gather the weights, the teacher-forced
+passes run sharded; a step samples and scores exactly as under DDP. ``accelerate launch --cpu`` starts one
+process; ``torchrun --nproc_per_node N``, or a multi-process accelerate config without GPUs, N with gloo.
 """
 
 from __future__ import annotations
@@ -92,7 +89,7 @@ from thinkaloud.train.common import (
 from thinkaloud.train.dist.fsdp import clip_grad_norm, gathered, save_pretrained, shard
 from thinkaloud.train.kl_control import KLController
 from thinkaloud.train.rl_config import RLConfig
-from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FILE, due, evaluate_heldout_base, log_heldout
+from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FILE, evaluate_heldout_base, heldout_row
 from thinkaloud.train.rl_report import (
     BASE_FILE,
     FIGURE,
@@ -168,7 +165,7 @@ def rl_run(ctx: _Context, run: int) -> None:
         acc, cfg.report_to, "thinkaloud-rl", dataclasses.asdict(cfg), ctx.out, run=run if cfg.runs > 1 else None
     )
     if start == 0:
-        trackers.log(_heldout(ctx, policy, run, 0, heldout_log), 0, prefix="heldout/")
+        trackers.log(heldout_row(ctx, policy, run, 0, heldout_log), 0, prefix="heldout/")
     warned = False
 
     for step in range(start + 1, cfg.steps + 1):
@@ -176,7 +173,7 @@ def rl_run(ctx: _Context, run: int) -> None:
         # sample: K completions of each of this process's P prompts, exits sampled
         prompts = ctx.env.prompts(((step - 1) * W + acc.process_index) * P, P)
         rows = [p for p in prompts for _ in range(K)]  # (B = P·K) prompt-major
-        with gathered(policy):  # FSDP: decode steps need every layer's whole weights
+        with gathered(policy):  # FSDP: decode steps need whole weights
             out = sample_rollouts(policy, rows, ctx.env, max_new_tokens=cfg.max_new_tokens, offset=cfg.offset)
         mask = out.completion_mask  # (B, N)
         # reward: task − λ·depth − β·KL̂, then leave-one-out advantages within each prompt's group
@@ -216,7 +213,7 @@ def rl_run(ctx: _Context, run: int) -> None:
             log.write(row)
             ctx.console.print(format_row(row, cfg.runs, cfg.steps), highlight=False, soft_wrap=True)
         trackers.log(row, step)
-        trackers.log(_heldout(ctx, policy, run, step, heldout_log), step, prefix="heldout/")
+        trackers.log(heldout_row(ctx, policy, run, step, heldout_log), step, prefix="heldout/")
         if step % cfg.save_every == 0 or step == cfg.steps:
             acc.wait_for_everyone()
             extra = {"run": run, "beta": kl_control.beta}
@@ -232,14 +229,6 @@ def rl_run(ctx: _Context, run: int) -> None:
         write_run_summary(folder, run, cfg.steps, kl_control.beta)  # says whether the policy collapsed
     trackers.end()
     acc.free_memory()
-
-
-def _heldout(ctx: _Context, policy, run: int, step: int, log) -> dict:
-    """The held-out row of ``step`` when due (main process), else {}; every process calls it (FSDP gathers)."""
-    if ctx.heldout is None or not due(step, ctx.config.eval_every, ctx.config.steps):
-        return {}
-    with gathered(policy):
-        return log_heldout(ctx, policy, run, step, log) or {}
 
 
 def _coherence(ctx: _Context, prompts: Sequence[Prompt], scored: Scored) -> float | None:
