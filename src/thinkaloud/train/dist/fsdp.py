@@ -10,7 +10,8 @@ Switched on by accelerate's launch config (``distributed_type: FSDP`` with ``fsd
 tested without GPUs. thinkaloud therefore takes the settings from accelerate's FSDP plugin (reshard after
 forward, mixed precision, CPU offload) and applies ``torch.distributed.fsdp.fully_shard`` itself, on CPU and GPU
 alike — one code path, the one the gloo tests run: a unit per decoder layer, then the root unit, the
-:class:`~thinkaloud.model.early_exit.EarlyExitModel` (embeddings, final norm, unembedding, exit heads). The
+:class:`~thinkaloud.model.early_exit.EarlyExitModel` (embeddings, final norm, unembedding, exit heads), which
+mixed precision leaves in its stored dtype (the heads' fp32 weights are not rounded to bf16). The
 model and optimiser are not passed to ``accelerator.prepare`` (on GPUs it would find the model already
 sharded and leave it as it is). The optimiser is built over the sharded parameters (DTensors: every process
 holds and updates 1/N of each LoRA matrix and of the heads); FSDP averages the gradients (reduce-scatter);
@@ -106,15 +107,13 @@ def shard(model, accelerator) -> bool:
                 dist.broadcast(p.data, src=0)
     reshard = bool(plugin.reshard_after_forward)
     mp = plugin.mixed_precision_policy
-    kwargs: dict[str, Any] = {
-        "mp_policy": mp if isinstance(mp, MixedPrecisionPolicy) else MixedPrecisionPolicy(),
-        "offload_policy": plugin.cpu_offload,
-    }
-    for layer in arch.decoder_layers(model.peft):
-        fully_shard(layer, reshard_after_forward=reshard, **kwargs)
-    # The root keeps its weights gathered from forward to backward (FSDP's default for the root): the SFT loss
-    # reads the unembedding after the forward.
-    fully_shard(model, reshard_after_forward=False, **kwargs)
+    for layer in arch.decoder_layers(model.peft):  # the config's mixed precision (bf16: weights gathered in bf16)
+        mp_layer = mp if isinstance(mp, MixedPrecisionPolicy) else MixedPrecisionPolicy()
+        fully_shard(layer, reshard_after_forward=reshard, mp_policy=mp_layer, offload_policy=plugin.cpu_offload)
+    # The root unit is never cast: the exit heads keep their fp32 weights and gradients (ExitHeads computes in
+    # fp32), and the unembedding its stored dtype. It keeps its weights gathered from forward to backward (FSDP's
+    # default for the root): the SFT loss reads the unembedding after the forward.
+    fully_shard(model, reshard_after_forward=False, mp_policy=MixedPrecisionPolicy(), offload_policy=plugin.cpu_offload)
     setattr(model, _RESHARD_ATTR, reshard)
     # FSDP elects its root in the first forward: make it the whole model before generation calls single layers.
     training = model.training
