@@ -317,7 +317,11 @@ DDP_ENTRY = textwrap.dedent("""
 def test_two_process_ddp_ends_with_identical_weights(tmp_path):
     script = tmp_path / "entry.py"
     script.write_text(DDP_ENTRY)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(str(Path(__file__).parents[2] / p) for p in (".", "src")),
+    }
     cmd = [
         sys.executable,
         "-m",

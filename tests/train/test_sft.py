@@ -114,7 +114,11 @@ def test_resume_refuses_a_state_pt_that_would_run_code(calib, tmp_path, capsys):
 
 def test_two_process_ddp_ends_with_identical_weights(calib, tmp_path):
     script = Path(__file__).with_name("ddp_sft_entry.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(str(Path(__file__).parents[2] / p) for p in (".", "src")),
+    }
     cmd = [
         sys.executable,
         "-m",

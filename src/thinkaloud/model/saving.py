@@ -47,13 +47,16 @@ def save_model(
     config: ExitConfig,
     source: str,
     risk_control: dict | None = None,
+    adapter_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write an early-exit model's parts to ``directory`` (replaced atomically); the body of
-    :meth:`EarlyExitModel.save_pretrained`. ``risk_control`` is kept while it matches the weights."""
+    :meth:`EarlyExitModel.save_pretrained`. ``risk_control`` is kept while it matches the weights.
+    ``adapter_state``: the LoRA weights by the peft model's parameter names, to write instead of the
+    model's own (whose tensors are shards under FSDP, ``thinkaloud.train.dist.fsdp``)."""
     directory = Path(directory)
     base = arch.base_causal_lm(peft_model)
     with atomic_folder(directory) as tmp:
-        peft_model.save_pretrained(str(tmp / ADAPTER_DIR))
+        peft_model.save_pretrained(str(tmp / ADAPTER_DIR), state_dict=adapter_state)
         atomic_save_safetensors(tmp / HEADS_FILE, {"weight": heads.weight, "bias": heads.bias})
         meta = {
             "thinkaloud_version": __version__,

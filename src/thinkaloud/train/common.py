@@ -1,7 +1,10 @@
 """Pieces shared by the training loops: optimiser groups, checkpoints with resume, JSONL logs.
 
 Checkpoints hold everything a resumed run needs to continue bit-for-bit: trainable weights (LoRA +
-heads), optimiser state, step, RNG states and the data order position. They are written into a
+heads), optimiser state, step, RNG states (one per process of a multi-process run) and the data order
+position. Under FSDP they are gathered: the same file as a single-process run's
+(``thinkaloud.train.dist.fsdp``), so every process takes part in :func:`save_checkpoint` and the main process
+writes. They are written into a
 temporary folder and renamed into place, so a kill never leaves a partial checkpoint; it may leave the
 temporary itself (``.step-*.tmp``, ``.latest.json.*.tmp``), which the next run of the same folder
 removes (:func:`remove_stale_temporaries`).
@@ -26,6 +29,7 @@ import torch
 
 from thinkaloud.errors import UserError, one_line
 from thinkaloud.io import atomic_folder, atomic_write_json
+from thinkaloud.train.dist.fsdp import full, shard_like
 
 CKPT_DIR = "checkpoints"
 STATE_FILE = "state.pt"
@@ -45,8 +49,9 @@ def set_seed(seed: int) -> None:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    """The parameters that training changes (LoRA and exit heads), by name."""
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """The parameters that training changes (LoRA and exit heads), by name, whole (gathered under FSDP: then
+    every process must call it)."""
+    return {n: full(p).detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def make_optimizer(model, *, head_lr: float, lora_lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -68,29 +73,68 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _world() -> tuple[int, int]:
+    """(rank, number of processes) of the process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _rng_states() -> dict[str, Any] | list[dict[str, Any]]:
+    """This process's RNG state; with several processes, the list of all of theirs (a collective)."""
+    rank, world = _world()
+    if world == 1:
+        return _rng_state()
+    states: list[Any] = [None] * world
+    torch.distributed.all_gather_object(states, _rng_state())
+    return states
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with whole tensors (the moments of sharded parameters gathered)."""
+    state = optimizer.state_dict()
+    state["state"] = {i: {k: full(v) for k, v in s.items()} for i, s in state["state"].items()}
+    return state
+
+
+def _set_rng_state(state: dict[str, Any] | list[dict[str, Any]]) -> None:
+    if isinstance(state, list):  # one per process: this process's (the main process's if the count changed)
+        rank, world = _world()
+        state = state[rank] if len(state) == world else state[0]
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(out: Path, step: int, model, optimizer, extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
-    """``out/checkpoints/step-000123/`` with trainable weights, optimiser, RNG and ``extra``; atomically."""
+def save_checkpoint(
+    out: Path,
+    step: int,
+    model,
+    optimizer,
+    extra: dict[str, Any] | None = None,
+    keep: int = 2,
+    *,
+    write: bool = True,
+) -> Path:
+    """``out/checkpoints/step-000123/`` with trainable weights, optimiser, RNG and ``extra``; atomically.
+
+    With several processes every one calls it (the state is gathered) and only the one with ``write``
+    (the main process) writes."""
     root = Path(out) / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
+    state = {
+        "step": step,
+        "trainable": trainable_state(model),
+        "optimizer": _optimizer_state(optimizer),
+        "rng": _rng_states(),
+        "extra": extra or {},
+    }
+    if not write:
+        return final
+    root.mkdir(parents=True, exist_ok=True)
     with atomic_folder(final) as tmp:  # tmp: .step-000123.tmp
-        torch.save(
-            {
-                "step": step,
-                "trainable": trainable_state(model),
-                "optimizer": optimizer.state_dict(),
-                "rng": _rng_state(),
-                "extra": extra or {},
-            },
-            tmp / STATE_FILE,
-        )
+        torch.save(state, tmp / STATE_FILE)
     atomic_write_json(root / "latest.json", {"step": step, "path": final.name})
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -156,8 +200,14 @@ def load_checkpoint(path: Path, model, optimizer) -> dict[str, Any]:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state["trainable"].items():
-            params[name].copy_(value.to(params[name].device))
+            params[name].copy_(shard_like(value.to(params[name].device), params[name]))
     optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # FSDP: the whole moments cut into this process's shards
+        for p in group["params"]:
+            moments = optimizer.state.get(p, {})
+            for k, v in moments.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.dim() > 0:
+                    moments[k] = shard_like(v, p)
     _set_rng_state(state["rng"])
     return {"step": state["step"], "extra": state["extra"]}
 

@@ -52,11 +52,14 @@ saved, for inspection.
 
 The environment (prompt stream and scorer) is ``thinkaloud.data.env``; the output folder, merged log,
 figure and step table are ``thinkaloud.train.rl_report``. With ``--resume`` a run continues from its
-latest checkpoint bit-for-bit (single process), and finished runs are skipped.
+latest checkpoint bit-for-bit (every process of a multi-process run too: the checkpoint holds each
+process's RNG state), and finished runs are skipped.
 Under ``accelerate launch --multi_gpu`` (or ``torchrun``) each process samples its own prompts, gradients
 are averaged by DDP and the logged metrics are summed over processes (``logprob_err`` and ``coherence``
-are the main process's). ``accelerate launch --cpu`` starts a single process (accelerate's multi-CPU
-mode needs MPI); ``torchrun --nproc_per_node N`` gives N CPU processes with gloo.
+are the main process's). With an FSDP launch config (``examples/fsdp.yaml``) the base is sharded by FSDP2
+(``thinkaloud.train.dist.fsdp``): sampling and held-out evaluations gather the weights, the teacher-forced
+passes run sharded; a step samples and scores exactly as under DDP. ``accelerate launch --cpu`` starts one
+process; ``torchrun --nproc_per_node N``, or a multi-process accelerate config without GPUs, N with gloo.
 """
 
 from __future__ import annotations
@@ -89,9 +92,10 @@ from thinkaloud.train.common import (
     save_checkpoint,
     set_seed,
 )
+from thinkaloud.train.dist.fsdp import clip_grad_norm, gathered, save_pretrained, shard
 from thinkaloud.train.kl_control import KLController
 from thinkaloud.train.rl_config import RLConfig
-from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FILE, evaluate_heldout_base, log_heldout
+from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FILE, evaluate_heldout_base, heldout_row
 from thinkaloud.train.rl_report import (
     BASE_FILE,
     COMPLETIONS_FILE,
@@ -140,6 +144,7 @@ def rl_run(ctx: _Context, run: int) -> None:
     P, K, W = cfg.prompts_per_step, cfg.k, acc.num_processes
     set_seed(cfg.seed + run + 1000 * acc.process_index)
     model = ctx.make_model().eval()  # eval mode throughout: LoRA dropout off, so training is exactly on-policy
+    sharded = shard(model, acc)  # FSDP2 when the launch config asks for it (before the optimiser)
     optimizer = make_optimizer(model, head_lr=cfg.head_lr, lora_lr=cfg.lora_lr)
     start = 0
     kl_control = KLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)  # a fixed β without a target
@@ -153,8 +158,9 @@ def rl_run(ctx: _Context, run: int) -> None:
             ctx.console.print(f"run {run}: resumed from {checkpoint} (step {start})")
     if start >= cfg.steps and (folder / MODEL_DIR).exists():
         return
-    model, optimizer = acc.prepare(model, optimizer)
-    policy = acc.unwrap_model(model)
+    if not sharded:
+        model, optimizer = acc.prepare(model, optimizer)
+    policy = model if sharded else acc.unwrap_model(model)
     L, stops = policy.num_layers, set(stop_ids(policy, ctx.env.stop_token_ids))
     log = JsonlLog(folder / LOG_FILE, resume_step=start if cfg.resume else None) if acc.is_main_process else None
     # held-out rows of step s are written before checkpoint s: keep those up to the checkpoint (none without)
@@ -172,7 +178,7 @@ def rl_run(ctx: _Context, run: int) -> None:
         acc, cfg.report_to, "thinkaloud-rl", dataclasses.asdict(cfg), ctx.out, run=run if cfg.runs > 1 else None
     )
     if start == 0:
-        trackers.log(log_heldout(ctx, policy, run, 0, heldout_log) or {}, 0, prefix="heldout/")
+        trackers.log(heldout_row(ctx, policy, run, 0, heldout_log), 0, prefix="heldout/")
     warned = False
 
     for step in range(start + 1, cfg.steps + 1):
@@ -180,7 +186,8 @@ def rl_run(ctx: _Context, run: int) -> None:
         # sample: K completions of each of this process's P prompts, exits sampled
         prompts = ctx.env.prompts(((step - 1) * W + acc.process_index) * P, P)
         rows = [p for p in prompts for _ in range(K)]  # (B = P·K) prompt-major
-        out = sample_rollouts(policy, rows, ctx.env, max_new_tokens=cfg.max_new_tokens, offset=cfg.offset)
+        with gathered(policy):  # FSDP: decode steps need whole weights
+            out = sample_rollouts(policy, rows, ctx.env, max_new_tokens=cfg.max_new_tokens, offset=cfg.offset)
         mask = out.completion_mask  # (B, N)
         # reward: task − λ·depth − β·KL̂, then leave-one-out advantages within each prompt's group
         scored = ctx.env.score(rows, out)
@@ -194,7 +201,7 @@ def rl_run(ctx: _Context, run: int) -> None:
         token_lp, exit_lp = policy_logprobs(model, out, cfg.offset)  # (B, N) each
         loss = policy_loss(token_lp, exit_lp, mask, advantages)
         acc.backward(loss)
-        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+        grad_norm = clip_grad_norm(acc, model, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
         optimizer.step()
         optimizer.zero_grad()
 
@@ -221,18 +228,19 @@ def rl_run(ctx: _Context, run: int) -> None:
             log.write(row)
             ctx.console.print(format_row(row, cfg.runs, cfg.steps), highlight=False, soft_wrap=True)
         trackers.log(row, step)
-        trackers.log(log_heldout(ctx, policy, run, step, heldout_log) or {}, step, prefix="heldout/")
+        trackers.log(heldout_row(ctx, policy, run, step, heldout_log), step, prefix="heldout/")
         if step % cfg.save_every == 0 or step == cfg.steps:
             acc.wait_for_everyone()
+            extra = {"run": run, "beta": kl_control.beta}
+            save_checkpoint(folder, step, policy, optimizer, extra=extra, write=acc.is_main_process)
             if acc.is_main_process:
-                save_checkpoint(folder, step, policy, optimizer, extra={"run": run, "beta": kl_control.beta})
                 write_outputs(ctx.out, cfg.runs, figure=False)
         if ctx.on_step is not None:
             ctx.on_step(run, step, row)
 
     acc.wait_for_everyone()
+    save_pretrained(policy, folder / MODEL_DIR, main=acc.is_main_process)
     if acc.is_main_process:
-        policy.save_pretrained(folder / MODEL_DIR)
         write_run_summary(folder, run, cfg.steps, kl_control.beta)  # says whether the policy collapsed
     trackers.end()
     acc.free_memory()

@@ -36,6 +36,7 @@ from thinkaloud.measures.fluency import distinct_ngrams, response_nll
 from thinkaloud.measures.responses import chunked, from_generation
 from thinkaloud.model.generate import _stop_ids as stop_ids
 from thinkaloud.train import degenerate
+from thinkaloud.train.dist.fsdp import gathered
 
 HELDOUT_FILE = "heldout.jsonl"
 HELDOUT_BASE_FILE = "heldout_base.json"
@@ -141,6 +142,14 @@ def log_heldout(ctx, policy, run: int, step: int, log) -> dict[str, Any] | None:
         highlight=False,
     )
     return row
+
+
+def heldout_row(ctx, policy, run: int, step: int, log) -> dict[str, Any]:
+    """:func:`log_heldout` called by every process (under FSDP the weights are gathered for it); {} when not due."""
+    if ctx.heldout is None or not due(step, ctx.config.eval_every, ctx.config.steps):
+        return {}
+    with gathered(policy):
+        return log_heldout(ctx, policy, run, step, log) or {}
 
 
 def evaluate_heldout_base(ctx, model) -> dict[str, Any]:

@@ -18,13 +18,20 @@ calibration's mean target hazards (``init_heads_from_targets``) so a short run s
 target exit rates instead of from exits that never fire; heads learn faster than the paper's 1e-5
 (``head_lr`` 1e-3) so a CPU run of a few hundred steps moves them.
 
-Runs unchanged under ``accelerate launch`` / ``torchrun`` (DDP): rows of each global batch are split
-across processes and gradients are averaged by DDP.
+Runs unchanged under ``accelerate launch`` / ``torchrun``: rows of each global batch are split across
+processes, gradients are averaged by DDP or, with an FSDP launch config (``examples/fsdp.yaml``), by FSDP2
+over a sharded base (``thinkaloud.train.dist.fsdp``). A multi-process step equals the single-process step
+on the same global batch, up to float round-off: the exit draws are made for the whole micro-batch on
+every process (each keeps its rows' tokens), and each process's loss is its tokens' sum over the
+micro-batch's token count per process, so that the averaged gradient is that of the mean over all tokens
+(LoRA dropout aside: its masks come from each process's own random stream; set ``lora_dropout`` 0 for an
+exact match). The logged losses are the means over all processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +60,7 @@ from thinkaloud.train.common import (
     save_checkpoint,
     set_seed,
 )
+from thinkaloud.train.dist.fsdp import clip_grad_norm, full, is_sharded, save_pretrained, shard
 from thinkaloud.train.trackers import Trackers, accelerator_kwargs, check_report_to
 
 
@@ -151,22 +159,37 @@ def batch_rows(rows: list, step: int, batch_size: int, seed: int) -> list:
 
 
 def sft_loss(
-    model, teacher_logp: torch.Tensor, batch: Batch, config: SFTConfig, generator: torch.Generator
+    model,
+    teacher_logp: torch.Tensor,
+    batch: Batch,
+    config: SFTConfig,
+    generator: torch.Generator,
+    *,
+    draws: torch.Tensor | None = None,
+    tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The Stage-1 loss of one micro-batch; ``model`` is what the optimiser trains (maybe DDP-wrapped)."""
+    """The Stage-1 loss of one micro-batch; ``model`` is what the optimiser trains (maybe DDP-wrapped).
+
+    ``draws``: the sampled outcome indices (S, N) of the batch's tokens (default: drawn here from
+    ``generator``); ``tokens``: what the per-token losses are summed over (default N, the mean; with several
+    processes, the micro-batch's token count per process)."""
     core = getattr(model, "module", model)
     L, layers = core.num_layers, core.layers
     log_t = exit_targets(batch.kl, config.kl_factor)  # (N, m+1)
     outcome_layers = torch.tensor(layers + [L], device=batch.kl.device)
+    per = float(batch.kl.shape[0]) if tokens is None else tokens
     if config.exit_loss == "sample":
-        draws = losses.sample_exit_index(log_t.cpu(), config.exit_samples, generator).to(batch.kl.device)  # (S, N)
+        if draws is None:
+            draws = losses.sample_exit_index(log_t.cpu(), config.exit_samples, generator)  # (S, N)
+        draws = draws.to(batch.kl.device)
         distill, ce = torch.zeros((), device=batch.kl.device), torch.zeros((), device=batch.kl.device)
         for s in range(config.exit_samples):
             exits = torch.full_like(batch.input_ids, L)
             exits[batch.select] = outcome_layers[draws[s]]
             out = model(batch.input_ids, batch.attention_mask, exit_layers=exits)
-            distill = distill + losses.distill_kl(teacher_logp, out.logits[batch.select], config.distill_kl).mean()
-            ce = ce + losses.exit_cross_entropy(out.exit_logprobs[batch.select]).mean()
+            kl = losses.distill_kl(teacher_logp, out.logits[batch.select], config.distill_kl)
+            distill = distill + kl.sum() / per
+            ce = ce + losses.exit_cross_entropy(out.exit_logprobs[batch.select]).sum() / per
         distill, ce = distill / config.exit_samples, ce / config.exit_samples
     else:
         out = model(batch.input_ids, batch.attention_mask, all_exits=True)
@@ -178,7 +201,7 @@ def sft_loss(
             dim=-1,
         )  # (N, m+1)
         d, c = losses.expected_exit_loss(log_t, out.exit_logprobs[batch.select], per_outcome)
-        distill, ce = d.mean(), c.mean()
+        distill, ce = d.sum() / per, c.sum() / per
     loss = distill + config.exit_weight * ce
     return loss, {"loss": float(loss.detach()), "distill": float(distill.detach()), "exit_ce": float(ce.detach())}
 
@@ -186,10 +209,20 @@ def sft_loss(
 @torch.no_grad()
 def teacher_logprobs(core, batch: Batch) -> torch.Tensor:
     """Exact teacher next-token log-probabilities at the selected positions, (N, V)."""
-    with core.disable_adapter():  # no exits: the hooks stay idle outside a run
-        hidden = core._hidden(batch.input_ids, batch.attention_mask)  # (B, T, C)
-    logits = arch.readout(core.peft, hidden[batch.select])  # (N, V): only the completion positions
+    with core.disable_adapter():
+        if is_sharded(core):  # through the model's forward, which gathers the sharded weights; no exits
+            logits = core(batch.input_ids, batch.attention_mask, offset=-math.inf).logits[batch.select]
+        else:  # no exits: the hooks stay idle outside a run
+            hidden = core._hidden(batch.input_ids, batch.attention_mask)  # (B, T, C)
+            logits = arch.readout(core.peft, hidden[batch.select])  # (N, V): only the completion positions
     return torch.log_softmax(logits.float(), dim=-1)
+
+
+def own_tokens(rows: list[CalibrationRow], rank: int, world: int) -> torch.Tensor:
+    """Indices, in the row-major token order of ``rows``, of the tokens of rows ``rank::world`` (this process's)."""
+    counts = [r.kl.shape[0] for r in rows]
+    starts = [sum(counts[:i]) for i in range(len(rows))]
+    return torch.cat([torch.arange(starts[i], starts[i] + counts[i]) for i in range(rank, len(rows), world)])
 
 
 def train_sft(
@@ -225,6 +258,7 @@ def train_sft(
         mean_target = exit_targets(torch.cat([r.kl for r in rows]), config.kl_factor).exp().mean(0)
         with torch.no_grad():
             model.heads.bias.copy_(losses.hazard_bias_init(mean_target))
+    sharded = shard(model, accelerator)  # FSDP2 when the launch config asks for it (before the optimiser)
     optimizer = make_optimizer(model, head_lr=config.head_lr, lora_lr=config.lora_lr, weight_decay=config.weight_decay)
 
     start = 0
@@ -244,8 +278,9 @@ def train_sft(
     )
     trackers = Trackers(accelerator, config.report_to, "thinkaloud-sft", dataclasses.asdict(config), out)
 
-    model, optimizer = accelerator.prepare(model, optimizer)
-    core = accelerator.unwrap_model(model)
+    if not sharded:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    core = model if sharded else accelerator.unwrap_model(model)
     rank, world = accelerator.process_index, accelerator.num_processes
     micro = config.batch_size // config.grad_accum
     if micro < world or config.batch_size % (config.grad_accum * world):
@@ -271,23 +306,33 @@ def train_sft(
             step_rows = batch_rows(rows, step, config.batch_size, config.seed)
             stats: dict[str, float] = {}
             for a in range(config.grad_accum):
-                chunk = step_rows[a * micro : (a + 1) * micro][rank::world]
-                batch = collate(chunk, pad_id, accelerator.device)
+                rows_a = step_rows[a * micro : (a + 1) * micro]  # the micro-batch, all processes together
+                batch = collate(rows_a[rank::world], pad_id, accelerator.device)
+                draws = None
+                if config.exit_loss == "sample":  # drawn for the whole micro-batch: the same draws in any layout
+                    log_t = exit_targets(torch.cat([r.kl for r in rows_a]), config.kl_factor)
+                    draws = losses.sample_exit_index(log_t, config.exit_samples, generator)[
+                        :, own_tokens(rows_a, rank, world)
+                    ]
                 teacher = teacher_logprobs(core, batch)
+                tokens = sum(r.kl.shape[0] for r in rows_a) / world
                 with accelerator.autocast():
-                    loss, parts = sft_loss(model, teacher, batch, config, generator)
+                    loss, parts = sft_loss(model, teacher, batch, config, generator, draws=draws, tokens=tokens)
                 accelerator.backward(loss / config.grad_accum)
                 for k, v in parts.items():
                     stats[k] = stats.get(k, 0.0) + v / config.grad_accum
+            if world > 1:  # the means over all tokens: each process's parts are its share of them
+                totals = accelerator.reduce(torch.tensor(list(stats.values()), device=accelerator.device), "mean")
+                stats = dict(zip(stats, totals.tolist()))
             if config.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                clip_grad_norm(accelerator, model, config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             row = {
                 "step": done,
                 **{k: round(v, 5) for k, v in stats.items()},
-                "head_bias_mean": round(float(core.heads.bias.detach().mean()), 4),
+                "head_bias_mean": round(float(full(core.heads.bias).detach().mean()), 4),
                 "elapsed_s": round(time.perf_counter() - t0, 2),
             }
             if log is not None:
@@ -300,13 +345,12 @@ def train_sft(
             )
             if done % config.save_every == 0 or done == config.steps:
                 accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    save_checkpoint(out, done, core, optimizer)
+                save_checkpoint(out, done, core, optimizer, write=accelerator.is_main_process)
             if on_step is not None:
                 on_step(done, core)
     accelerator.wait_for_everyone()
+    save_pretrained(core, out / RUN_MODEL_DIR, main=accelerator.is_main_process)
     if accelerator.is_main_process:
-        core.save_pretrained(out / RUN_MODEL_DIR)
         console.print(f"SFT done: {out / RUN_MODEL_DIR}")
     trackers.end()
     return out

@@ -199,7 +199,8 @@ def unembedding_hash(model: nn.Module) -> str:
     h = hashlib.sha256()
     h.update(str(tuple(w.shape)).encode())
     # A strided sample keeps this fast for large vocabularies and is still specific to the weights.
-    h.update(w.flatten()[:: max(1, w.numel() // 1_000_003)].numpy().tobytes())
+    # (a copy of the sample: numpy would pin the weight's own storage, which FSDP frees and re-allocates)
+    h.update(w.flatten()[:: max(1, w.numel() // 1_000_003)].clone().numpy().tobytes())
     h.update(w.sum(dim=1).numpy().tobytes())
     return h.hexdigest()[:16]
 
