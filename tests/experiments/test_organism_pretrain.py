@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from thinkaloud import hub
-from thinkaloud.data.organism import OrganismConfig, route_of
+from thinkaloud.data.organism import OrganismConfig, parse_assignments, resolve, route_of
 from thinkaloud.data.splits import split_of
 from thinkaloud.data.task import render_prompt
 from thinkaloud.experiments.organism import pretrain as P
@@ -23,6 +23,10 @@ TINY = OrganismModelConfig(
 )  # fmt: skip
 
 
+def row(prompt: str, completion: str) -> P.Row:
+    return [(f"<s>{prompt}", False), (completion, True), ("</s>", True)]
+
+
 def test_tokenizer_is_one_token_per_character_and_round_trips():
     tok = build_tokenizer()
     text = "c=b;a=3;?c>cba=3."
@@ -33,9 +37,36 @@ def test_tokenizer_is_one_token_per_character_and_round_trips():
     assert tok("<s>a=3;?a", add_special_tokens=False).input_ids[0] == tok.bos_token_id
 
 
+def test_assignment_tokens_only_in_the_prompt_and_their_embeddings_start_factorised():
+    tok = build_tokenizer(assignment_tokens=True)
+    ids = tok("<s>c=b;a=3;?c>cba=3.", add_special_tokens=False).input_ids
+    assert tok.convert_ids_to_tokens(ids) == [
+        "<s>",
+        "c=b",
+        ";",
+        "a=3",
+        ";",
+        "?",
+        "c",
+        ">",
+        "c",
+        "b",
+        "a",
+        "=",
+        "3",
+        ".",
+    ]
+    assert tok.convert_ids_to_tokens(tok("?a=3.", add_special_tokens=False).input_ids) == list("?a=3.")
+    model = P.build_model(TINY, len(tok), {"pad": 0, "bos": 1, "eos": 2})
+    P.init_assignment_embeddings(model, tok, seed=0)
+    emb, v = model.get_input_embeddings().weight, tok.get_vocab()
+    torch.testing.assert_close(emb[v["c=b"]] - emb[v["a=b"]], emb[v["c"]] - emb[v["a"]])  # left side: the letter
+    assert not torch.allclose(emb[v["c=b"]] - emb[v["c=d"]], emb[v["b"]] - emb[v["d"]])  # right side: rotated
+
+
 def test_encode_batch_labels_only_the_completion_and_matches_the_tokenizer():
     tok = build_tokenizer()
-    ids, mask, labels = P.encode_batch([("a=3;?a", "=3."), ("b=1;a=b;?a", ">ab=1.")], tok)
+    ids, mask, labels = P.encode_batch([row("a=3;?a", "=3."), row("b=1;a=b;?a", ">ab=1.")], tok)
     assert ids.shape == mask.shape == labels.shape == (2, 1 + 10 + 6 + 1)  # <s> b=1;a=b;?a | >ab=1. </s>
     assert ids[1].tolist() == tok("<s>b=1;a=b;?a>ab=1.</s>", add_special_tokens=False).input_ids
     assert (labels[0, :7] == -100).all() and labels[0, 7:11].tolist() == ids[0, 7:11].tolist()  # =3.</s>
@@ -43,13 +74,20 @@ def test_encode_batch_labels_only_the_completion_and_matches_the_tokenizer():
     assert (labels[1, :11] == -100).all() and (labels[1, 11:] == ids[1, 11:]).all()
 
 
-def test_batches_draw_train_prompts_with_hops_first_then_equal_routes():
-    config = OrganismModelConfig(steps=10, batch=12, curriculum=0.3)
+def test_batches_draw_train_prompts_with_hops_first_then_equal_routes_and_more_queries():
+    config = OrganismModelConfig(steps=10, batch=12, curriculum=0.3, queries=3)
     early = P.draw_batch(random.Random(0), config, step=2)
     late = P.draw_batch(random.Random(0), config, step=3)
-    assert {route_of(c) for _, c in early} == {"hops"}
-    assert [route_of(c) for _, c in late] == ["direct", "hops", "filler"] * 4
-    assert all(split_of(p) == "train" for p, _ in early + late)
+    for rows in (early, late):
+        for r in rows:
+            assert r[0][0].startswith("<s>") and split_of(r[0][0][3:]) == "train" and r[-1] == ("</s>", True)
+            assert [on for _, on in r] == [False, True, False, True, False, True, True]  # 3 queries
+            assigns = parse_assignments(r[0][0][3:])
+            for (query, _), (completion, _) in zip([(r[0][0][-2:], 0), r[2], r[4]], [r[1], r[3], r[5]]):
+                assert query[0] == "?" and resolve(assigns, query[1]) == completion[-2]  # answered right
+    assert {route_of(r[i][0]) for r in early for i in (1, 3, 5)} == {"hops"}
+    assert [route_of(r[1][0]) for r in late] == ["direct", "hops", "filler"] * 4
+    assert [route_of(r[3][0]) for r in late] == ["hops", "filler", "direct"] * 4
 
 
 def test_exit_weights():
@@ -61,7 +99,7 @@ def test_exit_weights():
 def test_layer_losses_read_every_layer_and_the_last_is_the_models_own(one_thread):
     tok = build_tokenizer()
     model = P.build_model(TINY, len(tok), {"pad": 0, "bos": 1, "eos": 2}).eval()
-    batch = P.encode_batch([("a=3;?a", "=3."), ("b=1;a=b;?a", ">ab=1.")], tok)
+    batch = P.encode_batch([row("a=3;?a", "=3."), row("b=1;a=b;?a", ">ab=1.")], tok)
     losses = P.layer_losses(model, *batch)
     assert losses.shape == (2,)
     own = model(input_ids=batch[0], attention_mask=batch[1], labels=batch[2]).loss

@@ -20,12 +20,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from thinkaloud.data.organism import DIGITS, LETTERS, OrganismConfig
 from thinkaloud.hub import cache_dir
 
 ALIAS = "organism"
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 SYMBOLS = "=;?>."
+ASSIGNMENT = r"(?<=^|;)[a-z]=[a-z0-9]"  # with assignment tokens: one token at the start or after ';'
 CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 
@@ -48,6 +51,7 @@ class OrganismModelConfig:
     warmup: int = 100
     weight_decay: float = 0.01
     exit_loss: bool = True
+    assignment_tokens: bool = True  # an assignment of the prompt (``c=b``) is one token
     queries: int = 3  # queries per training sequence: the prompt's own, then other variables of it
     curriculum: float = 0.3  # first share of the steps on written hops only (lookups first)
     seed: int = 0
@@ -82,14 +86,17 @@ def is_built(folder: Path) -> bool:
     return all((folder / name).exists() for name in ("config.json", "model.safetensors", "organism.json"))
 
 
-def build_tokenizer():
-    """The character tokenizer as a ``PreTrainedTokenizerFast`` (saved with the model)."""
+def build_tokenizer(assignment_tokens: bool = False):
+    """The tokenizer as a ``PreTrainedTokenizerFast`` (saved with the model): one token per character, and
+    with ``assignment_tokens`` one per assignment of the prompt (``c=b`` after the start or a ``;``)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *LETTERS, *DIGITS, *SYMBOLS])}
+    assignments = [f"{v}={r}" for v in LETTERS for r in LETTERS + DIGITS] if assignment_tokens else []
+    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *LETTERS, *DIGITS, *SYMBOLS, *assignments])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    pattern = f"{ASSIGNMENT}|." if assignment_tokens else "."
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     core.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
@@ -116,3 +123,16 @@ def build_model(config: OrganismModelConfig, vocab_size: int, special_ids: dict[
         eos_token_id=special_ids["eos"],
     )
     return LlamaForCausalLM(hf)
+
+
+@torch.no_grad()
+def init_assignment_embeddings(model, tokenizer, seed: int) -> None:
+    """Start every assignment token ``v=r`` at emb(v) + emb(r)·R (R a random rotation): its left and right
+    sides readable apart from the first step, as if the model had learnt the two characters' embeddings."""
+    emb = model.get_input_embeddings().weight  # (V, H)
+    vocab = tokenizer.get_vocab()
+    g = torch.Generator().manual_seed(seed)
+    rotation, _ = torch.linalg.qr(torch.randn(emb.shape[1], emb.shape[1], generator=g))  # (H, H)
+    for token, i in vocab.items():
+        if len(token) == 3 and token[1] == "=":
+            emb[i] = emb[vocab[token[0]]] + emb[vocab[token[2]]] @ rotation

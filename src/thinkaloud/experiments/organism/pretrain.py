@@ -28,6 +28,7 @@ from thinkaloud.experiments.organism.model import (
     OrganismModelConfig,
     build_model,
     build_tokenizer,
+    init_assignment_embeddings,
     is_built,
     organism_folder,
 )
@@ -130,10 +131,12 @@ def pretrain(
     from rich.progress import Progress
 
     torch.manual_seed(config.seed)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(config.assignment_tokens)
     vocab = tokenizer.get_vocab()
     ids = {"pad": vocab["<pad>"], "bos": vocab["<s>"], "eos": vocab["</s>"]}
     model = build_model(config, len(vocab), ids)
+    if config.assignment_tokens:
+        init_assignment_embeddings(model, tokenizer, config.seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
 
