@@ -57,7 +57,20 @@ def test_quick_demo_end_to_end(tmp_path):
     assert {"agreement_curves", "fluency_proxies"} <= figures
     assert sum(s.startswith("rl_heldout_") and "rl-T" in s for s in figures) == per_t
     assert sum(s.startswith("future_lens_") for s in figures) == 3
-    assert sum(s.startswith("findings_00_") for s in figures) == 1 + len(KL_FACTORS) + (per_t > 1)
+    assert sum(s.startswith("findings_01_") for s in figures) == 1 + len(KL_FACTORS) + (per_t > 1)
+
+    # The organism came first: its stages, its findings O1–O5 first in the terminal and the report
+    organism = json.loads((out / "organism" / "findings" / "findings.json").read_text())
+    assert organism["first"] and [f["finding"][:4] for f in organism["findings"]][:4] == [
+        "(O1)",
+        "(O2)",
+        "(O3)",
+        "(O4)",
+    ]
+    assert terminal.index("Findings: the model organism") < terminal.index("Findings: smollm2")
+    assert md.index(f"## {organism['title']}") < md.index("## Evaluations")
+    assert sum(s.startswith("findings_00_") for s in figures) == len(organism["figures"]) == 4
+    assert "organism" in timings["stages_s"]
     assert html.count("data:image/png;base64,") == len(figures)
     timings = json.loads((out / "timings.json").read_text())
     assert timings["total_s"] > 0 and "calibrate" in timings["stages_s"]

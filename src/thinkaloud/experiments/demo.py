@@ -110,6 +110,7 @@ def check_folder(out: Path, config: DemoConfig) -> None:
         "seed": config.seed,
         "quick": config.quick,
         "judge": config.judge,
+        "organism": config.organism,
         "rl": {
             "lam": RL_LAMBDA,
             "beta": RL_BETA,
@@ -150,6 +151,19 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
     check_folder(out, config)
     t0, cpu0 = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
+
+    # 0. the model organism: where moving computation into the text can be seen (or not)
+    organism = None
+    if config.organism:
+        from thinkaloud.experiments.organism.config import OrganismExperimentConfig
+        from thinkaloud.experiments.organism.run import run_organism
+
+        console.rule("[bold]Part 1: the model organism (thinkaloud organism)")
+        start = time.perf_counter()
+        run_organism(OrganismExperimentConfig(out=str(out / "organism"), quick=config.quick), console)
+        timings["organism"] = time.perf_counter() - start
+        organism = out / "organism" / "findings"
+        console.rule(f"[bold]Part 2: the method on a pretrained model ({config.model}, {config.task})")
 
     def stage(name: str, done: bool, fn) -> None:
         if done:
@@ -261,14 +275,18 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
         lambda: report(
             ReportConfig(
                 dirs=[str(out / "eval" / label) for label in labels]
-                + [str(stage1), *map(str, rl_dirs.values()), str(findings_dir)],
+                + [str(stage1), *map(str, rl_dirs.values()), str(findings_dir)]
+                + ([str(organism)] if organism is not None else []),
                 out=str(report_dir),
             )
         ),
     )
 
     console.print(sweep_table(json.loads((stage1 / "sweep.json").read_text())["rows"], title=STAGE1_TITLE))
-    console.rule("[bold]Findings")
+    if organism is not None:
+        console.rule("[bold]Findings: the model organism")
+        console.print((organism / "findings.txt").read_text().rstrip(), highlight=False)
+    console.rule(f"[bold]Findings: {config.model} on {config.task}")
     console.print(df.findings_block(findings), highlight=False)
     for target, folder in rl_dirs.items():  # a collapsed policy is said, not saved as if nothing happened
         for entry in read_summaries(folder):

@@ -41,6 +41,13 @@ class DemoConfig:
         },
     )
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: all cores)"})
+    organism: bool = field(
+        default=True,
+        metadata={
+            "help": "first run the model organism (`thinkaloud organism`: does the exit penalty move computation "
+            "into the text?) into OUT/organism; --no-organism: the SmolLM2 part only"
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -347,8 +347,10 @@ def write_findings(
     notes: Sequence[str],
     tables: Sequence[dict[str, Any]],
     figures: Sequence[dict[str, str]],
+    first: bool = False,
 ) -> Path:
-    """``out/findings.json`` in the report's findings format (``thinkaloud.report.build``)."""
+    """``out/findings.json`` in the report's findings format (``thinkaloud.report.build``); ``first``: the report
+    puts this section before all others."""
     from thinkaloud.io import atomic_write_json
 
     return atomic_write_json(
@@ -359,5 +361,6 @@ def write_findings(
             "notes": list(notes),
             "tables": list(tables),
             "figures": list(figures),
+            **({"first": True} if first else {}),
         },
     )

@@ -36,7 +36,8 @@ RL directory
 findings directory
   ``findings.json``: {"title", "findings": [{"finding", "measured", "verdict"}], "notes": [str],
     "tables": [{"title", "headers", "rows"}], "figures": [{"file": stem relative to the folder, whose
-    .png (and .svg) exist, "caption"}]}: stated results (e.g. the demo's), drawn as the last section.
+    .png (and .svg) exist, "caption"}], "first" (optional)}: stated results (e.g. the demo's), drawn as
+    the last section, or as the first with ``"first": true`` (the demo's organism findings).
 
 ``build_report(dirs, out)`` writes ``out/report.md`` (Markdown tables, linked images),
 ``out/report.html`` (one file: CSS inline, figures as base64 PNG, token views inline), the figures
@@ -56,6 +57,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -186,6 +188,10 @@ def build_report(
     out = Path(out)
     b = _Builder(out)
     kinds = {d: detect_kind(d) for d in folders}
+    found = [d for d in folders if kinds[d] == "findings"]
+    lead = [d for d in found if json.loads((d / "findings.json").read_text()).get("first")]
+    for i, d in enumerate(lead):
+        _findings_section(b, d, i)
     evals = [d for d in folders if kinds[d] == "eval"]
     if evals:
         _eval_section(b, evals, n_examples, max_example_tokens)
@@ -193,7 +199,7 @@ def build_report(
         _sweep_section(b, d, i)
     for i, d in enumerate(d for d in folders if kinds[d] == "rl"):
         _rl_section(b, d, i)
-    for i, d in enumerate(d for d in folders if kinds[d] == "findings"):
+    for i, d in enumerate((d for d in found if d not in lead), start=len(lead)):
         _findings_section(b, d, i)
     md = atomic_write_text(out / "report.md", _render_md(b, folders))
     page = atomic_write_text(out / "report.html", _render_html(b, folders))

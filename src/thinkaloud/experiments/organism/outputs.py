@@ -113,6 +113,7 @@ def write(
         notes,
         [table],
         [{"file": f"figures/{name}", "caption": caption} for name, _, caption in drawn],
+        first=True,
     )
     atomic_write_text(d / "findings.md", findings_md(findings, notes, table))
     return findings

@@ -41,12 +41,14 @@ from thinkaloud.io import atomic_write_json, atomic_write_text
 STAGE_DIRS = ("calib", "sft", "rl", "measures", "findings", "report")
 
 
-def organism_folder(spec: str) -> Path:
-    """The built organism ``spec`` names: the default recipe's (built when missing) or a folder with a card."""
+def organism_folder(spec: str, quick: bool = False) -> Path:
+    """The built organism ``spec`` names: the default recipe's (``--quick``: a seconds-long one; built when
+    missing) or a folder with a card."""
     if spec == "organism":
+        from thinkaloud.experiments.organism.model import QUICK_RECIPE
         from thinkaloud.experiments.organism.pretrain import ensure_organism
 
-        return ensure_organism()
+        return ensure_organism(QUICK_RECIPE if quick else None)
     folder = Path(spec)
     if not (folder / "organism.json").is_file():
         raise UserError(f"{spec} is not a built organism (no organism.json); pass --model organism to build one")
@@ -110,7 +112,7 @@ def run_organism(config: OrganismExperimentConfig, console: Console | None = Non
         timings[name] = time.perf_counter() - start
 
     # 1–2. the organism and the RL hop counts
-    folder = organism_folder(config.model)
+    folder = organism_folder(config.model, config.quick)
     card = json.loads((folder / "organism.json").read_text())
     ks_file = out / "ks.json"
     if not ks_file.exists():
