@@ -70,10 +70,9 @@ def test_quick_demo_end_to_end(tmp_path):
     assert terminal.index("Findings: the model organism") < terminal.index("Findings: smollm2")
     assert md.index(f"## {organism['title']}") < md.index("## Evaluations")
     assert sum(s.startswith("findings_00_") for s in figures) == len(organism["figures"]) == 4
-    assert "organism" in timings["stages_s"]
     assert html.count("data:image/png;base64,") == len(figures)
     timings = json.loads((out / "timings.json").read_text())
-    assert timings["total_s"] > 0 and "calibrate" in timings["stages_s"]
+    assert timings["total_s"] > 0 and {"calibrate", "organism"} <= set(timings["stages_s"])
 
     # A re-run reuses every finished stage and states the same findings.
     demo(DemoConfig(out=str(out), quick=True), console=Console(record=True))
