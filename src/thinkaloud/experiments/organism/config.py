@@ -21,8 +21,21 @@ class OrganismExperimentConfig:
     """Does the exit penalty move computation into the text? The organism, calibrated, SFT, then RL with and
     without the penalty, measured (``thinkaloud.experiments.organism.run``).
 
-    λ, β and steps are placeholders until the pilot runs (seeds other than the report's) choose them:
-    PILOT — fill in the values and the pilots' numbers here before the report's seeds are run.
+    How λ, β, the RL steps and the SFT size were chosen: from two pilots on seeds 10–12 (the report's are
+    0–2), on the default organism (card: direct 96/40/45/43%, hops 100/99/100/100% at k = 1…4; RL on k = 1),
+    then fixed before the report's seeds ran. What was tuned is whether the test can see anything, not
+    which way it comes out:
+
+    - Pilot A, λ = 1, β = 0.1, 30 steps, SFT 60 steps of 8: the depth term λ·Δ(mean ℓ/L) between routes is
+      ~0.01 of reward (exits span layers 1–2 of 6), far below the task reward's noise, so no arm moved
+      (written hops 26% → 28% under both the penalty and the control) — a test that cannot fail to be
+      null. The SFT model, 60 steps, exited hop letters at layer 1.08 and kept 30% accuracy (organism: 63%).
+    - Pilot B, λ = 5 (λ·Δ ≈ 0.1–0.2, the size of a few points of accuracy), β = 0.1 (KL̂ stayed ≤ 1 nat), 40
+      steps, SFT 300 steps of 16: the arms separate (written hops: SFT 35%, control 42%, mean penalty 56%,
+      max penalty 48%) at matched accuracy between the mean penalty and the control (55% vs 54%). Its
+      SFT model still loses accuracy to exits (35% vs the organism's 63%); RL partly repairs it in every arm.
+
+    So λ = 5, β = 0.1, 40 steps and SFT 300 × 16 (``Sizes``) are the settings of the report's seeds.
     """
 
     out: str = field(default="runs/organism", metadata={"help": "output folder (stages reused on re-runs)"})
@@ -34,9 +47,11 @@ class OrganismExperimentConfig:
         default_factory=lambda: [0, 1, 2],
         metadata={"help": "the report's seeds, consecutive (pilots: other seeds); the first also seeds the stages"},
     )
-    lam: float = field(default=1.0, metadata={"help": "λ of the penalty arms (PILOT: placeholder)"})
-    beta: float = field(default=0.1, metadata={"help": "β, the KL weight of every arm (PILOT: placeholder)"})
-    steps: int = field(default=30, metadata={"help": "RL steps per run (PILOT: placeholder)"})
+    lam: float = field(
+        default=5.0, metadata={"help": "λ of the penalty arms (chosen on pilot seeds; the class docstring)"}
+    )
+    beta: float = field(default=0.1, metadata={"help": "β, the KL weight of every arm (chosen on pilot seeds)"})
+    steps: int = field(default=40, metadata={"help": "RL steps per run (chosen on pilot seeds)"})
     k: int = field(default=8, metadata={"help": "completions per prompt (leave-one-out group)"})
     prompts_per_step: int = field(default=4, metadata={"help": "RL prompts per step"})
     penalties: list[str] = field(
@@ -103,8 +118,8 @@ def sizes(config: OrganismExperimentConfig) -> Sizes:
         )  # fmt: skip
     return Sizes(
         calib_n=96,
-        sft_steps=60,
-        sft_batch=8,
+        sft_steps=300,
+        sft_batch=16,
         rl_eval_every=max(1, config.steps // 5),
         rl_eval_n=32,
         steps=config.steps,

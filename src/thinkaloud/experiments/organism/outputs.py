@@ -97,7 +97,7 @@ def write(
         f"{100 * config.gap:.0f} points), from one SFT model (KL factor 1), arms {arms_text}, β={config.beta:g}, "
         f"{size.steps} steps of {size.prompts_per_step} prompts × {size.k} completions, seeds {config.seeds}"
         + (" (--quick sizes)" if config.quick else "")
-        + ". λ, β and steps are PILOT placeholders until chosen on seeds other than the report's.",
+        + ". λ, β and steps were chosen on pilot seeds 10–12 (OrganismExperimentConfig's docstring).",
         f"Measures on {models['SFT']['n']} test prompts, every hop count, {size.samples} sampled completions each "
         "(route shares) and greedy forced completions (accuracy per route, exits by token kind, necessity, "
         "mistake following); exits sampled at the model's recorded offset (0), the organism itself without exits.",

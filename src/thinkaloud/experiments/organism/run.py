@@ -15,9 +15,8 @@ Stages, each in ``out/<stage>`` and reused when a re-run finds it finished (like
 7. the findings O1–O5 (``thinkaloud.experiments.organism.findings``), printed and written (``findings/``:
    ``findings.json`` in the report's format, ``findings.md``, the figures), and the report (``report/``).
 
-λ, β and steps (``OrganismExperimentConfig``) are PILOT placeholders: the honesty rule of issue 23 has them
-chosen from pilot runs on seeds other than the report's, written into the config's docstring, and only then
-the report's seeds run.
+λ, β and steps (``OrganismExperimentConfig``) were chosen on pilot seeds other than the report's (its
+docstring), then fixed.
 """
 
 from __future__ import annotations
