@@ -122,11 +122,12 @@ def target_histogram(log_targets: torch.Tensor, layers: Sequence[int], mask: Any
 def tv_distance(p: Mapping[Any, float], q: Mapping[Any, float]) -> float:
     """Total variation ½ Σ_ℓ |p(ℓ) − q(ℓ)| over the union of keys (a missing key has mass 0).
 
-    Keys are normalised with ``int``, so histograms read back from JSON (``"5"``) compare with ``5``.
+    Keys are normalised with ``int``, so histograms read back from JSON (``"5"``) compare with ``5``. Two
+    disjoint histograms whose masses sum to 1 only up to rounding give 1, not 1 + 1e-9.
     """
     p_ = {int(k): float(v) for k, v in p.items()}
     q_ = {int(k): float(v) for k, v in q.items()}
-    return 0.5 * sum(abs(p_.get(k, 0.0) - q_.get(k, 0.0)) for k in p_.keys() | q_.keys())
+    return min(1.0, 0.5 * sum(abs(p_.get(k, 0.0) - q_.get(k, 0.0)) for k in p_.keys() | q_.keys()))
 
 
 # ---------------------------------------------------------------------------------------------------
