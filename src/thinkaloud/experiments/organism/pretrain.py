@@ -243,7 +243,18 @@ def ensure_organism(config: OrganismModelConfig | None = None, progress: bool = 
     folder = organism_folder(config)
     if is_built(folder):
         return folder
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    console.print(
+        f"Pretraining the organism {folder.name} from scratch (once; {config.steps} steps, ~3 min on 2 cores)"
+    )
     model, tokenizer, stats = pretrain(config, progress=progress)
     accuracy = route_accuracy(model, tokenizer, config, config.eval_n)
     save_organism(folder, model, tokenizer, config, accuracy, stats)
+    hops = min(accuracy["hops"].values())
+    console.print(
+        f"Built {folder} in {stats['seconds']:.0f} s: written hops ≥ {100 * hops:.0f}% at every k, "
+        f"direct {100 * accuracy['direct'][min(accuracy['direct'])]:.0f}% at k = {min(accuracy['direct'])} (card: README.md)"
+    )
     return folder
