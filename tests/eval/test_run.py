@@ -225,7 +225,7 @@ def test_eval_base_and_trained_then_report(tiny_dir, tmp_path, judge_url):
     )
     base, base_records = _check_eval_dir(base_dir, 4, tokenizer)
     assert base["label"] == "base" and base["stage"] == "base" and base["offset"] is None
-    assert base["num_layers"] == 6 and base["exit_layers"] == [5]
+    assert base["num_layers"] == 6 and base["exit_layers"] == [1, 2, 3, 4, 5]  # every layer below 6: L // 6 = 1
     assert base["target"] == {
         "kl_factor": 1.0,
         "source": f"the default, since the lineage has no KL factor (base model {tiny_dir})",

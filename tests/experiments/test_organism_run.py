@@ -41,7 +41,7 @@ def test_quick_run_writes_findings_o1_to_o5_with_verdicts_figures_and_report(tmp
     for head in heads:
         assert head in printed
     assert printed.count("verdict:") == len(heads)
-    assert "PILOT" in " ".join(findings["notes"])
+    assert "chosen on pilot seeds" in " ".join(findings["notes"])
     for name in FIGURES:
         assert (out / "findings" / "figures" / f"{name}.png").stat().st_size > 1000
     assert "(O3)" in (out / "findings" / "findings.md").read_text()

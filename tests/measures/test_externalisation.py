@@ -44,8 +44,10 @@ def test_externalisation_measures_write_their_fields_and_fluency_equals_a_direct
     records = _records(tmp_path / "on")
     rel, lens, flu = summary["reliance"], summary["lens"], summary["fluency"]
     assert rel["measure"] == "early_answering" and rel["n"] + rel["n_skipped"] == 4 and rel["seconds"] >= 0
-    assert lens["measure"] == "future_lens" and lens["layers"] == [5, 6] and lens["distances"] == [1, 2, 3]
-    assert len(lens["accuracy"]) == 2 and all(0 <= v <= 1 for row in lens["accuracy"] for v in row)
+    assert lens["measure"] == "future_lens" and lens["layers"] == [1, 2, 3, 4, 5, 6] and lens["distances"] == [1, 2, 3]
+    assert len(lens["accuracy"]) == len(lens["layers"]) == 6 and all(
+        0 <= v <= 1 for row in lens["accuracy"] for v in row
+    )
     assert flu["measure"] == "fluency_proxies" and flu["n"] == 4
     assert all(set(r) >= {"reliance", "lens", "fluency"} for r in records)
     assert [r["lens"]["split"] for r in records] == ["fit", "test", "validation", "test"]

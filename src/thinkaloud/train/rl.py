@@ -66,10 +66,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +94,14 @@ from thinkaloud.train.common import (
 from thinkaloud.train.dist.fsdp import clip_grad_norm, gathered, save_pretrained, shard
 from thinkaloud.train.kl_control import KLController
 from thinkaloud.train.rl_config import RLConfig
-from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FILE, evaluate_heldout_base, heldout_row
+from thinkaloud.train.rl_heldout import (
+    HELDOUT_BASE_FILE,
+    HELDOUT_FILE,
+    evaluate_heldout_base,
+    heldout_row,
+    measure_base,
+    step_coherence,
+)
 from thinkaloud.train.rl_report import (
     BASE_FILE,
     COMPLETIONS_FILE,
@@ -115,7 +121,7 @@ from thinkaloud.train.rloo import completion_rewards, depth_penalty, kl_estimate
 from thinkaloud.train.rollouts import policy_logprobs, reference_logprobs, sample_rollouts
 from thinkaloud.train.trackers import Trackers, accelerator_kwargs
 
-__all__ = ["step_table", "train_rl"]
+__all__ = ["Env", "Prompt", "Scored", "TaskEnv", "step_table", "train_rl"]  # the environment types are re-exported
 
 MODEL_DIR = "model"
 
@@ -220,7 +226,7 @@ def rl_run(ctx: _Context, run: int) -> None:
         row = step_row(acc, run, step, out, mask, scored, rewards, depth, kl, L, loss, grad_norm, err, ref_lp, bad)
         row.update(beta=beta, kl_target=cfg.kl_target)
         kl_control.update(row["kl"], int(row["completions"]))  # the step's KL̂ and completions, over all processes
-        row["coherence"] = _coherence(ctx, rows, scored) if step % cfg.judge_every == 0 else None
+        row["coherence"] = step_coherence(ctx, rows, scored) if step % cfg.judge_every == 0 else None
         row["seconds"] = round(time.perf_counter() - t0, 3)
         if completions is not None:  # the main process's own completions
             completions.write(completions_row(run, step, out, scored, L))
@@ -244,57 +250,6 @@ def rl_run(ctx: _Context, run: int) -> None:
         write_run_summary(folder, run, cfg.steps, kl_control.beta)  # says whether the policy collapsed
     trackers.end()
     acc.free_memory()
-
-
-def _coherence(ctx: _Context, prompts: Sequence[Prompt], scored: Scored) -> float | None:
-    """Mean overall judge score of the step's completions (main process's), or None without a judge."""
-    if ctx.judge is None or scored.texts is None:
-        return None
-    from thinkaloud.measures.judge import Judgement, judge_many
-
-    results = judge_many(ctx.judge, [(p.question, t) for p, t in zip(prompts, scored.texts)])
-    overall = [r.judgement.overall for r in results if isinstance(r.judgement, Judgement)]
-    return sum(overall) / len(overall) if overall else None
-
-
-# ---------------------------------------------------------------------------------------------------
-# The base model's level
-
-
-def measure_base(ctx: _Context, model) -> dict[str, Any]:
-    """The base model (adapter off, no exits) on the first ``base_prompts`` prompts, K samples each."""
-    cfg = ctx.config
-    prompts = ctx.env.prompts(0, cfg.base_prompts)
-    rows = [p for p in prompts for _ in range(cfg.k)]
-    g = torch.Generator(device=model.device).manual_seed(cfg.seed)  # leaves the global RNG alone
-    chunk = cfg.prompts_per_step * cfg.k
-    accuracy, lengths, coherence, nll = [], [], [], []
-    for s in range(0, len(rows), chunk):
-        part = rows[s : s + chunk]
-        with model.disable_adapter():
-            out = sample_rollouts(
-                model, part, ctx.env, max_new_tokens=cfg.max_new_tokens, offset=-math.inf, generator=g
-            )
-        scored = ctx.env.score(part, out)
-        accuracy += scored.accuracy.tolist()
-        lengths += out.lengths.tolist()
-        nll += (-out.token_logprobs[out.completion_mask]).tolist()  # the base model's own log-probs
-        c = _coherence(ctx, part, scored)
-        if c is not None:
-            coherence.append(c)
-    return {
-        "accuracy": sum(accuracy) / len(accuracy),
-        "depth_frac": 1.0,
-        "als": 0.0,
-        "early_exit_rate": 0.0,
-        "length": sum(lengths) / len(lengths),
-        "coherence": sum(coherence) / len(coherence) if coherence else None,
-        "base_nll": sum(nll) / len(nll),
-        "n": len(rows),
-        "prompts": cfg.base_prompts,
-        "offset": "-inf",
-        "adapter": "disabled",
-    }
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -30,13 +30,14 @@ from typing import Any
 
 import torch
 
-from thinkaloud.data.env import Env, Prompt
+from thinkaloud.data.env import Env, Prompt, Scored
 from thinkaloud.data.prompts import left_pad
 from thinkaloud.measures.fluency import distinct_ngrams, response_nll
 from thinkaloud.measures.responses import chunked, from_generation
 from thinkaloud.model.generate import _stop_ids as stop_ids
 from thinkaloud.train import degenerate
 from thinkaloud.train.dist.fsdp import gathered
+from thinkaloud.train.rollouts import sample_rollouts
 
 HELDOUT_FILE = "heldout.jsonl"
 HELDOUT_BASE_FILE = "heldout_base.json"
@@ -160,3 +161,54 @@ def evaluate_heldout_base(ctx, model) -> dict[str, Any]:
             model, ctx.heldout, ctx.heldout.prompts(0, cfg.eval_n), seed=cfg.seed, base=True, **_kwargs(cfg)
         )
     return {**row, "offset": "-inf", "adapter": "disabled"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The RL run's judge and the base model's level (``thinkaloud.train.rl`` calls these with its context)
+
+
+def step_coherence(ctx, prompts: Sequence[Prompt], scored: Scored) -> float | None:
+    """Mean overall judge score of the step's completions (main process's), or None without a judge."""
+    if ctx.judge is None or scored.texts is None:
+        return None
+    from thinkaloud.measures.judge import Judgement, judge_many
+
+    results = judge_many(ctx.judge, [(p.question, t) for p, t in zip(prompts, scored.texts)])
+    overall = [r.judgement.overall for r in results if isinstance(r.judgement, Judgement)]
+    return sum(overall) / len(overall) if overall else None
+
+
+def measure_base(ctx, model) -> dict[str, Any]:
+    """The base model (adapter off, no exits) on the first ``base_prompts`` prompts, K samples each."""
+    cfg = ctx.config
+    prompts = ctx.env.prompts(0, cfg.base_prompts)
+    rows = [p for p in prompts for _ in range(cfg.k)]
+    g = torch.Generator(device=model.device).manual_seed(cfg.seed)  # leaves the global RNG alone
+    chunk = cfg.prompts_per_step * cfg.k
+    accuracy, lengths, coherence, nll = [], [], [], []
+    for s in range(0, len(rows), chunk):
+        part = rows[s : s + chunk]
+        with model.disable_adapter():
+            out = sample_rollouts(
+                model, part, ctx.env, max_new_tokens=cfg.max_new_tokens, offset=-math.inf, generator=g
+            )
+        scored = ctx.env.score(part, out)
+        accuracy += scored.accuracy.tolist()
+        lengths += out.lengths.tolist()
+        nll += (-out.token_logprobs[out.completion_mask]).tolist()  # the base model's own log-probs
+        c = step_coherence(ctx, part, scored)
+        if c is not None:
+            coherence.append(c)
+    return {
+        "accuracy": sum(accuracy) / len(accuracy),
+        "depth_frac": 1.0,
+        "als": 0.0,
+        "early_exit_rate": 0.0,
+        "length": sum(lengths) / len(lengths),
+        "coherence": sum(coherence) / len(coherence) if coherence else None,
+        "base_nll": sum(nll) / len(nll),
+        "n": len(rows),
+        "prompts": cfg.base_prompts,
+        "offset": "-inf",
+        "adapter": "disabled",
+    }
