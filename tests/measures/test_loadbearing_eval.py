@@ -127,9 +127,9 @@ def test_report_section_and_side_by_side_heatmaps(tmp_path):
     md, page = build_report(dirs, tmp_path / "report")
     text = md.read_text()
     section = text.split("## Is the reasoning load-bearing?", 1)[1]
-    assert "| base | 50.0% / 25.0% / 25.0% |" in section and "| sft | 87.5% / 25.0% / 25.0% |" in section
+    assert "| base | 50.0% / 25.0% / 25.0% (n=8) |" in section and "| sft | 87.5% / 25.0% / 25.0% (n=8) |" in section
     assert "| plain |" not in section
-    assert "75.0% (n=4)" in section and "50.0% → 37.5%" in section and "30.0% (40.0%)" in section
+    assert "75.0% (n=4)" in section and "50.0% → 37.5% (n=8)" in section and "30.0% (40.0%)" in section
     figures = {p.stem for p in (tmp_path / "report" / "figures").glob("*.png")}
     assert "decodability" in figures
     assert "data:image/png;base64," in page.read_text()

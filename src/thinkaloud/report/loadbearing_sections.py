@@ -37,11 +37,11 @@ def _row(name: str, s: dict[str, Any]) -> list[str]:
     agree, acc = f.get("agreement") or {}, f.get("accuracy") or {}
     return [
         name,
-        " / ".join(_pct(agree.get(c)) for c in ("own", "none", "filler")) if f else "—",
+        " / ".join(_pct(agree.get(c)) for c in ("own", "none", "filler")) + f" (n={f.get('n')})" if f else "—",
         " / ".join(_pct(acc.get(c)) for c in ("own", "none", "filler")) if f else "—",
         f"{_pct(m.get('changed_rate'))} (n={m.get('n')})" if m else "—",
         f"{_pct(m.get('follow_rate'))} (n={m.get('n_implied')})" if m else "—",
-        f"{_pct(p.get('agreement_original'))} → {_pct(p.get('agreement_paraphrased'))}" if p else "—",
+        f"{_pct(p.get('agreement_original'))} → {_pct(p.get('agreement_paraphrased'))} (n={p.get('n')})" if p else "—",
         _decodable(s.get("decodability"), 0),
         _decodable(s.get("decodability"), -1),
         f"{_num(lg.get('legibility'))} / {_num(lg.get('coverage'))}" if lg else "—",
