@@ -323,7 +323,17 @@ def _run(argv: list[str]) -> int:
     with as_user_errors(ValueError, OSError):
         check_inputs(config)
     result = getattr(mod, fn_name)(config)
+    _end_process_group()
     return 0 if result is None or not isinstance(result, int) else result
+
+
+def _end_process_group() -> None:
+    """Tear down a multi-process run's process group before the interpreter exits: left to exit, a gloo
+    group's threads can abort the process ("terminate called without an active exception")."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,3 +14,5 @@ config = SFTConfig(calib=calib, out=out, steps=2, batch_size=2, save_every=1, de
 train_sft(config, on_step=lambda step, model: final.update(trainable_state(model)))
 assert dist.is_initialized() and dist.get_world_size() == 2, "expected 2 processes"
 torch.save(final, f"{out}/rank{dist.get_rank()}.pt")
+dist.barrier()
+dist.destroy_process_group()  # a gloo group left to exit can abort the process

@@ -83,3 +83,5 @@ if __name__ == "__main__":
     else:
         rl(out)
     assert dist.is_initialized() and dist.get_world_size() == 2, "expected 2 processes"
+    dist.barrier()
+    dist.destroy_process_group()  # a gloo group left to exit can abort the process

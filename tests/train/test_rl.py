@@ -311,6 +311,8 @@ DDP_ENTRY = textwrap.dedent("""
         return made[-1]
     rl.train_rl(config(sys.argv[1], steps=2), env=DepthOnlyEnv(), make_model=make)
     torch.save(trainable_state(made[-1]), f"{sys.argv[1]}/rank{dist.get_rank()}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
 """)
 
 
