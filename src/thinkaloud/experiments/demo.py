@@ -69,7 +69,7 @@ eval) and its target measure (a layer-KL pass) are off: TV distances use the cal
 from __future__ import annotations
 
 import json
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -92,6 +92,7 @@ from thinkaloud.experiments.demo_config import (
     STAGE1_TITLE,
     DemoConfig,
 )
+from thinkaloud.experiments.stages import Stages
 from thinkaloud.io import atomic_write_json
 from thinkaloud.measures.config import EvalConfig
 from thinkaloud.report.job import ReportConfig, report
@@ -149,8 +150,7 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
     sizes = QUICK if config.quick else FULL
     out = Path(config.out)
     check_folder(out, config)
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    timings: dict[str, float] = {}
+    stage = Stages(console)
 
     # 0. the model organism: where moving computation into the text can be seen (or not)
     organism = None
@@ -159,20 +159,10 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
         from thinkaloud.experiments.organism.run import run_organism
 
         console.rule("[bold]Part 1: the model organism (thinkaloud organism)")
-        start = time.perf_counter()
-        run_organism(OrganismExperimentConfig(out=str(out / "organism"), quick=config.quick), console)
-        timings["organism"] = time.perf_counter() - start
+        organism_config = OrganismExperimentConfig(out=str(out / "organism"), quick=config.quick)
+        stage.timed("organism", lambda: run_organism(organism_config, console))
         organism = out / "organism" / "findings"
         console.rule(f"[bold]Part 2: the method on a pretrained model ({config.model}, {config.task})")
-
-    def stage(name: str, done: bool, fn) -> None:
-        if done:
-            console.print(f"[dim]✓ {name}: finished earlier, reused[/]")
-            return
-        console.rule(f"[bold]{name}")
-        start = time.perf_counter()
-        fn()
-        timings[name] = time.perf_counter() - start
 
     # 1. calibration (train split)
     calib = out / "calib"
@@ -226,7 +216,8 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
         stage(
             f"SFT at KL factor {f:g}",
             (run / "model").exists(),
-            lambda run=run, f=f: train_sft(
+            partial(
+                train_sft,
                 SFTConfig(
                     calib=str(calib),
                     out=str(run),
@@ -245,7 +236,7 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
         stage(
             f"eval {label}",
             _done(out / "eval" / label),
-            lambda run=run, label=label, f=f: evaluate_model(label, str(run), every if f == 1.0 else ["fluency"]),
+            partial(evaluate_model, label, str(run), every if f == 1.0 else ["fluency"]),
         )
 
     # 3. Stage 2: RL from the F = 1 model under each KL budget, held-out evaluation every few steps
@@ -254,7 +245,7 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
         stage(
             f"RL ({RL_SEEDS} seed(s), λ={RL_LAMBDA:g}, KL budget T={target:g} nats/token from β={RL_BETA:g})",
             demo_rl.finished(folder),
-            lambda target=target: train_rl(demo_rl.rl_config(out, config, sizes, target, out / _sft_name(1.0))),
+            partial(train_rl, demo_rl.rl_config(out, config, sizes, target, out / _sft_name(1.0))),
         )
     stage(
         f"eval RL (T={RL_EVAL_TARGET:g}, seed {config.seed})",
@@ -295,20 +286,6 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
                     f"[bold red]RL at T={target:g}, run {entry['run']}: {entry['collapse']['message']}.[/]",
                     highlight=False,
                 )
-    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    console.print(
-        f"Wall time {wall:.0f} s, CPU time {cpu:.0f} s on {torch.get_num_threads()} thread(s) ({stages})",
-        highlight=False,
-    )
-    atomic_write_json(
-        out / "timings.json",
-        {
-            "total_s": round(wall, 1),
-            "cpu_s": round(cpu, 1),
-            "threads": torch.get_num_threads(),
-            "stages_s": {k: round(v, 1) for k, v in timings.items()},
-        },
-    )
+    stage.finish(out)
     console.print(f"Report: [bold]{report_dir / 'report.html'}[/] (and report.md)")
     return report_dir

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,12 +33,13 @@ from rich.console import Console
 from thinkaloud.data.organism import OrganismTask
 from thinkaloud.errors import UserError
 from thinkaloud.experiments.organism.config import CONTROL, OrganismExperimentConfig, Sizes, sizes
+from thinkaloud.experiments.stages import Stages
 from thinkaloud.io import atomic_write_json, atomic_write_text
 
 STAGE_DIRS = ("calib", "sft", "rl", "measures", "findings", "report")
 
 
-def organism_folder(spec: str, quick: bool = False) -> Path:
+def built_organism(spec: str, quick: bool = False) -> Path:
     """The built organism ``spec`` names: the default recipe's (``--quick``: a seconds-long one; built when
     missing) or a folder with a card."""
     if spec == "organism":
@@ -98,20 +97,10 @@ def run_organism(config: OrganismExperimentConfig, console: Console | None = Non
     size, out, seed = sizes(config), Path(config.out), config.seeds[0]
     out.mkdir(parents=True, exist_ok=True)
     check_folder(out, config)
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def stage(name: str, done: bool, fn: Callable[[], Any]) -> None:
-        if done:
-            console.print(f"[dim]✓ {name}: finished earlier, reused[/]")
-            return
-        console.rule(f"[bold]{name}")
-        start = time.perf_counter()
-        fn()
-        timings[name] = time.perf_counter() - start
+    stage = Stages(console)
 
     # 1–2. the organism and the RL hop counts
-    folder = organism_folder(config.model, config.quick)
+    folder = built_organism(config.model, config.quick)
     card = json.loads((folder / "organism.json").read_text())
     ks_file = out / "ks.json"
     if not ks_file.exists():
@@ -186,17 +175,7 @@ def run_organism(config: OrganismExperimentConfig, console: Console | None = Non
     )
     console.rule("[bold]Organism findings")
     console.print(findings_block(findings), highlight=False)
-    wall = time.perf_counter() - t0
-    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
-    console.print(f"Wall time {wall:.0f} s on {torch.get_num_threads()} thread(s) ({stages})", highlight=False)
-    atomic_write_json(
-        out / "timings.json",
-        {
-            "total_s": round(wall, 1),
-            "threads": torch.get_num_threads(),
-            "stages_s": {k: round(v, 1) for k, v in timings.items()},
-        },
-    )
+    stage.finish(out)
     console.print(f"Report: [bold]{out / 'report' / 'report.html'}[/] (and report.md)")
     atomic_write_text(out / "findings" / "findings.txt", findings_block(findings) + "\n")
     return out / "report"
