@@ -10,7 +10,8 @@ from pathlib import Path
 
 from thinkaloud.config import ExitConfig
 from thinkaloud.hub import register_builder
-from thinkaloud.model.early_exit import EarlyExitModel, ExitForwardOutput
+from thinkaloud.model.early_exit import EarlyExitModel
+from thinkaloud.model.exit_run import ExitForwardOutput
 from thinkaloud.model.exits import exit_log_distribution, exit_targets
 from thinkaloud.version import __version__
 

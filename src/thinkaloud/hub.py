@@ -55,6 +55,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("THINKALOUD_CACHE", Path.home() / ".cache" / "thinkaloud"))
 
 
+def needs_conversion(name: str) -> bool:
+    """Whether ``name`` is an embedded alias not converted into the user cache yet (its first load converts it)."""
+    if name not in ALIASES:
+        return False
+    target = cache_dir() / "models" / ALIASES[name][2]
+    return not ((target / "config.json").exists() and (target / "model.safetensors").exists())
+
+
 _HUB_ID = re.compile(r"(?:[A-Za-z0-9_][\w.-]*/)?[A-Za-z0-9_][\w.-]*")
 
 
@@ -82,7 +90,7 @@ def resolve_model_path(name: str) -> str:
         return str(path)
     package, gguf_name, folder_name = ALIASES[name]
     target = cache_dir() / "models" / folder_name
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if not needs_conversion(name):
         return str(target)
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:

@@ -7,6 +7,8 @@ import torch
 
 from tests.moved import moved_model
 from tests.tiny import FAMILIES, tolerance
+from thinkaloud.model.generate import prefill
+from thinkaloud.model.kv_cache import shared_copy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,6 +40,23 @@ def test_forward_after_a_cached_prefix_equals_the_whole_pass(family):
         torch.testing.assert_close(out.logits, full.logits[:, P - 1 :], rtol=1e-5, atol=tolerance(family))
         torch.testing.assert_close(out.exit_logprobs, full.exit_logprobs[:, P - 1 :], rtol=1e-5, atol=tolerance(family))
         assert torch.equal(out.exit_layers, exits)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_prefix_read_by_generation_serves_forward_after(family):
+    """``prefill``'s keys and values as a Hugging Face cache (``Prefix.hf_cache``) give the pass over the whole text."""
+    model = moved_model(family)
+    ids, mask = batch(model.hf_config.vocab_size)
+    full = model(ids, mask, exit_layers=None)
+    prefix = prefill(model, ids[:, : P - 1], mask[:, : P - 1])
+    for rows in (None, [2, 0]):  # every row, and a selection (rows of a shared cache)
+        p = prefix if rows is None else prefix.select(rows, prefix.next_position[rows])
+        r = slice(None) if rows is None else rows
+        cache = p.hf_cache(model.hf_config)
+        for _ in range(2):  # a shared copy extended in place leaves the cache as it was
+            out = model.forward_after(shared_copy(cache), ids[r, P - 1 :], mask[r], extend=True)
+            torch.testing.assert_close(out.logits, full.logits[r, P - 1 :], rtol=1e-5, atol=tolerance(family))
+        assert cache.get_seq_length() == P - 1
 
 
 def test_forward_after_samples_exits_on_the_new_columns_only():

@@ -19,7 +19,7 @@ from thinkaloud.model.early_exit import EarlyExitModel
 from thinkaloud.model.loading import load_model
 from thinkaloud.model.recorded import META_FILE, RISK_KEY, record_offset, recorded_offset
 from thinkaloud.risk.config import RiskConfig, parse_offsets
-from thinkaloud.risk.losses import answer_stats, rollouts, token_stats
+from thinkaloud.risk.losses import CHECKPOINT_EVERY, answer_stats, rollouts, token_stats, token_stats_per_offset
 from thinkaloud.risk.ltt import fixed_sequence
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,6 +82,53 @@ def test_risk_is_exactly_zero_at_minus_inf_and_not_when_exits_fire(tiny_dir, tmp
     )
     answers = answer_stats(loaded, task, roll, -math.inf, seed=0, max_new_tokens=8)
     assert answers.losses == [0.0, 0.0, 0.0]
+
+
+def _whole_pass_stats(model, roll, offsets, seed):
+    """Token risk the plain way: per offset, every predicting position run with exits sampled."""
+    out = {o: ([], []) for o in offsets}
+    generators = {o: torch.Generator().manual_seed(seed) for o in offsets}
+    for gen in roll.batches:
+        sl = gen.predicting_positions()
+        cache = model.prefix_cache(gen.sequences[:, : sl.start], gen.attention_mask[:, : sl.start])
+        args = (cache, gen.sequences[:, sl], gen.attention_mask[:, : sl.stop])
+        ref = model.forward_after(*args).logits.argmax(-1)
+        for o in offsets:
+            sampled = model.forward_after(*args, exit_layers="sample", offset=o, generator=generators[o])
+            differ = (sampled.logits.argmax(-1) != ref) & gen.completion_mask
+            out[o][0].extend((differ.sum(-1).double() / gen.completion_mask.sum(-1)).tolist())
+            out[o][1].extend(sampled.exit_layers[i, :n].tolist() for i, n in enumerate(gen.lengths.tolist()))
+    return out
+
+
+def test_token_risk_from_the_first_exit_equals_the_whole_pass(tiny_dir, tmp_path, monkeypatch):
+    """Each offset's pass starts at the chunk of its first exit; losses and exits are those of the whole pass."""
+    loaded = load_model(str(_saved(tiny_dir, tmp_path / "model", bias=-3.0)), device="cpu")
+    model, task = loaded.model, get_task(TASK)
+    N = 3 * CHECKPOINT_EVERY
+    roll = rollouts(
+        loaded, task, task.items(6, seed=0, split="validation"), max_new_tokens=N, batch_size=2, device="cpu"
+    )
+    offsets = [-math.inf, -4.0, -3.0, -2.5, -2.0, -1.5, -1.0, 0.0, 2.0, 6.0]
+    whole = _whole_pass_stats(model, roll, offsets, seed=0)
+    widths, heights = [], []  # columns and rows of every sampled pass
+    forward_after = model.forward_after
+
+    def recording(cache, input_ids, *args, **kwargs):
+        if args[1:2] == ("sample",) or kwargs.get("exit_layers") == "sample":
+            heights.append(input_ids.shape[0])
+            widths.append(input_ids.shape[1])
+        return forward_after(cache, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward_after", recording)
+    fast = token_stats_per_offset(model, roll, offsets, seed=0)
+    for o, st in zip(offsets, fast):
+        assert st.losses == pytest.approx(whole[o][0], abs=1e-12)
+        assert st.layers == whole[o][1]
+    assert fast[0].losses == [0.0] * 6 and sum(fast[-1].losses) > 0
+    assert len(widths) < len(offsets) * len(roll.batches)  # some passes skipped: no exit at all
+    assert N in widths and any(w <= N - CHECKPOINT_EVERY for w in widths), widths  # some start a chunk or more in
+    assert 2 in heights and 1 in heights  # and some run only the row that exits
 
 
 def test_risk_command_end_to_end_then_eval_uses_the_saved_offset(tiny_dir, tmp_path):

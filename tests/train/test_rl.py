@@ -376,7 +376,7 @@ def test_logged_base_nll_is_minus_the_mean_reference_logprob(tmp_path, monkeypat
     refs, rollouts = [], []
     reference, sample = rl.reference_logprobs, rl.sample_rollouts
     monkeypatch.setattr(
-        rl, "reference_logprobs", lambda p, out: refs.append((p, out, reference(p, out))) or refs[-1][2]
+        rl, "reference_logprobs", lambda p, out, **kw: refs.append((p, out, reference(p, out, **kw))) or refs[-1][2]
     )
     monkeypatch.setattr(rl, "sample_rollouts", lambda *a, **kw: rollouts.append(sample(*a, **kw)) or rollouts[-1])
     train_rl(config(tmp_path, steps=2, beta=0.1), env=DepthOnlyEnv(), make_model=make_tiny())

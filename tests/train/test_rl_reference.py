@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.moved import moved_model, peaked_base
-from tests.tiny import left_padded_batch
+from tests.tiny import left_padded_batch, tolerance
 from thinkaloud.train.rloo import kl_estimate
 from thinkaloud.train.rollouts import reference_logprobs
 
@@ -45,6 +45,24 @@ def test_reference_is_the_base_model_whatever_the_adapter_and_exits(family):
         adapted = model(out.sequences, out.attention_mask, offset=-math.inf).logits[:, out.predicting_positions()]
     adapted = F.log_softmax(adapted.float(), -1).gather(-1, out.new_tokens[..., None]).squeeze(-1)
     assert (adapted - ref)[done].abs().max() > 0.1
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_a_prompt_shared_by_its_rows_is_read_once(family, monkeypatch):
+    """K completions of each prompt (prompt-major): the grouped reference equals the whole pass, and runs the
+    prompts' columns once per prompt, not once per row."""
+    model = moved_model(family)
+    ids, mask = left_padded_batch([7, 3], seed=4)
+    K = 3
+    out = model.generate(ids.repeat_interleave(K, 0), mask.repeat_interleave(K, 0), max_new_tokens=6, seed=0)
+    whole = reference_logprobs(model, out)
+    rows = []
+    prefix_cache = model.prefix_cache
+    monkeypatch.setattr(model, "prefix_cache", lambda i, m: rows.append(i.shape[0]) or prefix_cache(i, m))
+    grouped = reference_logprobs(model, out, group=K)
+    assert rows == [2]
+    done = out.completion_mask
+    torch.testing.assert_close(grouped[done], whole[done], atol=tolerance(family), rtol=1e-5)
 
 
 def test_kl_penalty_grows_with_the_adapter_and_vanishes_without_it():

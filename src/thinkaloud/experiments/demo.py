@@ -83,16 +83,21 @@ from thinkaloud.experiments.demo_config import (
     FULL,
     KL_FACTORS,
     QUICK,
+    REFERENCE_MACHINE,
     RL_BETA,
-    RL_EVAL_TARGET,
     RL_KL_HORIZON,
     RL_KL_TARGETS,
     RL_LAMBDA,
     RL_SEEDS,
     STAGE1_TITLE,
     DemoConfig,
+    eval_rl_stage,
+    rl_stage,
+    sft_stage,
+    stage_plan,
 )
 from thinkaloud.experiments.stages import Stages
+from thinkaloud.hub import needs_conversion
 from thinkaloud.io import atomic_write_json
 from thinkaloud.measures.config import EvalConfig
 from thinkaloud.report.job import ReportConfig, report
@@ -126,6 +131,13 @@ def check_folder(out: Path, config: DemoConfig) -> None:
     atomic_write_json(path, identity)
 
 
+def _plan(config: DemoConfig) -> dict[str, float]:
+    """The stages' reference seconds, with the one-time work this machine has still to do."""
+    from thinkaloud.experiments.organism.model import is_built, organism_folder
+
+    return stage_plan(config.seed, config.organism, not is_built(organism_folder()), needs_conversion(config.model))
+
+
 def _sft_name(factor: float) -> str:
     return f"sft-kl{factor:g}"
 
@@ -150,7 +162,7 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
     sizes = QUICK if config.quick else FULL
     out = Path(config.out)
     check_folder(out, config)
-    stage = Stages(console)
+    stage = Stages(console, None if config.quick else _plan(config), REFERENCE_MACHINE)
 
     # 0. the model organism: where moving computation into the text can be seen (or not)
     organism = None
@@ -214,7 +226,7 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
     for f in KL_FACTORS:
         run = out / _sft_name(f)
         stage(
-            f"SFT at KL factor {f:g}",
+            sft_stage(f),
             (run / "model").exists(),
             partial(
                 train_sft,
@@ -243,12 +255,12 @@ def demo(config: DemoConfig, console: Console | None = None) -> Path:
     rl_dirs = demo_rl.rl_dirs(out)
     for target, folder in rl_dirs.items():
         stage(
-            f"RL ({RL_SEEDS} seed(s), λ={RL_LAMBDA:g}, KL budget T={target:g} nats/token from β={RL_BETA:g})",
+            rl_stage(target),
             demo_rl.finished(folder),
             partial(train_rl, demo_rl.rl_config(out, config, sizes, target, out / _sft_name(1.0))),
         )
     stage(
-        f"eval RL (T={RL_EVAL_TARGET:g}, seed {config.seed})",
+        eval_rl_stage(config.seed),
         _done(out / "eval" / "RL"),
         lambda: evaluate_model("RL", str(demo_rl.eval_run(out)), every),
     )

@@ -24,6 +24,53 @@ RL_EVAL_TARGET = 1.2  # the budget whose (first) RL model is evaluated on the te
 
 STAGE1_TITLE = "Stage 1: SFT at three KL factors, and the base model (test split)"
 
+# What each stage of the FULL demo took on the reference machine, idle, with the models cached (`thinkaloud demo`
+# at commit time, timings.json): the stages' time estimates scale these by the pace of the stages run so far.
+REFERENCE_MACHINE = "2 idle cores of an AMD EPYC (Zen 5)"
+REFERENCE_SECONDS = {
+    "organism": 122.0,
+    "calibrate": 20.0,
+    "eval base": 36.0,
+    "SFT": 17.0,  # each KL factor
+    "eval F=0.25": 24.0,
+    "eval F=1": 32.0,
+    "eval F=4": 23.0,
+    "RL": 77.0,  # each KL budget
+    "eval RL": 35.0,
+    "report": 6.0,
+}
+ONCE_SECONDS = {"pretrain the organism": 160.0, "convert SmolLM2": 10.0}  # first run only: into the user cache
+
+
+def sft_stage(factor: float) -> str:
+    return f"SFT at KL factor {factor:g}"
+
+
+def rl_stage(target: float) -> str:
+    return f"RL ({RL_SEEDS} seed(s), λ={RL_LAMBDA:g}, KL budget T={target:g} nats/token from β={RL_BETA:g})"
+
+
+def eval_rl_stage(seed: int) -> str:
+    return f"eval RL (T={RL_EVAL_TARGET:g}, seed {seed})"
+
+
+def stage_plan(seed: int, organism: bool, pretrain: bool, convert: bool) -> dict[str, float]:
+    """The FULL demo's stages in order → their reference seconds; ``pretrain``/``convert``: the organism is not
+    pretrained / SmolLM2 not converted yet (their first stage does it)."""
+    plan = {"organism": REFERENCE_SECONDS["organism"] + pretrain * ONCE_SECONDS["pretrain the organism"]}
+    if not organism:
+        plan = {}
+    plan["calibrate"] = REFERENCE_SECONDS["calibrate"] + convert * ONCE_SECONDS["convert SmolLM2"]
+    plan["eval base"] = REFERENCE_SECONDS["eval base"]
+    for f in KL_FACTORS:
+        plan[sft_stage(f)] = REFERENCE_SECONDS["SFT"]
+        plan[f"eval F={f:g}"] = REFERENCE_SECONDS[f"eval F={f:g}"]
+    for t in RL_KL_TARGETS:
+        plan[rl_stage(t)] = REFERENCE_SECONDS["RL"]
+    plan[eval_rl_stage(seed)] = REFERENCE_SECONDS["eval RL"]
+    plan["report"] = REFERENCE_SECONDS["report"]
+    return plan
+
 
 @dataclass
 class DemoConfig:

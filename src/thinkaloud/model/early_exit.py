@@ -30,8 +30,7 @@ import copy
 import inspect
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +39,15 @@ from torch import nn
 
 from thinkaloud.config import ExitConfig
 from thinkaloud.model import arch
-from thinkaloud.model.exit_run import ExitHeads, ExitSpec, _check_exits_from, _check_inputs, _ExitRun
+from thinkaloud.model.exit_run import (
+    AllExitsOutput,
+    ExitForwardOutput,
+    ExitHeads,
+    ExitSpec,
+    _check_exits_from,
+    _check_inputs,
+    _ExitRun,
+)
 from thinkaloud.model.exits import exit_log_distribution
 from thinkaloud.model.kv_cache import default_position_ids
 from thinkaloud.model.lens import lens_kl
@@ -52,25 +59,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ExitForwardOutput:
-    logits: torch.Tensor
-    """(B, T, V) next-token logits read out at each position's exit."""
-    exit_layers: torch.Tensor
-    """(B, T) layer actually used (L for no exit)."""
-    exit_logprobs: torch.Tensor
-    """(B, T) log P(exit at that layer) under stick-breaking (0 where offset = −inf and no exit)."""
-
-
-@dataclass
-class AllExitsOutput:
-    exit_logprobs: torch.Tensor
-    """(B, T, m+1) log-distribution over exit layers (context without exits)."""
-    states: list[torch.Tensor]
-    """m+1 tensors (B, T, C): the final-normed residual stream at each exit layer and at L; the
-    logits of exiting at outcome k are ``arch.readout(model.peft, states[k])``."""
 
 
 class EarlyExitModel(nn.Module):
@@ -247,11 +235,17 @@ class EarlyExitModel(nn.Module):
         exit_layers: ExitSpec = None,
         offset: float = 0.0,
         generator: torch.Generator | None = None,
+        uniforms: Sequence[torch.Tensor] | None = None,
+        record_heads: bool = False,
+        extend: bool = False,
     ) -> ExitForwardOutput:
         """``forward`` over (B, T) ``input_ids`` that continue the prefix of ``cache`` (from :meth:`prefix_cache`):
         the same logits and exits as ``forward`` over prefix + these tokens with ``exits_from`` = the prefix's
         length, without reading the prefix again. ``attention_mask`` is (B, S + T), prefix included; every one
-        of the T positions may exit. ``cache`` is copied, never extended, so one prefix serves many calls."""
+        of the T positions may exit. ``cache`` is copied, never extended, so one prefix serves many calls;
+        ``extend=True`` extends it in place by these T columns instead (for a cache of the caller's own).
+        ``uniforms``, ``record_heads``: as in ``_ExitRun`` (the draws of a sampled pass given per exit head;
+        every head's logit in the output's ``head_logits``)."""
         S = cache.get_seq_length()
         if attention_mask.shape != (input_ids.shape[0], S + input_ids.shape[1]):
             raise ValueError(
@@ -263,7 +257,9 @@ class EarlyExitModel(nn.Module):
                 f"exit_layers shape {tuple(exit_layers.shape)} != input_ids shape {tuple(input_ids.shape)}"
             )
         new_mask = attention_mask[:, S:]  # (B, T)
-        run = _ExitRun(self.heads, self.num_layers, new_mask, exit_layers, offset, generator, capture=False)
+        run = _ExitRun(
+            self.heads, self.num_layers, new_mask, exit_layers, offset, generator, False, None, uniforms, record_heads
+        )
         decoder = arch.decoder(self.peft)
         cache_kw = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
         with self._running(run):
@@ -272,10 +268,11 @@ class EarlyExitModel(nn.Module):
                 attention_mask=attention_mask,
                 position_ids=default_position_ids(attention_mask)[:, S:],
                 use_cache=True,
-                **{cache_kw: copy.deepcopy(cache)},
+                **{cache_kw: cache if extend else copy.deepcopy(cache)},
             ).last_hidden_state  # (B, T, C)
         logits = arch.readout(self.peft, hidden)  # (B, T, V)
-        return ExitForwardOutput(logits=logits, exit_layers=run.exit_layers, exit_logprobs=run.logp)
+        heads = None if run.head_logits is None else torch.stack(run.head_logits)  # (m, B, T)
+        return ExitForwardOutput(logits, run.exit_layers, run.logp, heads)
 
     def _capture(self, input_ids, attention_mask) -> tuple[_ExitRun, torch.Tensor]:
         """A pass without exits that keeps the stream at every exit layer → (run, final hidden (B, T, C))."""

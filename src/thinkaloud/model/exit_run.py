@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -42,6 +44,27 @@ class ExitHeads(nn.Module):
 ExitSpec = torch.Tensor | Literal["sample"] | None
 
 
+@dataclass
+class ExitForwardOutput:
+    logits: torch.Tensor
+    """(B, T, V) next-token logits read out at each position's exit."""
+    exit_layers: torch.Tensor
+    """(B, T) layer actually used (L for no exit)."""
+    exit_logprobs: torch.Tensor
+    """(B, T) log P(exit at that layer) under stick-breaking (0 where offset = −inf and no exit)."""
+    head_logits: torch.Tensor | None = None
+    """(m, B, T) each exit head's logit z at its layer, before the offset (when the pass is asked for them)."""
+
+
+@dataclass
+class AllExitsOutput:
+    exit_logprobs: torch.Tensor
+    """(B, T, m+1) log-distribution over exit layers (context without exits)."""
+    states: list[torch.Tensor]
+    """m+1 tensors (B, T, C): the final-normed residual stream at each exit layer and at L; the
+    logits of exiting at outcome k are ``arch.readout(model.peft, states[k])``."""
+
+
 class _ExitRun:
     """State of one teacher-forced pass, advanced by the decoder-layer hooks in layer order."""
 
@@ -55,7 +78,12 @@ class _ExitRun:
         generator: torch.Generator | None,
         capture: bool,
         exits_from: torch.Tensor | None = None,
+        uniforms: Sequence[torch.Tensor] | None = None,
+        record_heads: bool = False,
     ):
+        """``uniforms``: per exit head, the (B, T) uniforms a sampled pass compares with q (instead of drawing
+        them from ``generator`` at each exit layer, as it otherwise does, in layer order); ``record_heads``:
+        keep every head's logit (``head_logits``)."""
         B, T = mask.shape
         L = num_layers
         self.heads, self.mask, self.offset, self.generator = heads, mask.bool(), float(offset), generator
@@ -77,6 +105,8 @@ class _ExitRun:
         self.capture = capture
         self.captured: dict[int, torch.Tensor] = {}  # exit layer → its stream, when capturing
         self.inputs: torch.Tensor | None = None
+        self.uniforms = uniforms
+        self.head_logits: list[torch.Tensor] | None = [] if record_heads else None  # per head (B, T)
 
     def before(self, hidden: torch.Tensor) -> None:
         self.inputs = hidden
@@ -90,10 +120,17 @@ class _ExitRun:
             k = self.layer_to_head[j]
             if self.capture:
                 self.captured[j] = out
-            z = self.heads(out, k) + self.offset  # (B, T)
+            z = self.heads(out, k)  # (B, T)
+            if self.head_logits is not None:
+                self.head_logits.append(z)
+            z = z + self.offset
             live = ~self.frozen & self.can_exit
             if self.sample:
-                u = torch.rand(z.shape, generator=self.generator, device=z.device)
+                u = (
+                    torch.rand(z.shape, generator=self.generator, device=z.device)
+                    if self.uniforms is None
+                    else self.uniforms[k]
+                )
                 exits = live & (u < torch.sigmoid(z.detach()))
                 self.exit_layers = torch.where(exits, j, self.exit_layers)
             exiting = self.exit_layers == j

@@ -11,7 +11,7 @@ attention over its valid keys is the same as over the contiguous sequence.
 
 :class:`Prefix` is a cache filled by a full-depth pass over left-padded token ids
 (``thinkaloud.model.generate.prefill``) with its valid keys and the next position of each row.
-``Prefix.select`` repeats rows and keeps only the first tokens of each, so that one pass over a
+``Prefix.hf_cache`` hands it to a Hugging Face forward. ``Prefix.select`` repeats rows and keeps only the first tokens of each, so that one pass over a
 shared text (a prompt and its whole reasoning) serves every cut of it; ``generate(..., prefix=…)``
 continues from there. ``select`` copies no keys or values: its prefix names the rows it takes of the
 cache it shares (``Prefix.rows``), and ``generate`` gathers them once, straight into its own cache
@@ -20,6 +20,7 @@ cache it shares (``Prefix.rows``), and ``generate`` gathers them once, straight 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -185,3 +186,44 @@ class Prefix:
             else:  # gathered straight into place, no intermediate tensor
                 torch.index_select(k[:, :, :S], 0, self.rows, out=cache.k[layer][:, :, :S])
                 torch.index_select(v[:, :, :S], 0, self.rows, out=cache.v[layer][:, :, :S])
+
+    def hf_cache(self, config):
+        """This prefix as a Hugging Face ``DynamicCache`` of ``config``'s model (its keys and values copied once),
+        for a teacher-forced pass after it (``EarlyExitModel.forward_after``). A full-depth pass fills both the
+        same way, so a prompt read by generation serves that pass too."""
+        from transformers import DynamicCache
+
+        try:
+            cache = DynamicCache(config=config)  # the layer types: sliding-window layers keep their window
+        except TypeError:  # a transformers without config-aware caches
+            cache = DynamicCache()
+        S = self.columns
+        for layer, (k, v) in enumerate(zip(self.cache.k, self.cache.v)):
+            k, v = k[:, :, :S], v[:, :, :S]  # (B0, H_kv, S, D)
+            if self.rows is not None:
+                k, v = k.index_select(0, self.rows), v.index_select(0, self.rows)
+            cache.update(k.clone(), v.clone(), layer)
+        return cache
+
+
+def shared_copy(cache):
+    """A copy of a Hugging Face ``DynamicCache`` that shares its key and value tensors: its own layer objects, so
+    extending or selecting rows of the copy (which give the layers new tensors, by concatenation or indexing, and
+    never write into the old ones) leaves ``cache`` as it was, without copying every key and value."""
+    memo: dict[int, object] = {}
+    seen: set[int] = set()
+    stack: list[object] = [cache]
+    while stack:  # every tensor reachable from the cache maps to itself in the copy
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            memo[id(obj)] = obj
+        elif isinstance(obj, list | tuple | set):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif hasattr(obj, "__dict__"):
+            stack.extend(vars(obj).values())
+    return copy.deepcopy(cache, memo)

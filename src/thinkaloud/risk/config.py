@@ -66,13 +66,20 @@ class RiskConfig:
     max_new_tokens: int = field(
         default=128, metadata={"help": "generation budget per item; the guarantee is for this budget"}
     )
-    batch_size: int = field(default=8, metadata={"help": "items per forward pass / generation"})
+    batch_size: int = field(default=16, metadata={"help": "items per forward pass / generation (as eval)"})
     seed: int = field(default=0, metadata={"help": "selects the items and seeds the exit sampling"})
     save: bool = field(
         default=False,
         metadata={
             "help": "record the chosen offset in the model folder's thinkaloud.json (eval and generation use it "
             "when no offset is given)"
+        },
+    )
+    merge_adapter: bool = field(
+        default=True,
+        metadata={
+            "help": "run the model with the LoRA adapter merged into the weights (same function, without the LoRA "
+            "layers' extra matmuls; the base weights are restored exactly afterwards)"
         },
     )
     device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available, else cpu)"})

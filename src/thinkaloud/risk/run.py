@@ -46,6 +46,7 @@ offset grid and the job itself; the offset an eval generates with is ``thinkalou
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ from thinkaloud.eval.lineage import check_no_leakage, lineage
 from thinkaloud.io import atomic_write_json
 from thinkaloud.measures.base import progress
 from thinkaloud.model.loading import default_device, load_model
+from thinkaloud.model.merging import merged_adapter
 from thinkaloud.model.recorded import record_offset, saved_model_dir
 from thinkaloud.risk.config import GUARANTEE, RISKS, RiskConfig, parse_offsets
 from thinkaloud.risk.losses import offset_stats, rollouts, stats_per_offset
@@ -109,7 +111,9 @@ def choose_offset(config: RiskConfig) -> dict[str, Any]:
         "batch_size": config.batch_size,
         "device": device,
     }
-    with progress(console) as bars:
+    # every pass with the adapter on: merged, it is the same function at the base's cost (thinkaloud.model.merging)
+    merged = merged_adapter(model.peft) if config.merge_adapter else contextlib.nullcontext()
+    with merged, progress(console) as bars:
         bar = bars.add_task(f"{config.risk} risk per offset", total=len(offsets) + 1)
         roll = rollouts(loaded, task, items, **gen_args)
         bars.advance(bar)
@@ -127,7 +131,8 @@ def choose_offset(config: RiskConfig) -> dict[str, Any]:
             "note": "no offset accepted: exits off, identical to full depth",
         }
     else:
-        with console.status(f"validation on {len(val_items)} {config.val_split} items…"):
+        merged = merged_adapter(model.peft) if config.merge_adapter else contextlib.nullcontext()
+        with merged, console.status(f"validation on {len(val_items)} {config.val_split} items…"):
             val_stats = offset_stats(loaded, task, rollouts(loaded, task, val_items, **gen_args), chosen, config)
         validation = {
             "offset": chosen,
@@ -145,6 +150,7 @@ def choose_offset(config: RiskConfig) -> dict[str, Any]:
         "split": config.split,
         "seed": config.seed,
         "max_new_tokens": config.max_new_tokens,
+        "merge_adapter": config.merge_adapter,
         "num_layers": model.num_layers,
         "exit_layers": list(model.layers),
         "p_value": "Hoeffding-Bentkus" + (" (0/1 losses: exact binomial tail)" if config.risk == "answer" else ""),

@@ -198,7 +198,7 @@ def rl_run(ctx: _Context, run: int) -> None:
         # reward: task − λ·depth − β·KL̂, then leave-one-out advantages within each prompt's group
         scored = ctx.env.score(rows, out)
         depth = depth_penalty(out.exit_layers, mask, L, cfg.depth_penalty)  # (B,) the charged depth
-        ref_lp = reference_logprobs(policy, out)  # (B, N), also the fluency proxy: base NLL = −mean
+        ref_lp = reference_logprobs(policy, out, group=K)  # (B, N), also the fluency proxy: base NLL = −mean
         kl = kl_estimate(out.token_logprobs, ref_lp, mask)  # (B,)
         beta = kl_control.beta  # this step's β: the controller sees the step's KL̂ after the rewards
         rewards = completion_rewards(scored.reward.to(depth.device), depth, kl, cfg.lam, beta)  # (B,)

@@ -18,6 +18,7 @@ import torch
 from thinkaloud.data.env import Env, Prompt
 from thinkaloud.data.prompts import left_pad
 from thinkaloud.model.generation_output import GenerationOutput
+from thinkaloud.train.dist.fsdp import is_sharded
 
 
 def sample_rollouts(
@@ -66,8 +67,23 @@ def policy_logprobs(model, out: GenerationOutput, offset: float) -> tuple[torch.
 
 
 @torch.no_grad()
-def reference_logprobs(policy, out: GenerationOutput) -> torch.Tensor:
-    """(B, N) log p_ref(y_t) under the base model: the adapter disabled and no exits."""
+def reference_logprobs(policy, out: GenerationOutput, group: int = 1) -> torch.Tensor:
+    """(B, N) log p_ref(y_t) under the base model: the adapter disabled and no exits.
+
+    ``group``: rows come in runs of ``group`` that share their prompt (RL's K completions of a prompt, prompt-major);
+    each prompt is then read once, its keys and values repeated for its rows, and only the completions are run
+    (``EarlyExitModel.forward_after``): the same log-probabilities up to float round-off. Not under FSDP, whose
+    root unit gathers its weights only in the model's own forward."""
+    pos = out.predicting_positions()  # columns P-1 … P+N-2
+    shared = group > 1 and pos.start > 0 and out.sequences.shape[0] % group == 0 and not is_sharded(policy)
     with policy.disable_adapter():
-        full = policy(out.sequences, out.attention_mask, exit_layers=None, offset=-math.inf)
-    return _token_logprobs(full.logits[:, out.predicting_positions()], out.new_tokens)
+        if shared:
+            firsts = slice(None, None, group)  # the first row of each prompt's run
+            cache = policy.prefix_cache(out.sequences[firsts, : pos.start], out.attention_mask[firsts, : pos.start])
+            cache.batch_repeat_interleave(group)
+            logits = policy.forward_after(
+                cache, out.sequences[:, pos], out.attention_mask[:, : pos.stop], offset=-math.inf, extend=True
+            ).logits  # (B, N, V)
+        else:
+            logits = policy(out.sequences, out.attention_mask, exit_layers=None, offset=-math.inf).logits[:, pos]
+    return _token_logprobs(logits, out.new_tokens)
