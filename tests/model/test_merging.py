@@ -46,3 +46,16 @@ def test_nested_merge_is_a_no_op():
     with merged_adapter(model.peft) as outer:
         with merged_adapter(model.peft) as inner:
             assert (outer, inner) == (24, 0)
+
+
+def test_merging_never_writes_the_base_tensors():
+    """Merged into copies: the base's own tensors (memory-mapped when loaded from safetensors, where a write costs a
+    page fault per page) are neither written nor replaced once the block ends."""
+    model = moved_model("llama")
+    weights = {n: p for n, p in model.named_parameters() if "base_layer.weight" in n}
+    assert weights
+    seen = {n: (p.data_ptr(), p._version) for n, p in weights.items()}
+    with merged_adapter(model.peft):
+        assert all(p.data_ptr() != seen[n][0] for n, p in model.named_parameters() if n in weights)
+    now = {n: p for n, p in model.named_parameters() if n in weights}
+    assert {n: (p.data_ptr(), p._version) for n, p in now.items()} == seen

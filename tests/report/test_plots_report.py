@@ -1,6 +1,7 @@
 """Figures (labels, legends, files) and the report built from synthetic eval/sweep/RL directories."""
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -353,3 +354,20 @@ def test_report_command_takes_folders_as_arguments(tmp_path, monkeypatch):
 def test_build_report_rejects_unknown_dir(tmp_path):
     with pytest.raises(ValueError):
         build_report([tmp_path], tmp_path / "out")
+
+
+def test_the_report_copies_the_rl_jobs_own_figure_unless_its_log_is_newer(tmp_path):
+    d = write_rl_dir(tmp_path / "rl")
+    (d / "figures").mkdir()
+    drawn = {ext: f"the job's {ext}".encode() for ext in ("png", "svg")}
+    for ext, data in drawn.items():
+        (d / "figures" / f"rl_dynamics.{ext}").write_bytes(data)
+    build_report([d], tmp_path / "report")
+    copied = tmp_path / "report" / "figures" / "rl_dynamics_00_rl"
+    assert copied.with_suffix(".png").read_bytes() == drawn["png"]
+    assert copied.with_suffix(".svg").read_bytes() == drawn["svg"]
+    log = d / "log.jsonl"
+    os.utime(log, ns=(log.stat().st_atime_ns, (d / "figures" / "rl_dynamics.png").stat().st_mtime_ns + 10**9))
+    build_report([d], tmp_path / "report2")  # the log changed after the figure: drawn anew
+    png = (tmp_path / "report2" / "figures" / "rl_dynamics_00_rl.png").read_bytes()
+    assert png != drawn["png"] and png.startswith(b"\x89PNG")

@@ -65,6 +65,39 @@ def test_a_prompt_shared_by_its_rows_is_read_once(family, monkeypatch):
     torch.testing.assert_close(grouped[done], whole[done], atol=tolerance(family), rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_rollouts_of_a_shared_prompt_read_it_once_and_sample_the_same(family, monkeypatch):
+    """K completions per prompt: with ``group=K`` the prompts are read once each, and the same seed samples the
+    same tokens and exits as from the whole prompts, with the same log-probabilities."""
+    from thinkaloud.data.env import Prompt
+    from thinkaloud.model import generate as generate_module
+    from thinkaloud.train import rollouts as rollouts_module
+
+    model = moved_model(family)
+    K = 3
+    prompts = [Prompt(list(range(5, 12))), Prompt(list(range(20, 24)))]
+    rows = [p for p in prompts for _ in range(K)]
+
+    class Env:
+        pad_token_id, stop_token_ids = 0, []
+
+    def sample(group):
+        return rollouts_module.sample_rollouts(
+            model, rows, Env(), max_new_tokens=8, offset=0.0, generator=torch.Generator().manual_seed(3), group=group
+        )
+
+    whole = sample(1)
+    read = []
+    prefill = generate_module.prefill
+    monkeypatch.setattr(rollouts_module, "prefill", lambda m, i, mask: read.append(i.shape) or prefill(m, i, mask))
+    shared = sample(K)
+    assert read == [(2, 6)]  # two prompts, padded to 7 tokens, less the last
+    assert torch.equal(shared.sequences, whole.sequences) and shared.prompt_length == whole.prompt_length
+    assert torch.equal(shared.attention_mask, whole.attention_mask)
+    assert torch.equal(shared.exit_layers, whole.exit_layers) and (whole.exit_layers < model.num_layers).any()
+    torch.testing.assert_close(shared.token_logprobs, whole.token_logprobs, atol=tolerance(family), rtol=1e-5)
+
+
 def test_kl_penalty_grows_with_the_adapter_and_vanishes_without_it():
     """No exits (heads at z = −30), so the only difference between policy and reference is the adapter."""
     kls = []

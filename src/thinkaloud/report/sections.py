@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,21 @@ class _Builder:
     def figure(self, section: Section, fig: Any, name: str, caption: str) -> None:
         png, _svg = plots.save_figure(fig, self.out / "figures" / name)
         section.blocks.append(("figure", FigureBlock(name, caption, png.read_bytes())))
+
+    def figure_from(
+        self, section: Section, drawn: Path, sources: list[Path], draw: Callable[[], Any], name: str, caption: str
+    ) -> None:
+        """As ``figure``, but a figure the job already drew (``drawn``.png and .svg) from ``sources`` is copied
+        when it is newer than each of them, instead of drawn again; ``draw()`` draws it otherwise."""
+        files = [drawn.with_name(f"{drawn.name}.{ext}") for ext in ("png", "svg")]
+        newest = max((p.stat().st_mtime_ns for p in sources if p.is_file()), default=0)
+        if not all(f.is_file() and f.stat().st_mtime_ns >= newest for f in files):
+            self.figure(section, draw(), name, caption)
+            return
+        target = self.out / "figures" / name
+        for f in files:
+            atomic_write_bytes(target.with_name(f"{name}{f.suffix}"), f.read_bytes())
+        section.blocks.append(("figure", FigureBlock(name, caption, files[0].read_bytes())))
 
 
 FLUENCY_NOTE = (
@@ -126,10 +142,12 @@ def _rl_section(b: _Builder, d: Path, index: int) -> None:
     for entry in json.loads(summary.read_text())["runs"] if summary.is_file() else []:
         if entry.get("collapse"):
             sec.blocks.append(("text", f"Warning: run {entry['run']}: {entry['collapse']['message']}."))
-    if log:
-        b.figure(
+    if log:  # the RL job draws the same figures (thinkaloud.train.rl_report.write_outputs)
+        b.figure_from(
             sec,
-            plots.plot_rl_dynamics(log, base),
+            d / "figures" / "rl_dynamics",
+            [d / "log.jsonl", d / "base.json"],
+            lambda: plots.plot_rl_dynamics(log, base),
             f"rl_dynamics_{index:02d}_{_slug(d.name)}",
             "Training batches: accuracy, average compute, fluency proxy (base-model NLL of the sampled "
             "completions), coherence if judged, KL̂ to the base (dotted: its target, if any), β and the share of "
@@ -138,9 +156,11 @@ def _rl_section(b: _Builder, d: Path, index: int) -> None:
     heldout = _read_jsonl(d / "heldout.jsonl") if (d / "heldout.jsonl").is_file() else []
     if heldout:
         ref = d / "heldout_base.json"
-        b.figure(
+        b.figure_from(
             sec,
-            plots.plot_rl_dynamics(
+            d / "figures" / "rl_heldout",
+            [d / "heldout.jsonl", ref],
+            lambda: plots.plot_rl_dynamics(
                 heldout, json.loads(ref.read_text()) if ref.is_file() else None, title="RL dynamics on held-out prompts"
             ),
             f"rl_heldout_{index:02d}_{_slug(d.name)}",

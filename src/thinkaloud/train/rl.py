@@ -192,13 +192,13 @@ def rl_run(ctx: _Context, run: int) -> None:
         # sample: K completions of each of this process's P prompts, exits sampled
         prompts = ctx.env.prompts(((step - 1) * W + acc.process_index) * P, P)
         rows = [p for p in prompts for _ in range(K)]  # (B = P·K) prompt-major
-        with gathered(policy):  # FSDP: decode steps need whole weights
-            out = sample_rollouts(policy, rows, ctx.env, max_new_tokens=cfg.max_new_tokens, offset=cfg.offset)
+        with gathered(policy):  # FSDP: decode steps and the reference's shared prompts need whole weights
+            out = sample_rollouts(policy, rows, ctx.env, max_new_tokens=cfg.max_new_tokens, offset=cfg.offset, group=K)
+            ref_lp = reference_logprobs(policy, out, group=K)  # (B, N), also the fluency proxy: base NLL = −mean
         mask = out.completion_mask  # (B, N)
         # reward: task − λ·depth − β·KL̂, then leave-one-out advantages within each prompt's group
         scored = ctx.env.score(rows, out)
         depth = depth_penalty(out.exit_layers, mask, L, cfg.depth_penalty)  # (B,) the charged depth
-        ref_lp = reference_logprobs(policy, out, group=K)  # (B, N), also the fluency proxy: base NLL = −mean
         kl = kl_estimate(out.token_logprobs, ref_lp, mask)  # (B,)
         beta = kl_control.beta  # this step's β: the controller sees the step's KL̂ after the rewards
         rewards = completion_rewards(scored.reward.to(depth.device), depth, kl, cfg.lam, beta)  # (B,)

@@ -10,6 +10,7 @@ per-step fluency proxy (the base model's NLL per token of the completions).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -17,8 +18,8 @@ import torch
 
 from thinkaloud.data.env import Env, Prompt
 from thinkaloud.data.prompts import left_pad
+from thinkaloud.model.generate import prefill
 from thinkaloud.model.generation_output import GenerationOutput
-from thinkaloud.train.dist.fsdp import is_sharded
 
 
 def sample_rollouts(
@@ -29,18 +30,35 @@ def sample_rollouts(
     max_new_tokens: int,
     offset: float,
     generator: torch.Generator | None = None,
+    group: int = 1,
 ) -> GenerationOutput:
-    """One completion per row of ``prompts`` from the early-exit policy (temperature 1, exits sampled)."""
-    ids, mask = left_pad([p.ids for p in prompts], env.pad_token_id, policy.device)
-    return policy.generate(
-        ids,
-        mask,
+    """One completion per row of ``prompts`` from the early-exit policy (temperature 1, exits sampled).
+
+    ``group``: rows come in runs of ``group`` that share their prompt (RL's K completions, prompt-major): each
+    prompt less its last token is then read once (``prefill``) and its keys and values serve its rows
+    (``generate(prefix=…)``, the same computation as from the whole prompt)."""
+    ids, mask = left_pad([p.ids for p in prompts], env.pad_token_id, policy.device)  # (B, P) each
+    args = dict(
         max_new_tokens=max_new_tokens,
         do_sample=True,
         offset=offset,
         stop_token_ids=env.stop_token_ids,
         pad_token_id=env.pad_token_id,
         generator=generator,
+    )
+    (B, P), firsts = ids.shape, slice(None, None, group)  # the first row of each prompt's run
+    if group == 1 or P == 1 or B % group or not bool(mask[firsts, : P - 1].any(-1).all()):
+        return policy.generate(ids, mask, **args)
+    read = prefill(policy, ids[firsts, : P - 1], mask[firsts, : P - 1])
+    runs = torch.arange(B // group, device=ids.device).repeat_interleave(group)  # (B,) each row's prompt
+    last = policy.generate(
+        ids[:, P - 1 :], mask[:, P - 1 :], prefix=read.select(runs, read.next_position[runs]), **args
+    )
+    return dataclasses.replace(
+        last,
+        sequences=torch.cat([ids[:, : P - 1], last.sequences], 1),
+        attention_mask=torch.cat([mask[:, : P - 1], last.attention_mask], 1),
+        prompt_length=P,
     )
 
 
@@ -72,10 +90,11 @@ def reference_logprobs(policy, out: GenerationOutput, group: int = 1) -> torch.T
 
     ``group``: rows come in runs of ``group`` that share their prompt (RL's K completions of a prompt, prompt-major);
     each prompt is then read once, its keys and values repeated for its rows, and only the completions are run
-    (``EarlyExitModel.forward_after``): the same log-probabilities up to float round-off. Not under FSDP, whose
-    root unit gathers its weights only in the model's own forward."""
+    (``EarlyExitModel.forward_after``): the same log-probabilities up to float round-off. Under FSDP call it
+    with the weights gathered (``thinkaloud.train.dist.fsdp.gathered``): the prompt pass calls the decoder itself,
+    not the root unit's forward."""
     pos = out.predicting_positions()  # columns P-1 … P+N-2
-    shared = group > 1 and pos.start > 0 and out.sequences.shape[0] % group == 0 and not is_sharded(policy)
+    shared = group > 1 and pos.start > 0 and out.sequences.shape[0] % group == 0
     with policy.disable_adapter():
         if shared:
             firsts = slice(None, None, group)  # the first row of each prompt's run
