@@ -436,6 +436,31 @@ def test_heldout_evaluation_at_step_0_every_n_and_last(tmp_path):
         config(tmp_path, eval_every=1, eval_split="train")
 
 
+def test_a_run_from_the_same_start_reuses_the_step_0_and_base_heldout_rows(tmp_path, monkeypatch):
+    """``heldout_from``: runs that differ only in λ, β … evaluate their common start once; another start is refused."""
+    from thinkaloud.errors import UserError
+    from thinkaloud.train import rl_heldout
+
+    kw = dict(steps=2, eval_every=2, eval_n=3, runs=2)
+    train_rl(config(tmp_path / "a", **kw), env=DepthOnlyEnv(), make_model=make_tiny(), heldout_env=HeldoutEnv())
+    evaluated = []
+    evaluate = rl_heldout.evaluate_policy
+    monkeypatch.setattr(rl_heldout, "evaluate_policy", lambda *a, **k: evaluated.append(k) or evaluate(*a, **k))
+    b = config(tmp_path / "b", **kw, lam=3.0, heldout_from=str(tmp_path / "a"))
+    train_rl(b, env=DepthOnlyEnv(), make_model=make_tiny(), heldout_env=HeldoutEnv())
+    assert len(evaluated) == 2  # step 2 of each run; neither step 0 nor the base model
+    held_a, held_b = rows(tmp_path / "a" / "heldout.jsonl"), rows(tmp_path / "b" / "heldout.jsonl")
+    assert [r for r in held_b if r["step"] == 0] == [r for r in held_a if r["step"] == 0]
+    assert [(r["run"], r["step"]) for r in held_b] == [(0, 0), (0, 2), (1, 0), (1, 2)]
+    assert (tmp_path / "b" / "heldout_base.json").read_text() == (tmp_path / "a" / "heldout_base.json").read_text()
+    with pytest.raises(UserError, match="eval_n 3, not 2"):
+        other = config(tmp_path / "c", **{**kw, "eval_n": 2}, heldout_from=str(tmp_path / "a"))
+        train_rl(other, env=DepthOnlyEnv(), make_model=make_tiny(), heldout_env=HeldoutEnv())
+    with pytest.raises(UserError, match="no RL run"):
+        nowhere = config(tmp_path / "d", **kw, heldout_from=str(tmp_path / "nowhere"))
+        train_rl(nowhere, env=DepthOnlyEnv(), make_model=make_tiny(), heldout_env=HeldoutEnv())
+
+
 def test_resume_keeps_heldout_rows_up_to_the_checkpoint(tmp_path):
     kw = dict(steps=4, beta=0.1, eval_every=1, eval_n=2)
     train_rl(config(tmp_path / "full", **kw), env=DepthOnlyEnv(), make_model=make_tiny(), heldout_env=HeldoutEnv())

@@ -28,8 +28,7 @@ from thinkaloud.experiments.demo_config import (
     Sizes,
 )
 from thinkaloud.train.rl_config import RLConfig
-from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FILE
-from thinkaloud.train.rl_report import LOG_FILE, read_rows, read_summaries
+from thinkaloud.train.rl_report import HELDOUT_BASE_FILE, HELDOUT_FILE, LOG_FILE, read_rows, read_summaries
 
 
 def rl_dir(out: Path, target: float) -> Path:
@@ -67,6 +66,9 @@ def rl_config(out: Path, config: DemoConfig, sizes: Sizes, target: float, sft_ru
         save_every=sizes.rl_steps,
         eval_every=sizes.rl_eval_every,
         eval_n=sizes.rl_eval_n,
+        # the budgets start from the same model on the same held-out prompts: the first budget's step-0 and
+        # base held-out rows serve the others
+        heldout_from=None if target == RL_KL_TARGETS[0] else str(rl_dir(out, RL_KL_TARGETS[0])),
         resume=(folder / "config.yaml").exists(),
     )
 

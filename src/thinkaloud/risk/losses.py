@@ -1,8 +1,10 @@
 """The per-offset losses of the ``risk`` job (``thinkaloud.risk.run``): full-depth rollouts, then one loss
 in [0, 1] per item at an offset, with the exits taken.
 
-``rollouts`` generates the items greedily at full depth (offset −∞, adapter on) and keeps what every risk
-compares against (the teacher-forced top-1 tokens, the final answers). ``token_stats`` and
+``rollouts`` generates the items greedily at full depth (offset −∞, adapter on) and keeps what the risks
+start from (the generations, their prompts as generation read them, the final answers); the token risk's
+full-depth teacher-forced pass (``_Reference``: top-1 tokens, exit-head logits, caches every
+``CHECKPOINT_EVERY`` columns) is made once per batch for all offsets. ``token_stats`` and
 ``answer_stats`` give the ``token`` and ``answer`` risks at one offset (defined in ``thinkaloud.risk.run``'s
 docstring), ``offset_stats`` picks between them by ``RiskConfig.risk``; ``OffsetStats.summary`` turns the
 exits taken into mean ALS, early-exit rate and FLOP savings, as in eval.

@@ -94,18 +94,13 @@ from thinkaloud.train.common import (
 from thinkaloud.train.dist.fsdp import clip_grad_norm, gathered, save_pretrained, shard
 from thinkaloud.train.kl_control import KLController
 from thinkaloud.train.rl_config import RLConfig
-from thinkaloud.train.rl_heldout import (
-    HELDOUT_BASE_FILE,
-    HELDOUT_FILE,
-    evaluate_heldout_base,
-    heldout_row,
-    measure_base,
-    step_coherence,
-)
+from thinkaloud.train.rl_heldout import evaluate_heldout_base, heldout_row, heldout_source, measure_base, step_coherence
 from thinkaloud.train.rl_report import (
     BASE_FILE,
     COMPLETIONS_FILE,
     FIGURE,
+    HELDOUT_BASE_FILE,
+    HELDOUT_FILE,
     LOG_FILE,
     completions_row,
     format_row,
@@ -141,6 +136,7 @@ class _Context:
     judge: Any
     on_step: Callable[[int, int, dict], None] | None
     heldout: Env | None = None  # the held-out prompts' environment (eval_every > 0)
+    heldout_from: Path | None = None  # an RL folder whose step-0 and base held-out rows are this run's
 
 
 def rl_run(ctx: _Context, run: int) -> None:
@@ -326,7 +322,8 @@ def train_rl(
     console = Console(stderr=True, log_path=False) if accelerator.is_main_process else Console(quiet=True)
     if config.eval_every and heldout_env is None:
         raise ValueError("eval_every with a custom env needs a heldout_env (the held-out prompts)")
-    ctx = _Context(config, out, env, accelerator, make_model, console, judge, on_step, heldout_env)
+    source = heldout_source(config) if heldout_env is not None else None
+    ctx = _Context(config, out, env, accelerator, make_model, console, judge, on_step, heldout_env, source)
 
     if accelerator.is_main_process:
         console.print(
@@ -350,7 +347,8 @@ def train_rl(
                 f"base model: accuracy {base['accuracy']:.3f}, mean length {base['length']:.1f} ({base['n']} samples)"
             )
         if heldout_env is not None and not (out / HELDOUT_BASE_FILE).exists():
-            atomic_write_json(out / HELDOUT_BASE_FILE, evaluate_heldout_base(ctx, make_model().eval()))
+            base_model = None if source is not None else make_model().eval()  # reused: nothing to evaluate
+            atomic_write_json(out / HELDOUT_BASE_FILE, evaluate_heldout_base(ctx, base_model))
     accelerator.wait_for_everyone()
 
     for run in range(config.runs):

@@ -149,6 +149,13 @@ class RLConfig:
     )
     eval_n: int = field(default=16, metadata={"help": "held-out prompts of --eval-split (greedy tokens)"})
     eval_split: str = field(default="test", metadata={"help": "split of the held-out prompts (not --split)"})
+    heldout_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "an RL output folder from the same starting model and held-out settings (checked): its step-0 "
+            "held-out rows and base row are reused instead of evaluated again (runs that differ in λ, β, …)"
+        },
+    )
     log_completions: bool = field(
         default=False,
         metadata={

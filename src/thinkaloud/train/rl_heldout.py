@@ -24,24 +24,26 @@ greedy) on the same prompts, the dashed level in the figure (``figures/rl_heldou
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from thinkaloud.data.env import Env, Prompt, Scored
 from thinkaloud.data.prompts import left_pad
+from thinkaloud.errors import UserError
 from thinkaloud.measures.fluency import distinct_ngrams, response_nll
 from thinkaloud.measures.responses import chunked, from_generation
 from thinkaloud.model.generate import _stop_ids as stop_ids
 from thinkaloud.train import degenerate
 from thinkaloud.train.dist.fsdp import gathered
+from thinkaloud.train.rl_report import HELDOUT_BASE_FILE, HELDOUT_FILE, read_rows, run_dir
 from thinkaloud.train.rollouts import sample_rollouts
 
-HELDOUT_FILE = "heldout.jsonl"
-HELDOUT_BASE_FILE = "heldout_base.json"
-HELDOUT_FIGURE = "figures/rl_heldout"
 BATCH = 16  # held-out prompts generated together
 
 
@@ -124,17 +126,53 @@ def _kwargs(cfg) -> dict[str, Any]:
     return {"max_new_tokens": cfg.max_new_tokens, "offset": cfg.offset, "batch_size": BATCH}
 
 
+# What the held-out evaluation of the starting model depends on: two runs that agree on these evaluate it alike.
+SAME_START = (
+    *("model", "task", "eval_split", "eval_n", "max_new_tokens", "offset", "seed"),
+    *("exit_every", "head_init_bias", "dtype", "lenient_answers"),
+)
+
+
+def heldout_source(cfg) -> Path | None:
+    """The folder of ``cfg.heldout_from``, checked: an RL run whose starting model and held-out evaluation are
+    this run's (``SAME_START``), with this run's runs, so its step-0 rows and base row are this run's too."""
+    if cfg.heldout_from is None:
+        return None
+    src = Path(cfg.heldout_from)
+    if not (src / "config.yaml").is_file() or not (src / HELDOUT_BASE_FILE).is_file():
+        raise UserError(f"heldout_from {src}: no RL run with held-out evaluations there")
+    theirs = yaml.safe_load((src / "config.yaml").read_text())
+    differ = [f"{k} {theirs.get(k)!r}, not {getattr(cfg, k)!r}" for k in SAME_START if theirs.get(k) != getattr(cfg, k)]
+    if differ or theirs.get("runs", 1) < cfg.runs:
+        raise UserError(
+            f"heldout_from {src} evaluated another start: its " + "; ".join(differ or [f"runs {theirs.get('runs')}"])
+        )
+    return src
+
+
+def reused_row(src: Path, runs: int, run: int) -> dict[str, Any]:
+    """Run ``run``'s step-0 held-out row in ``src`` (an RL folder of ``runs`` runs, checked by ``heldout_source``)."""
+    theirs = yaml.safe_load((src / "config.yaml").read_text()).get("runs", 1)
+    rows = [r for r in read_rows(run_dir(src, theirs, run) / HELDOUT_FILE) if r["step"] == 0 and r["run"] == run]
+    if not rows:
+        raise UserError(f"heldout_from {src}: no held-out row of run {run} at step 0")
+    return rows[0]
+
+
 def log_heldout(ctx, policy, run: int, step: int, log) -> dict[str, Any] | None:
     """Evaluate ``policy`` on the held-out prompts and log the row, when ``step`` is due (main process only:
     ``log`` is None elsewhere); returns the row, or None. ``ctx`` is the RL loop's context (config,
-    heldout env, console)."""
+    heldout env, console); at step 0 with ``ctx.heldout_from`` the row is that run's."""
     cfg = ctx.config
     if ctx.heldout is None or log is None or not due(step, cfg.eval_every, cfg.steps):
         return None
-    with ctx.console.status(f"run {run}: held-out evaluation at step {step}…"):
-        row = evaluate_policy(
-            policy, ctx.heldout, ctx.heldout.prompts(0, cfg.eval_n), seed=cfg.seed + run, **_kwargs(cfg)
-        )
+    if step == 0 and ctx.heldout_from is not None:
+        row = {k: v for k, v in reused_row(ctx.heldout_from, cfg.runs, run).items() if k not in ("run", "step")}
+    else:
+        with ctx.console.status(f"run {run}: held-out evaluation at step {step}…"):
+            row = evaluate_policy(
+                policy, ctx.heldout, ctx.heldout.prompts(0, cfg.eval_n), seed=cfg.seed + run, **_kwargs(cfg)
+            )
     log.write({"run": run, "step": step, **row})
     ctx.console.print(
         f"  held-out ({row['n']} prompts) @ step {step}: acc {row['accuracy']:.3f}  depth "
@@ -149,13 +187,17 @@ def heldout_row(ctx, policy, run: int, step: int, log) -> dict[str, Any]:
     """:func:`log_heldout` called by every process (under FSDP the weights are gathered for it); {} when not due."""
     if ctx.heldout is None or not due(step, ctx.config.eval_every, ctx.config.steps):
         return {}
+    if step == 0 and ctx.heldout_from is not None:  # nothing to evaluate
+        return log_heldout(ctx, policy, run, step, log) or {}
     with gathered(policy):
         return log_heldout(ctx, policy, run, step, log) or {}
 
 
 def evaluate_heldout_base(ctx, model) -> dict[str, Any]:
-    """The base model (adapter off, no exits, greedy) on the held-out prompts."""
+    """The base model (adapter off, no exits, greedy) on the held-out prompts (``ctx.heldout_from``'s)."""
     cfg = ctx.config
+    if ctx.heldout_from is not None:
+        return json.loads((ctx.heldout_from / HELDOUT_BASE_FILE).read_text())
     with ctx.console.status("Measuring the base model on the held-out prompts…"):
         row = evaluate_policy(
             model, ctx.heldout, ctx.heldout.prompts(0, cfg.eval_n), seed=cfg.seed, base=True, **_kwargs(cfg)

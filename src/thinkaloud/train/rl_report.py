@@ -51,6 +51,9 @@ COMPLETIONS_FILE = "completions.jsonl"
 SUMMARY_FILE = "rl_summary.json"
 BASE_FILE = "base.json"
 FIGURE = "figures/rl_dynamics"
+HELDOUT_FILE = "heldout.jsonl"  # thinkaloud.train.rl_heldout
+HELDOUT_BASE_FILE = "heldout_base.json"
+HELDOUT_FIGURE = "figures/rl_heldout"
 TABLE_KEYS = ("reward", "accuracy", "depth_frac", "als", "kl", "beta", "length", "base_nll", "degenerate")
 
 
@@ -70,7 +73,6 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 def write_outputs(out: Path, runs: int, figure: bool = True) -> None:
     """Merge the runs' logs into ``OUT/log.jsonl`` (several runs) and redraw the dynamics figure."""
     from thinkaloud.report.plots import plot_rl_dynamics, save_figure
-    from thinkaloud.train.rl_heldout import HELDOUT_BASE_FILE, HELDOUT_FIGURE, HELDOUT_FILE
 
     out = Path(out)
     if runs > 1:
