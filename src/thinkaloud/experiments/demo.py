@@ -61,9 +61,12 @@ falls 0.89 → 0.79 ((5) did not hold). At T = 1.2 and T = 3, depth falls to 0.7
 while the NLL rises 2.34 → 2.80 and 3.10 and distinct-2 falls to 0.57–0.59 ((5) did not hold). docs/method.md §3.1 has
 the table with the β paths.
 
-Budget: ``make demo`` ≤ 15 minutes on 2 cores; the sizes below (``FULL``) were chosen for that
-(``--quick``: ``QUICK``, ≤ 3 minutes, for CI). The eval's speed baseline (a second generation per
-eval) and its target measure (a layer-KL pass) are off: TV distances use the calibration's targets.
+Time: ``make demo`` took 8 minutes (481 s) on 2 idle cores of an AMD EPYC (Zen 5) with the models cached, and
+adds about 3 minutes on a first run (pretraining the organism, converting SmolLM2); a 2-core machine several
+times slower takes proportionally longer. Each stage prints the time left (``demo_config.REFERENCE_SECONDS``
+scaled by this machine's pace so far). ``--quick`` (``QUICK``, ≤ 3 minutes) is for CI. The eval's speed
+baseline (a second generation per eval) and its target measure (a layer-KL pass) are off: TV distances use
+the calibration's targets.
 """
 
 from __future__ import annotations
